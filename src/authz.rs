@@ -1,0 +1,192 @@
+//! The decision: a check request and a snapshot in, Cedar's answer out. Pure: no I/O, no protobuf.
+//!
+//! Every front door builds its Cedar request through [`decide`], so they cannot drift apart.
+//!
+//! Architecture invariants:
+//! - Nothing here parses, clones or rebuilds what a snapshot already holds: a request without its own
+//!   entities is decided against the stored `Entities` by reference.
+//! - A request carrying entities is decided on a slice: the request's entities plus every stored
+//!   entity reachable from the principal, action, resource, context, the policies' entity literals and,
+//!   transitively, the attributes and tags of what is included. Stored entities keep their transitive
+//!   ancestors, so the slice answers exactly as the whole store would.
+//! - A request-scoped entity can add to the store, never redefine a stored entity: a caller cannot
+//!   clear a stored `suspended` flag by sending its own copy of the user.
+
+use std::collections::HashSet;
+
+use cedar_policy::{
+    Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema,
+};
+
+use crate::error::RequestError;
+use crate::policy::{Snapshot, collect_uids};
+
+/// An entity uid as a client sent it: type text (possibly namespaced) and id.
+#[derive(Debug, Clone, Copy)]
+pub struct UidRef<'a> {
+    pub ty: &'a str,
+    pub id: &'a str,
+}
+
+/// One check, borrowed from whichever front door received it.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    pub principal: Option<UidRef<'a>>,
+    pub action: Option<UidRef<'a>>,
+    pub resource: Option<UidRef<'a>>,
+    /// Cedar context JSON; empty means `{}`.
+    pub context_json: &'a str,
+    /// Cedar entity JSON array; empty means none.
+    pub entities_json: &'a str,
+}
+
+/// Cedar's answer, in the terms the API reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub allow: bool,
+    /// Determining policy ids, sorted.
+    pub determining: Vec<String>,
+    pub errors: Vec<PolicyFailure>,
+    /// The request's uids, for the decision log.
+    pub principal: EntityUid,
+    pub action: EntityUid,
+    pub resource: EntityUid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFailure {
+    pub policy_id: String,
+    pub message: String,
+}
+
+/// Decides one check on `snapshot`.
+pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>) -> Result<Outcome, RequestError> {
+    let principal = uid(snapshot, "principal", input.principal)?;
+    let action = uid(snapshot, "action", input.action)?;
+    let resource = uid(snapshot, "resource", input.resource)?;
+    let schema = snapshot.request_schema();
+    if schema.is_some() && !snapshot.index.schema_actions.contains(&action) {
+        return Err(RequestError::schema("action", format!("`{action}` is not an action the schema declares")));
+    }
+    let context = parse_context(snapshot, input.context_json, &action)?;
+    let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
+        .map_err(|e| RequestError::schema(rejected_field(&e), &e))?;
+    let response = if input.entities_json.trim().is_empty() {
+        snapshot.authorizer.is_authorized(&request, &snapshot.policies, &snapshot.entities)
+    } else {
+        let slice = entity_slice(snapshot, [&principal, &action, &resource], input)?;
+        snapshot.authorizer.is_authorized(&request, &snapshot.policies, &slice)
+    };
+    Ok(outcome(response, principal, action, resource))
+}
+
+fn uid(snapshot: &Snapshot, field: &str, uid: Option<UidRef<'_>>) -> Result<EntityUid, RequestError> {
+    let uid = uid.ok_or_else(|| RequestError::missing(field))?;
+    if uid.ty.is_empty() {
+        return Err(RequestError::missing(&format!("{field}.type")));
+    }
+    let ty = snapshot
+        .index
+        .type_name(uid.ty)
+        .map_err(|e| RequestError::invalid(&format!("{field}.type"), format!("`{}` is not an entity type name: {e}", uid.ty)))?;
+    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(uid.id)))
+}
+
+/// Parses the context with the schema when the schema declares the action, so schema-typed values
+/// (an `ipaddr` given as a plain string) convert as Cedar allows.
+fn parse_context(snapshot: &Snapshot, json: &str, action: &EntityUid) -> Result<Context, RequestError> {
+    if json.trim().is_empty() {
+        return Ok(Context::empty());
+    }
+    let schema: Option<(&Schema, &EntityUid)> = snapshot
+        .schema
+        .as_ref()
+        .filter(|_| snapshot.index.schema_actions.contains(action))
+        .map(|s| (s, action));
+    Context::from_json_str(json, schema).map_err(|e| RequestError::invalid("context_json", &e))
+}
+
+fn rejected_field(err: &RequestValidationError) -> &'static str {
+    match err {
+        RequestValidationError::UndeclaredAction(_) | RequestValidationError::ExternalAction(_) => "action",
+        RequestValidationError::UndeclaredPrincipalType(_) | RequestValidationError::InvalidPrincipalType(_) => {
+            "principal.type"
+        }
+        RequestValidationError::UndeclaredResourceType(_) | RequestValidationError::InvalidResourceType(_) => {
+            "resource.type"
+        }
+        RequestValidationError::InvalidContext(_) | RequestValidationError::TypeOfContext(_) => "context_json",
+        _ => "request",
+    }
+}
+
+/// The request's entities plus the stored entities the evaluation can reach (see the module docs).
+fn entity_slice(snapshot: &Snapshot, request: [&EntityUid; 3], input: &CheckInput<'_>) -> Result<Entities, RequestError> {
+    const FIELD: &str = "entities_json";
+    let json: serde_json::Value = serde_json::from_str(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
+    let items = json.as_array().ok_or_else(|| RequestError::invalid(FIELD, "expected a JSON array of entities"))?;
+
+    let mut pending: Vec<EntityUid> = request.into_iter().cloned().collect();
+    pending.extend(snapshot.index.policy_literals.iter().cloned());
+    if let Ok(context) = serde_json::from_str::<serde_json::Value>(input.context_json) {
+        collect_uids(&context, &mut pending);
+    }
+    let mut own: HashSet<EntityUid> = HashSet::new();
+    let mut slice: Vec<Entity> = Vec::with_capacity(items.len() + 8);
+    for (i, item) in items.iter().enumerate() {
+        let field = format!("{FIELD}[{i}]");
+        let entity = Entity::from_json_value(item.clone(), snapshot.schema.as_ref())
+            .map_err(|e| RequestError::invalid(&field, &e))?;
+        let uid = entity.uid();
+        if snapshot.entities.get(&uid).is_some() {
+            return Err(RequestError::invalid(&field, format!("`{uid}` is a stored entity; a request cannot redefine it")));
+        }
+        if !own.insert(uid.clone()) {
+            return Err(RequestError::invalid(&field, format!("`{uid}` appears twice")));
+        }
+        // Its attributes may point into the store, and its parents' ancestors must reach the closure.
+        for key in ["attrs", "tags", "parents"] {
+            if let Some(value) = item.get(key) {
+                collect_uids(value, &mut pending);
+            }
+        }
+        slice.push(entity);
+    }
+
+    let mut seen: HashSet<EntityUid> = own;
+    while let Some(uid) = pending.pop() {
+        if !seen.insert(uid.clone()) {
+            continue;
+        }
+        if let Some(entity) = snapshot.entities.get(&uid) {
+            if let Some(refs) = snapshot.index.refs.get(&uid) {
+                pending.extend(refs.iter().cloned());
+            }
+            slice.push(entity.clone());
+        }
+    }
+    // Already validated (the stored entities at load, the request's just now): no schema pass here.
+    Entities::from_entities(slice, None).map_err(|e| RequestError::invalid(FIELD, &e))
+}
+
+fn outcome(response: Response, principal: EntityUid, action: EntityUid, resource: EntityUid) -> Outcome {
+    let diagnostics = response.diagnostics();
+    let mut determining: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+    determining.sort_unstable();
+    let errors = diagnostics
+        .errors()
+        .map(|e| match e {
+            cedar_policy::AuthorizationError::PolicyEvaluationError(inner) => {
+                PolicyFailure { policy_id: inner.policy_id().to_string(), message: inner.inner().to_string() }
+            }
+        })
+        .collect();
+    Outcome {
+        allow: response.decision() == cedar_policy::Decision::Allow,
+        determining,
+        errors,
+        principal,
+        action,
+        resource,
+    }
+}

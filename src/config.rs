@@ -1,0 +1,207 @@
+//! Command line and environment configuration: one typed tree, parsed once in `main`.
+//!
+//! Every flag has a `CEDAR_PDP_…` environment variable and a default that works, so `cedar-pdp serve`
+//! alone runs the service on `./policies`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "cedar-pdp", version, about = "A gRPC policy decision point for Cedar policies")]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogConfig,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the check API from a policy directory, reloading it when it changes.
+    Serve(ServeConfig),
+    /// Load and validate a policy directory exactly as the server would; non-zero exit on error.
+    Validate(ValidateArgs),
+    /// Ask a running server for one decision.
+    Check(CheckArgs),
+    /// Show a running server's active policy set and its last reload error.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogConfig {
+    /// Log line format.
+    #[arg(long, env = "CEDAR_PDP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` env-filter syntax, e.g. `info` or `info,cedar_pdp::decision=off`.
+    #[arg(long, env = "CEDAR_PDP_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How strictly policies (and requests) are checked against the schema, when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidationMode {
+    /// Cedar's strict validation; requests are validated against the schema.
+    Strict,
+    /// Cedar's permissive validation; requests are validated against the schema.
+    Permissive,
+    /// No policy or request validation: a set that does not validate still loads (warnings logged).
+    Off,
+}
+
+impl ValidationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationMode::Strict => "strict",
+            ValidationMode::Permissive => "permissive",
+            ValidationMode::Off => "off",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PolicyConfig {
+    /// Directory holding `*.cedar`, an optional `*.cedarschema`, `entities.json` and `links.json`.
+    #[arg(long, env = "CEDAR_PDP_POLICIES", default_value = "./policies")]
+    pub policies: PathBuf,
+    /// Schema validation mode.
+    #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
+    pub validation: ValidationMode,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CEDAR_PDP_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub policy: PolicyConfig,
+    /// Watch the policy directory and reload on change (SIGHUP always reloads).
+    #[arg(long, env = "CEDAR_PDP_WATCH", default_value_t = true, action = ArgAction::Set)]
+    pub watch: bool,
+    /// Quiet period after the last file event before a reload starts.
+    #[arg(long, env = "CEDAR_PDP_RELOAD_DEBOUNCE", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub reload_debounce: Duration,
+    /// Most checks one BatchCheck may carry.
+    #[arg(long, env = "CEDAR_PDP_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "CEDAR_PDP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Emit one decision-log event per decision (target `cedar_pdp::decision`).
+    #[arg(long, env = "CEDAR_PDP_DECISION_LOG", default_value_t = true, action = ArgAction::Set)]
+    pub decision_log: bool,
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "CEDAR_PDP_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Bearer token for the AdminService from peers other than loopback. Unset: loopback only.
+    #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Serve Prometheus metrics on this address (`/metrics`). Unset: no metrics endpoint.
+    #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// Policy directory to validate.
+    #[arg(default_value = "./policies")]
+    pub dir: PathBuf,
+    /// Schema validation mode.
+    #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
+    pub validation: ValidationMode,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Server address.
+    #[arg(long, env = "CEDAR_PDP_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Principal uid in Cedar syntax, e.g. `User::"alice"`.
+    #[arg(long)]
+    pub principal: String,
+    /// Action uid in Cedar syntax, e.g. `Action::"view"`.
+    #[arg(long)]
+    pub action: String,
+    /// Resource uid in Cedar syntax, e.g. `Document::"design-doc"`.
+    #[arg(long)]
+    pub resource: String,
+    /// Context record as Cedar JSON.
+    #[arg(long, default_value = "")]
+    pub context: String,
+    /// Request-scoped entities as a Cedar entity JSON array.
+    #[arg(long, default_value = "")]
+    pub entities: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Server address.
+    #[arg(long, env = "CEDAR_PDP_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Admin bearer token, needed when the server is not on loopback.
+    #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl ServeConfig {
+    /// A configuration with every default, serving `policies` on `listen`; for tests and embedding.
+    pub fn new(listen: SocketAddr, policies: PathBuf) -> Self {
+        let mut config = match Cli::try_parse_from(["cedar-pdp", "serve"]) {
+            Ok(Cli { command: Command::Serve(config), .. }) => config,
+            // The defaults above are static; parsing them cannot fail.
+            _ => unreachable!("default serve configuration parses"),
+        };
+        config.listen = listen;
+        config.policy.policies = policies;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_usable() {
+        let cli = Cli::try_parse_from(["cedar-pdp", "serve"]).unwrap();
+        let Command::Serve(c) = cli.command else { panic!("not serve") };
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.policy.policies, PathBuf::from("./policies"));
+        assert_eq!(c.policy.validation, ValidationMode::Strict);
+        assert!(c.watch && c.decision_log);
+        assert_eq!(c.reload_debounce, Duration::from_millis(200));
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let cli = Cli::try_parse_from([
+            "cedar-pdp", "--log-format", "json", "serve", "--listen", "0.0.0.0:9000",
+            "--validation", "off", "--watch", "false", "--max-batch", "5", "--shutdown-grace", "2s",
+        ])
+        .unwrap();
+        assert_eq!(cli.log.log_format, LogFormat::Json);
+        let Command::Serve(c) = cli.command else { panic!("not serve") };
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.policy.validation, ValidationMode::Off);
+        assert!(!c.watch);
+        assert_eq!(c.max_batch, 5);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--validation", "lenient"]).is_err());
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--reload-debounce", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,136 @@
+//! Errors of each layer, and the one place they become gRPC statuses.
+//!
+//! Architecture invariant: an error is never an Allow. A request that cannot be decided gets a
+//! status, never a decision made on partial input.
+
+use std::fmt;
+
+use thiserror::Error;
+use tonic::Status;
+
+use crate::policy::Diagnostic;
+
+/// A policy directory that does not load: every problem found, each with file and position.
+#[derive(Debug, Error)]
+pub struct PolicyLoadError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl PolicyLoadError {
+    pub fn single(file: &str, message: impl Into<String>) -> Self {
+        PolicyLoadError { diagnostics: vec![Diagnostic::new(file, message)] }
+    }
+}
+
+impl fmt::Display for PolicyLoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.diagnostics.len();
+        write!(f, "policy directory invalid ({n} problem{})", if n == 1 { "" } else { "s" })?;
+        for d in &self.diagnostics {
+            write!(f, "\n  {}", d.one_line())?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a check request cannot be decided. `field` names the request field at fault, as a client
+/// wrote it (`principal.type`, `context_json`, `checks[3].resource.id`).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("`{field}` is required")]
+    Missing { field: String },
+    #[error("`{field}` is invalid: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("request rejected by the schema: `{field}`: {reason}")]
+    Schema { field: String, reason: String },
+    #[error("`{field}` has {len} items, more than the limit of {limit}")]
+    TooMany { field: String, len: usize, limit: usize },
+}
+
+impl RequestError {
+    pub fn missing(field: &str) -> Self {
+        RequestError::Missing { field: field.into() }
+    }
+
+    pub fn invalid(field: &str, reason: impl fmt::Display) -> Self {
+        RequestError::Invalid { field: field.into(), reason: reason.to_string() }
+    }
+
+    pub fn schema(field: &str, reason: impl fmt::Display) -> Self {
+        RequestError::Schema { field: field.into(), reason: reason.to_string() }
+    }
+
+    /// The same error, its field placed under `prefix` (`principal` → `checks[2].principal`).
+    pub fn within(self, prefix: &str) -> Self {
+        let nest = |field: String| format!("{prefix}.{field}");
+        match self {
+            RequestError::Missing { field } => RequestError::Missing { field: nest(field) },
+            RequestError::Invalid { field, reason } => RequestError::Invalid { field: nest(field), reason },
+            RequestError::Schema { field, reason } => RequestError::Schema { field: nest(field), reason },
+            RequestError::TooMany { field, len, limit } => RequestError::TooMany { field: nest(field), len, limit },
+        }
+    }
+}
+
+/// Serving-layer failures that are not about the request.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("no policy set is loaded yet")]
+    NotReady,
+    #[error("admin call refused: {0}")]
+    Unauthenticated(&'static str),
+}
+
+/// Start-up failures of `serve`.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Policies(#[from] PolicyLoadError),
+    #[error("cannot watch the policy directory: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot start the metrics endpoint: {0}")]
+    Metrics(String),
+    #[error("server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<RequestError> for Status {
+    fn from(err: RequestError) -> Self {
+        // Every request error is the caller's to fix, including an oversized batch: retrying the same
+        // call cannot succeed, which RESOURCE_EXHAUSTED would suggest.
+        Status::invalid_argument(err.to_string())
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::NotReady => Status::unavailable(err.to_string()),
+            ServiceError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn request_errors_name_the_field_and_map_to_invalid_argument() {
+        let status = Status::from(RequestError::missing("principal").within("checks[2]"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "`checks[2].principal` is required");
+        let status = Status::from(RequestError::TooMany { field: "checks".into(), len: 9, limit: 5 });
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("limit of 5"));
+    }
+
+    #[test]
+    fn service_errors_are_never_ok() {
+        assert_eq!(Status::from(ServiceError::NotReady).code(), Code::Unavailable);
+        assert_eq!(Status::from(ServiceError::Unauthenticated("x")).code(), Code::Unauthenticated);
+    }
+}

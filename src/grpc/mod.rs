@@ -1,0 +1,25 @@
+//! The gRPC front door: generated types, conversions, and the service handlers.
+//!
+//! Architecture invariant: protobuf types stop here. Handlers convert, call [`crate::authz::decide`]
+//! and convert back; errors become statuses only through `From<…> for Status` in `error.rs`.
+
+mod admin;
+mod authorization;
+mod convert;
+
+pub use admin::AdminApi;
+pub use authorization::AuthorizationApi;
+
+/// Generated code for `proto/cedar_pdp/v1/authorization.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    tonic::include_proto!("cedar_pdp.v1");
+
+    /// Encoded descriptors, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cedar_pdp_descriptor");
+}
+
+pub use pb::admin_service_client::AdminServiceClient;
+pub use pb::admin_service_server::AdminServiceServer;
+pub use pb::authorization_service_client::AuthorizationServiceClient;
+pub use pb::authorization_service_server::AuthorizationServiceServer;

@@ -1,0 +1,15 @@
+//! cedar-pdp: a gRPC policy decision point for Cedar policies.
+//!
+//! [`serve`] runs the server on a bound listener; `main.rs` only parses configuration, binds and
+//! waits for a signal. See `ARCHITECTURE.md` for the codemap.
+
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod policy;
+pub mod server;
+pub mod telemetry;
+
+pub use server::{serve, shutdown_signal};

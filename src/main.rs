@@ -1,0 +1,32 @@
+//! The `cedar-pdp` binary: parse configuration, start logging, run the chosen command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cedar_pdp::cli;
+use cedar_pdp::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let _log_guard = match cedar_pdp::telemetry::init(&args.log) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match args.command {
+        Command::Serve(config) => runtime.block_on(cli::serve(config)),
+        Command::Validate(args) => cli::validate(&args),
+        Command::Check(args) => runtime.block_on(cli::check(&args)),
+        Command::Status(args) => runtime.block_on(cli::status(&args)),
+    }
+}

@@ -1,0 +1,164 @@
+//! One loaded, validated policy set with its schema and entities: what a request decides against.
+//!
+//! Everything a request would otherwise redo is computed here once per reload: parsed entity type
+//! names, the schema's actions, and which entities each entity's attributes refer to (so a request
+//! carrying its own entities can be decided on a small slice of the store instead of a copy of it).
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
+
+use crate::config::ValidationMode;
+
+pub struct Snapshot {
+    /// A digest of the files and mode: equal content gives an equal version on every replica.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub mode: ValidationMode,
+    pub policies: PolicySet,
+    pub schema: Option<Schema>,
+    pub entities: Entities,
+    pub policy_count: usize,
+    pub template_count: usize,
+    pub(crate) authorizer: Authorizer,
+    pub(crate) index: EntityIndex,
+}
+
+/// Per-snapshot lookups that keep parsing and graph walks off the request path.
+#[derive(Default)]
+pub(crate) struct EntityIndex {
+    /// Entity uids that each stored entity's attributes and tags mention.
+    pub refs: HashMap<EntityUid, Vec<EntityUid>>,
+    /// Entity uids written in policies, templates and links.
+    pub policy_literals: Vec<EntityUid>,
+    /// Parsed entity type names by their text.
+    pub types: HashMap<String, EntityTypeName>,
+    /// Actions the schema declares (empty without a schema).
+    pub schema_actions: HashSet<EntityUid>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        version: String,
+        loaded_at: SystemTime,
+        mode: ValidationMode,
+        policies: PolicySet,
+        schema: Option<Schema>,
+        entities: Entities,
+    ) -> Result<Self, String> {
+        let index = EntityIndex::build(&policies, schema.as_ref(), &entities)?;
+        Ok(Snapshot {
+            version,
+            loaded_at,
+            mode,
+            policy_count: policies.policies().count(),
+            template_count: policies.templates().count(),
+            policies,
+            schema,
+            entities,
+            authorizer: Authorizer::new(),
+            index,
+        })
+    }
+
+    /// The schema requests are validated against: none in `off` mode.
+    pub fn request_schema(&self) -> Option<&Schema> {
+        match self.mode {
+            ValidationMode::Off => None,
+            ValidationMode::Strict | ValidationMode::Permissive => self.schema.as_ref(),
+        }
+    }
+}
+
+impl EntityIndex {
+    fn build(policies: &PolicySet, schema: Option<&Schema>, entities: &Entities) -> Result<Self, String> {
+        let mut index = EntityIndex::default();
+        for entity in entities.iter() {
+            let json = entity.to_json_value().map_err(|e| format!("entity `{}`: {e}", entity.uid()))?;
+            let mut refs = Vec::new();
+            for key in ["attrs", "tags"] {
+                if let Some(value) = json.get(key) {
+                    collect_uids(value, &mut refs);
+                }
+            }
+            let uid = entity.uid();
+            index.remember_type(uid.type_name());
+            if !refs.is_empty() {
+                index.refs.insert(uid, refs);
+            }
+        }
+        let json = policies.clone().to_json().map_err(|e| format!("policy set: {e}"))?;
+        collect_uids(&json, &mut index.policy_literals);
+        index.policy_literals.sort_by_key(|uid| uid.to_string());
+        index.policy_literals.dedup();
+        if let Some(schema) = schema {
+            for ty in schema.entity_types() {
+                index.remember_type(ty);
+            }
+            for action in schema.actions() {
+                index.remember_type(action.type_name());
+                index.schema_actions.insert(action.clone());
+            }
+        }
+        for uid in index.policy_literals.clone() {
+            index.remember_type(uid.type_name());
+        }
+        Ok(index)
+    }
+
+    fn remember_type(&mut self, ty: &EntityTypeName) {
+        self.types.entry(ty.to_string()).or_insert_with(|| ty.clone());
+    }
+
+    /// The type name `text` names, parsed once per snapshot for every type the snapshot knows.
+    pub fn type_name(&self, text: &str) -> Result<EntityTypeName, String> {
+        match self.types.get(text) {
+            Some(ty) => Ok(ty.clone()),
+            None => EntityTypeName::from_str(text).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Adds every entity uid that appears in a Cedar JSON value: `{"__entity": {...}}` escapes and bare
+/// `{"type": …, "id": …}` objects (schema-directed JSON may omit the escape). Over-collecting a record
+/// that merely looks like a uid is harmless: it only widens a slice.
+pub(crate) fn collect_uids(value: &serde_json::Value, out: &mut Vec<EntityUid>) {
+    match value {
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_uids(v, out)),
+        serde_json::Value::Object(map) => {
+            if let Some(inner) = map.get("__entity") {
+                collect_uids(inner, out);
+                return;
+            }
+            if let (Some(ty), Some(id)) = (map.get("type").and_then(|v| v.as_str()), map.get("id").and_then(|v| v.as_str())) {
+                if let Ok(ty) = EntityTypeName::from_str(ty) {
+                    out.push(EntityUid::from_type_name_and_id(ty, EntityId::new(id)));
+                }
+            }
+            map.values().for_each(|v| collect_uids(v, out));
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collects_escaped_and_bare_uids() {
+        let json = serde_json::json!({
+            "owner": {"__entity": {"type": "User", "id": "alice"}},
+            "team": {"type": "App::Group", "id": "eng"},
+            "list": [{"__entity": {"type": "User", "id": "bob"}}, 3, "x"],
+            "not": {"type": "no spaces allowed", "id": "x"}
+        });
+        let mut out = Vec::new();
+        collect_uids(&json, &mut out);
+        let mut names: Vec<String> = out.iter().map(ToString::to_string).collect();
+        names.sort();
+        assert_eq!(names, [r#"App::Group::"eng""#, r#"User::"alice""#, r#"User::"bob""#]);
+    }
+}

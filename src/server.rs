@@ -1,0 +1,123 @@
+//! Assembles and runs the server: load, health, reflection, services, reload loop, shutdown.
+//!
+//! Architecture invariants: health reports SERVING only once a policy set is loaded, and NOT_SERVING
+//! as soon as shutdown begins; shutdown waits for in-flight calls at most `shutdown_grace`; every
+//! background task ends with the server.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::ServeConfig;
+use crate::error::ServeError;
+use crate::grpc::{AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, pb};
+use crate::policy::{PolicyStore, watch};
+use crate::telemetry;
+
+/// The gRPC service names health reports on, besides the whole server's `""`.
+const HEALTH_SERVICES: [&str; 2] = ["", "cedar_pdp.v1.AuthorizationService"];
+
+/// Serves on `listener` until `shutdown` completes. Fails at once if the policy directory is invalid.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let store = Arc::new(PolicyStore::new(&config.policy));
+    store.reload().await?;
+    if let Some(addr) = config.metrics_listen {
+        telemetry::serve_metrics(addr).map_err(ServeError::Metrics)?;
+    }
+    let background = CancellationToken::new();
+    let reloader = watch::spawn(
+        store.clone(),
+        &config.policy.policies,
+        config.watch,
+        config.reload_debounce,
+        background.clone(),
+    )?;
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
+        store.clone(),
+        config.decision_log,
+        config.max_batch,
+    ))
+    .max_decoding_message_size(config.max_message_bytes);
+    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), config.admin_token.as_deref()));
+
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving");
+
+    let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
+    let stop_accepting = {
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
+            set_health(&health, ServingStatus::NotServing).await;
+            let _ = draining.send(());
+        }
+    };
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(authorization)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+    let grace = config.shutdown_grace;
+    let result = tokio::select! {
+        result = server => result,
+        () = async {
+            match drain_started.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                Err(_) => std::future::pending().await,
+            }
+        } => {
+            tracing::warn!(?grace, "shutdown grace elapsed; dropping calls still in flight");
+            Ok(())
+        }
+    };
+    background.cancel();
+    let _ = reloader.await;
+    result.map_err(ServeError::from)
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

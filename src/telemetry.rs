@@ -1,0 +1,68 @@
+//! Logs, the decision log and metrics.
+//!
+//! Log lines are written by a background thread (`tracing-appender`), so a slow terminal or pipe
+//! never holds a request; the writer blocks rather than drops when its buffer fills, so no decision
+//! record is silently lost. Decision records are events with target `cedar_pdp::decision`: filter
+//! them with `--log`, or turn them off with `--decision-log false`.
+
+use std::time::Duration;
+
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::EnvFilter;
+
+use crate::authz::Outcome;
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes the log.
+pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
+    let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("invalid --log filter `{}`: {e}", config.log))?;
+    let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
+    let result = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    result.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    Ok(guard)
+}
+
+/// Installs the Prometheus recorder and serves `/metrics` on `addr`.
+pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| e.to_string())
+}
+
+/// Counts one decision and, when enabled, writes its decision-log record.
+pub fn record_decision(
+    log: bool,
+    front_door: &'static str,
+    decision_id: &str,
+    policy_version: &str,
+    outcome: &Outcome,
+    latency: Duration,
+) {
+    let decision = if outcome.allow { "allow" } else { "deny" };
+    metrics::counter!("cedar_pdp_decisions_total", "decision" => decision, "api" => front_door).increment(1);
+    metrics::histogram!("cedar_pdp_decision_seconds", "api" => front_door).record(latency.as_secs_f64());
+    if !log {
+        return;
+    }
+    let errors: Vec<String> = outcome.errors.iter().map(|e| format!("{}: {}", e.policy_id, e.message)).collect();
+    tracing::info!(
+        target: "cedar_pdp::decision",
+        decision_id,
+        api = front_door,
+        principal = %outcome.principal,
+        action = %outcome.action,
+        resource = %outcome.resource,
+        decision,
+        determining_policies = ?outcome.determining,
+        errors = ?errors,
+        policy_version,
+        latency_us = latency.as_micros() as u64,
+        "decision"
+    );
+}
