@@ -1,0 +1,209 @@
+//! Check and BatchCheck through a real client against the real server on the example policies.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cedar_pdp::grpc::pb;
+use common::*;
+use tonic::Code;
+
+/// (principal, action, resource, context, allowed, determining policies)
+type Row = (&'static str, &'static str, &'static str, &'static str, bool, &'static [&'static str]);
+
+const TABLE: &[Row] = &[
+    // The owner, who is also on the platform team that edits the engineering folder.
+    (r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#, "", true,
+        &["owner-full-access", "platform-edits-engineering-folder"]),
+    // bob is in engineering: reads through the folder tree (designs ⊂ engineering), cannot edit.
+    (r#"User::"bob""#, r#"Action::"view""#, r#"Document::"design-doc""#, "", true,
+        &["engineering-reads-engineering-folder"]),
+    (r#"User::"bob""#, r#"Action::"comment""#, r#"Document::"design-doc""#, "", true,
+        &["engineering-reads-engineering-folder"]),
+    (r#"User::"bob""#, r#"Action::"edit""#, r#"Document::"design-doc""#, "", false, &[]),
+    // erin is staff but not engineering.
+    (r#"User::"erin""#, r#"Action::"view""#, r#"Document::"design-doc""#, "", false, &[]),
+    // Public document: anyone may view, not edit.
+    (r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, "", true, &["public-documents-readable"]),
+    (r#"User::"bob""#, r#"Action::"edit""#, r#"Document::"handbook""#, "", false, &[]),
+    // A forbid overrides the permits: dave is on the platform team but suspended.
+    (r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#, "", false, &["suspended-users-denied"]),
+    // Confidential documents need MFA, even for their owner.
+    (r#"User::"erin""#, r#"Action::"view""#, r#"Document::"salaries""#, "", false, &["confidential-needs-mfa"]),
+    (r#"User::"erin""#, r#"Action::"view""#, r#"Document::"salaries""#, r#"{"mfa": true}"#, true, &["owner-full-access"]),
+    // A template link shares the design doc with carol, a contractor, who must be on the office network;
+    // the schema lets the address be a plain string.
+    (r#"User::"carol""#, r#"Action::"view""#, r#"Document::"design-doc""#, r#"{"source_ip": "10.1.2.3"}"#, true,
+        &["share-design-doc-with-carol"]),
+    (r#"User::"carol""#, r#"Action::"view""#, r#"Document::"design-doc""#, r#"{"source_ip": "192.0.2.7"}"#, false,
+        &["contractors-office-network-only"]),
+    (r#"User::"carol""#, r#"Action::"edit""#, r#"Document::"design-doc""#, r#"{"source_ip": "10.1.2.3"}"#, false, &[]),
+];
+
+#[tokio::test]
+async fn decisions_on_the_example_application() {
+    let server = TestServer::start(&example_policies()).await;
+    for (principal, action, resource, context, allowed, determining) in TABLE {
+        let resp = server.check(req_ctx(principal, action, resource, context)).await.unwrap();
+        let case = format!("{principal} {action} {resource} {context}");
+        assert_eq!(is_allow(&resp), *allowed, "{case}: {resp:?}");
+        assert_eq!(resp.determining_policies, *determining, "{case}");
+        assert!(resp.errors.is_empty(), "{case}: {:?}", resp.errors);
+        assert_eq!(resp.policy_version.len(), 16, "{case}");
+        assert!(uuid::Uuid::parse_str(&resp.decision_id).is_ok(), "{case}: {}", resp.decision_id);
+    }
+}
+
+#[tokio::test]
+async fn decision_ids_are_unique() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..20 {
+        let resp = server.check(req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#)).await.unwrap();
+        assert!(ids.insert(resp.decision_id));
+    }
+}
+
+#[tokio::test]
+async fn unknown_entities_deny_with_the_policy_error_reported() {
+    let server = TestServer::start(&example_policies()).await;
+    // No such user: `principal.suspended` cannot be read, so that forbid errors (Cedar skips it) and no
+    // permit applies.
+    let resp = server.check(req(r#"User::"mallory""#, r#"Action::"view""#, r#"Document::"design-doc""#)).await.unwrap();
+    assert!(!is_allow(&resp));
+    assert!(resp.determining_policies.is_empty());
+    let ids: Vec<&str> = resp.errors.iter().map(|e| e.policy_id.as_str()).collect();
+    assert!(ids.contains(&"suspended-users-denied"), "{:?}", resp.errors);
+    assert!(resp.errors.iter().all(|e| !e.message.is_empty()));
+}
+
+#[tokio::test]
+async fn request_scoped_entities_join_the_stored_ones_for_that_request_only() {
+    let server = TestServer::start(&example_policies()).await;
+    // A new document in a stored folder: bob reads it through engineering ⊃ designs ⊃ new doc.
+    let new_doc = r#"[{"uid": {"type": "Document", "id": "draft"},
+        "attrs": {"owner": {"type": "User", "id": "erin"}, "public": false, "classification": "internal"},
+        "parents": [{"type": "Folder", "id": "designs"}]}]"#;
+    let mut r = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"draft""#);
+    r.entities_json = new_doc.into();
+    let resp = server.check(r.clone()).await.unwrap();
+    assert!(is_allow(&resp), "{resp:?}");
+    assert_eq!(resp.determining_policies, ["engineering-reads-engineering-folder"]);
+    // Attributes of the request's entity reach stored entities: erin owns the draft.
+    r.principal = Some(uid(r#"User::"erin""#));
+    r.action = Some(uid(r#"Action::"edit""#));
+    let resp = server.check(r).await.unwrap();
+    assert_eq!(resp.determining_policies, ["owner-full-access"]);
+    // Without the request's entities the draft does not exist.
+    let resp = server.check(req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"draft""#)).await.unwrap();
+    assert!(!is_allow(&resp));
+}
+
+#[tokio::test]
+async fn request_scoped_entities_cannot_redefine_stored_ones() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut r = req(r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#);
+    r.entities_json = r#"[{"uid": {"type": "User", "id": "dave"}, "attrs": {"name": "Dave", "suspended": false},
+        "parents": [{"type": "Group", "id": "platform"}]}]"#
+        .into();
+    let err = server.check(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("entities_json[0]") && err.message().contains("stored entity"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn the_schema_rejects_ill_typed_requests() {
+    let server = TestServer::start(&example_policies()).await;
+    let cases = [
+        (req(r#"User::"bob""#, r#"Action::"fly""#, r#"Document::"handbook""#), "`action`"),
+        (req(r#"Document::"handbook""#, r#"Action::"view""#, r#"Document::"handbook""#), "`principal.type`"),
+        (req(r#"User::"bob""#, r#"Action::"view""#, r#"User::"alice""#), "`resource.type`"),
+        (req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"mfa": "yes"}"#), "`context_json`"),
+        (req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"source_ip": "not an ip"}"#), "`context_json`"),
+        (req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"unknown": 1}"#), "`context_json`"),
+    ];
+    for (r, field) in cases {
+        let err = server.check(r.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{r:?}");
+        assert!(err.message().contains(field), "expected {field} in `{}`", err.message());
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_naming_the_field() {
+    let server = TestServer::start(&example_policies()).await;
+    let base = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    let cases: Vec<(pb::CheckRequest, &str)> = vec![
+        (pb::CheckRequest { principal: None, ..base.clone() }, "`principal` is required"),
+        (pb::CheckRequest { action: None, ..base.clone() }, "`action` is required"),
+        (pb::CheckRequest { resource: None, ..base.clone() }, "`resource` is required"),
+        (pb::CheckRequest { principal: Some(pb::EntityUid { r#type: String::new(), id: "x".into() }), ..base.clone() },
+            "`principal.type` is required"),
+        (pb::CheckRequest { principal: Some(pb::EntityUid { r#type: "Not A Type".into(), id: "x".into() }), ..base.clone() },
+            "`principal.type` is invalid"),
+        (pb::CheckRequest { resource: Some(pb::EntityUid { r#type: "Doc::".into(), id: "x".into() }), ..base.clone() },
+            "`resource.type` is invalid"),
+        (pb::CheckRequest { context_json: "{not json".into(), ..base.clone() }, "`context_json` is invalid"),
+        (pb::CheckRequest { context_json: "[1, 2]".into(), ..base.clone() }, "`context_json` is invalid"),
+        (pb::CheckRequest { context_json: "42".into(), ..base.clone() }, "`context_json` is invalid"),
+        (pb::CheckRequest { entities_json: "{not json".into(), ..base.clone() }, "`entities_json` is invalid"),
+        (pb::CheckRequest { entities_json: r#"{"uid": 1}"#.into(), ..base.clone() }, "`entities_json` is invalid"),
+        (pb::CheckRequest { entities_json: r#"[{"uid": {"type": "Document"}}]"#.into(), ..base.clone() },
+            "`entities_json[0]` is invalid"),
+    ];
+    for (r, expected) in cases {
+        let err = server.check(r.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{r:?}");
+        assert!(err.message().contains(expected), "expected `{expected}` in `{}`", err.message());
+    }
+    // The server is still answering after all of that.
+    assert!(is_allow(&server.check(base).await.unwrap()));
+}
+
+#[tokio::test]
+async fn oversized_messages_are_refused() {
+    let server = TestServer::start_with(&example_policies(), |c| c.max_message_bytes = 16 * 1024).await;
+    let mut r = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    r.context_json = format!(r#"{{"pad": "{}"}}"#, "x".repeat(32 * 1024));
+    let err = server.check(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(err.message().contains("message length too large"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn batch_check_answers_in_order_on_one_policy_version() {
+    let server = TestServer::start(&example_policies()).await;
+    let checks: Vec<pb::CheckRequest> =
+        TABLE.iter().map(|(p, a, r, c, _, _)| req_ctx(p, a, r, c)).collect();
+    let results = server.client.clone().batch_check(pb::BatchCheckRequest { checks }).await.unwrap().into_inner().results;
+    assert_eq!(results.len(), TABLE.len());
+    for ((p, a, r, c, allowed, determining), resp) in TABLE.iter().zip(&results) {
+        assert_eq!(is_allow(resp), *allowed, "{p} {a} {r} {c}");
+        assert_eq!(resp.determining_policies, *determining);
+    }
+    assert!(results.iter().all(|r| r.policy_version == results[0].policy_version));
+    let ids: std::collections::HashSet<_> = results.iter().map(|r| &r.decision_id).collect();
+    assert_eq!(ids.len(), results.len());
+}
+
+#[tokio::test]
+async fn one_bad_item_fails_the_whole_batch_naming_it() {
+    let server = TestServer::start(&example_policies()).await;
+    let good = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    let checks = vec![good.clone(), good.clone(), pb::CheckRequest { resource: None, ..good }];
+    let err = server.client.clone().batch_check(pb::BatchCheckRequest { checks }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), "`checks[2].resource` is required");
+}
+
+#[tokio::test]
+async fn batches_over_the_limit_are_refused() {
+    let server = TestServer::start_with(&example_policies(), |c| c.max_batch = 3).await;
+    let good = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    let ok = server.client.clone().batch_check(pb::BatchCheckRequest { checks: vec![good.clone(); 3] }).await;
+    assert_eq!(ok.unwrap().into_inner().results.len(), 3);
+    let err = server.client.clone().batch_check(pb::BatchCheckRequest { checks: vec![good; 4] }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("`checks` has 4 items, more than the limit of 3"), "{}", err.message());
+    let empty = server.client.clone().batch_check(pb::BatchCheckRequest { checks: vec![] }).await.unwrap();
+    assert!(empty.into_inner().results.is_empty());
+}

@@ -1,0 +1,200 @@
+//! Integration harness: the real server on `127.0.0.1:0`, a real client, fixtures, polling.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use cedar_pdp::config::ServeConfig;
+use cedar_pdp::error::ServeError;
+use cedar_pdp::grpc::{AdminServiceClient, AuthorizationServiceClient, pb};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub client: AuthorizationServiceClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    pub async fn start(policies: &Path) -> Self {
+        Self::start_with(policies, |_| {}).await
+    }
+
+    /// Starts with a configuration adjusted by `adjust`; panics if the server fails to start.
+    pub async fn start_with(policies: &Path, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::try_start_with(policies, adjust).await.unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    pub async fn try_start_with(policies: &Path, adjust: impl FnOnce(&mut ServeConfig)) -> Result<Self, ServeError> {
+        // Bound before the server starts: the address is known and connectable at once.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = ServeConfig::new(addr, policies.to_path_buf());
+        config.decision_log = false;
+        config.reload_debounce = Duration::from_millis(50);
+        config.shutdown_grace = Duration::from_secs(5);
+        adjust(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(cedar_pdp::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        match connect_client(addr, &task).await {
+            Some(client) => Ok(TestServer { addr, client, stop: Some(stop), task: Some(task) }),
+            None => Err(task.await.unwrap().expect_err("server ended without error before serving")),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    pub async fn status(&self) -> pb::GetStatusResponse {
+        self.admin().await.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner()
+    }
+
+    /// Signals shutdown and waits for the server to end.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.begin_stop();
+        self.wait().await
+    }
+
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn wait(&mut self) -> Result<(), ServeError> {
+        match self.task.take() {
+            Some(task) => task.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn check(&self, req: pb::CheckRequest) -> Result<pb::CheckResponse, tonic::Status> {
+        self.client.clone().check(req).await.map(tonic::Response::into_inner)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.begin_stop();
+    }
+}
+
+async fn connect_client(
+    addr: SocketAddr,
+    task: &JoinHandle<Result<(), ServeError>>,
+) -> Option<AuthorizationServiceClient<Channel>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if task.is_finished() {
+            return None;
+        }
+        // Health answers SERVING only after the policy set loaded.
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+            let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
+            if let Ok(resp) = health.check(req).await {
+                if resp.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                    return Some(AuthorizationServiceClient::new(channel));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("server at {addr} did not become SERVING within the deadline")
+}
+
+/// Polls `probe` until it returns true, failing the test after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if probe().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The example application in `policies/`.
+pub fn example_policies() -> PathBuf {
+    repo_path("policies")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo_path(&format!("tests/fixtures/{name}"))
+}
+
+/// A private copy of a directory, for tests that edit policies.
+pub fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_into(from, dir.path());
+    dir
+}
+
+fn copy_into(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir(&target).unwrap();
+            copy_into(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Writes a file the way editors and deploy tools do: a temporary file renamed over the target.
+pub fn write_atomic(path: &Path, contents: &str) {
+    let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `User::"alice"` → proto uid.
+pub fn uid(text: &str) -> pb::EntityUid {
+    let uid = cedar_policy::EntityUid::from_str(text).unwrap();
+    pb::EntityUid { r#type: uid.type_name().to_string(), id: uid.id().unescaped().to_string() }
+}
+
+pub fn req(principal: &str, action: &str, resource: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        principal: Some(uid(principal)),
+        action: Some(uid(action)),
+        resource: Some(uid(resource)),
+        ..Default::default()
+    }
+}
+
+pub fn req_ctx(principal: &str, action: &str, resource: &str, context: &str) -> pb::CheckRequest {
+    pb::CheckRequest { context_json: context.into(), ..req(principal, action, resource) }
+}
+
+pub fn is_allow(resp: &pb::CheckResponse) -> bool {
+    resp.decision() == pb::Decision::Allow
+}
