@@ -56,3 +56,51 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(convert::status_response(snapshot.as_deref(), self.store.stats())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PolicyConfig, ValidationMode};
+    use tonic::transport::server::TcpConnectInfo;
+
+    fn api(token: Option<&str>) -> AdminApi {
+        let config = PolicyConfig { policies: "policies".into(), validation: ValidationMode::Strict };
+        AdminApi::new(Arc::new(PolicyStore::new(&config)), token)
+    }
+
+    fn from(peer: &str, token: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        request.extensions_mut().insert(TcpConnectInfo { local_addr: None, remote_addr: Some(peer.parse().unwrap()) });
+        if let Some(token) = token {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn remote_peers_need_the_token() {
+        let api = api(Some("s3cret"));
+        assert!(api.authorize(&from("203.0.113.9:4000", Some("s3cret"))).is_ok());
+        assert!(api.authorize(&from("203.0.113.9:4000", Some("s3cret2"))).is_err());
+        assert!(api.authorize(&from("203.0.113.9:4000", Some("s3cre"))).is_err());
+        assert!(api.authorize(&from("203.0.113.9:4000", None)).is_err());
+        assert!(api.authorize(&from("[2001:db8::1]:4000", None)).is_err());
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_is_served() {
+        let api = api(None);
+        assert!(api.authorize(&from("127.0.0.1:4000", None)).is_ok());
+        assert!(api.authorize(&from("[::1]:4000", None)).is_ok());
+        assert!(api.authorize(&from("[::ffff:127.0.0.1]:4000", None)).is_ok());
+        assert!(api.authorize(&from("10.0.0.8:4000", None)).is_err());
+        assert!(api.authorize(&from("10.0.0.8:4000", Some("anything"))).is_err());
+        // An empty configured token is no token.
+        assert!(super::AdminApi::new(api.store.clone(), Some("")).authorize(&from("10.0.0.8:1", Some(""))).is_err());
+    }
+
+    #[test]
+    fn an_unknown_peer_is_not_loopback() {
+        assert!(api(None).authorize(&Request::new(())).is_err());
+    }
+}
