@@ -1,0 +1,185 @@
+//! The `cedar-pdp` binary as people and process managers run it: CLI commands, signals, exit codes.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cedar-pdp");
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("CEDAR_PDP_LOG", "warn").output().unwrap()
+}
+
+/// A server process on `127.0.0.1:0`; its address is read from its own start-up log line.
+struct Process {
+    child: Child,
+    addr: String,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Process {
+    fn start(policies: &Path, extra: &[&str]) -> Process {
+        let mut child = Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--policies"])
+            .arg(policies)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = loop {
+            let line = lines.recv_timeout(Duration::from_secs(20)).expect("the server logs `serving`");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if event["message"] == "serving" {
+                break event["listen"].as_str().unwrap().to_string();
+            }
+        };
+        Process { child, addr, lines }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn check(&self, principal: &str, action: &str, resource: &str) -> String {
+        let out = run(&["check", "--addr", &self.url(), "--principal", principal, "--action", action, "--resource", resource]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn validate_accepts_the_example_and_explains_errors() {
+    let ok = run(&["validate", example_policies().to_str().unwrap()]);
+    assert!(ok.status.success());
+    let stdout = String::from_utf8(ok.stdout).unwrap();
+    assert!(stdout.starts_with("ok: 8 policies, 1 templates"), "{stdout}");
+
+    let dir = copy_dir(&example_policies());
+    std::fs::write(dir.path().join("extra.cedar"), "@id(\"x\")\npermit (principal, action, resource is Document)\nwhen { resource.ownr == principal };\n").unwrap();
+    let bad = run(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8(bad.stderr).unwrap();
+    assert!(stderr.contains("error: extra.cedar:3:"), "{stderr}");
+    assert!(stderr.contains("| when { resource.ownr == principal };"), "the offending line is quoted: {stderr}");
+    assert!(stderr.contains("1 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn check_prints_decisions_and_the_server_exits_cleanly_on_sigterm() {
+    let mut server = Process::start(&example_policies(), &[]);
+    let allow = server.check(r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#);
+    assert!(allow.contains("decision: ALLOW"), "{allow}");
+    assert!(allow.contains("determining policies: owner-full-access, platform-edits-engineering-folder"), "{allow}");
+    let deny = server.check(r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#);
+    assert!(deny.contains("decision: DENY") && deny.contains("suspended-users-denied"), "{deny}");
+
+    let status = run(&["status", "--addr", &server.url()]);
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("policies: 8, templates: 1"));
+
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(15)).success());
+}
+
+#[test]
+fn decisions_are_logged_with_their_id() {
+    let server = Process::start(&example_policies(), &[]);
+    let out = server.check(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    let id = out.lines().find_map(|l| l.strip_prefix("decision id: ")).unwrap().to_string();
+    let record = loop {
+        let line = server.lines.recv_timeout(Duration::from_secs(10)).expect("a decision record");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["target"] == "cedar_pdp::decision" {
+            break event;
+        }
+    };
+    assert_eq!(record["decision_id"], id.as_str());
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["principal"], r#"User::"bob""#);
+    assert_eq!(record["determining_policies"], r#"["public-documents-readable"]"#);
+    assert!(record["latency_us"].is_u64());
+    assert!(record["policy_version"].is_string());
+}
+
+#[test]
+fn sighup_reloads_when_watching_is_off() {
+    let dir = copy_dir(&example_policies());
+    let server = Process::start(dir.path(), &["--watch", "false"]);
+    let bob_edits = || server.check(r#"User::"bob""#, r#"Action::"edit""#, r#"Document::"design-doc""#);
+    assert!(bob_edits().contains("decision: DENY"));
+    write_atomic(
+        &dir.path().join("grants.cedar"),
+        "permit (principal in Group::\"engineering\", action in Action::\"write\", resource);",
+    );
+    // Not watching: nothing changes until the signal.
+    assert!(bob_edits().contains("decision: DENY"));
+    server.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !bob_edits().contains("decision: ALLOW") {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(bob_edits().contains("grants.cedar#0"), "a policy without @id is named by file and position");
+}
+
+#[test]
+fn an_invalid_directory_is_a_nonzero_exit_naming_the_file() {
+    let dir = copy_dir(&example_policies());
+    std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource)\nwhen { };").unwrap();
+    let out = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--policies"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.cedar:2:"), "{stderr}");
+}
+
+#[test]
+fn check_reports_server_errors_with_a_nonzero_exit() {
+    let server = Process::start(&example_policies(), &[]);
+    let out = run(&["check", "--addr", &server.url(), "--principal", r#"User::"bob""#, "--action", r#"Action::"fly""#, "--resource", r#"Document::"x""#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"));
+    let out = run(&["check", "--addr", &server.url(), "--principal", "alice", "--action", r#"Action::"view""#, "--resource", r#"Document::"x""#]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--principal `alice` is not an entity uid"));
+}
