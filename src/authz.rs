@@ -14,9 +14,7 @@
 
 use std::collections::HashSet;
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema,
-};
+use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema};
 
 use crate::error::RequestError;
 use crate::policy::{Snapshot, collect_uids};
@@ -85,10 +83,9 @@ fn uid(snapshot: &Snapshot, field: &str, uid: Option<UidRef<'_>>) -> Result<Enti
     if uid.ty.is_empty() {
         return Err(RequestError::missing(&format!("{field}.type")));
     }
-    let ty = snapshot
-        .index
-        .type_name(uid.ty)
-        .map_err(|e| RequestError::invalid(&format!("{field}.type"), format!("`{}` is not an entity type name: {e}", uid.ty)))?;
+    let ty = snapshot.index.type_name(uid.ty).map_err(|e| {
+        RequestError::invalid(&format!("{field}.type"), format!("`{}` is not an entity type name: {e}", uid.ty))
+    })?;
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(uid.id)))
 }
 
@@ -98,11 +95,8 @@ fn parse_context(snapshot: &Snapshot, json: &str, action: &EntityUid) -> Result<
     if json.trim().is_empty() {
         return Ok(Context::empty());
     }
-    let schema: Option<(&Schema, &EntityUid)> = snapshot
-        .schema
-        .as_ref()
-        .filter(|_| snapshot.index.schema_actions.contains(action))
-        .map(|s| (s, action));
+    let schema: Option<(&Schema, &EntityUid)> =
+        snapshot.schema.as_ref().filter(|_| snapshot.index.schema_actions.contains(action)).map(|s| (s, action));
     Context::from_json_str(json, schema).map_err(|e| RequestError::invalid("context_json", &e))
 }
 
@@ -121,9 +115,14 @@ fn rejected_field(err: &RequestValidationError) -> &'static str {
 }
 
 /// The request's entities plus the stored entities the evaluation can reach (see the module docs).
-fn entity_slice(snapshot: &Snapshot, request: [&EntityUid; 3], input: &CheckInput<'_>) -> Result<Entities, RequestError> {
+fn entity_slice(
+    snapshot: &Snapshot,
+    request: [&EntityUid; 3],
+    input: &CheckInput<'_>,
+) -> Result<Entities, RequestError> {
     const FIELD: &str = "entities_json";
-    let json: serde_json::Value = serde_json::from_str(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
     let items = json.as_array().ok_or_else(|| RequestError::invalid(FIELD, "expected a JSON array of entities"))?;
 
     let mut pending: Vec<EntityUid> = request.into_iter().cloned().collect();
@@ -139,7 +138,10 @@ fn entity_slice(snapshot: &Snapshot, request: [&EntityUid; 3], input: &CheckInpu
             .map_err(|e| RequestError::invalid(&field, &e))?;
         let uid = entity.uid();
         if snapshot.entities.get(&uid).is_some() {
-            return Err(RequestError::invalid(&field, format!("`{uid}` is a stored entity; a request cannot redefine it")));
+            return Err(RequestError::invalid(
+                &field,
+                format!("`{uid}` is a stored entity; a request cannot redefine it"),
+            ));
         }
         if !own.insert(uid.clone()) {
             return Err(RequestError::invalid(&field, format!("`{uid}` appears twice")));

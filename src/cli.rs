@@ -95,7 +95,8 @@ async fn run_check(args: &CheckArgs) -> Result<(), String> {
 
 /// `User::"alice"` → type `User`, id `alice`, using Cedar's own parser for the uid syntax.
 fn parse_uid(flag: &str, text: &str) -> Result<pb::EntityUid, String> {
-    let uid = EntityUid::from_str(text).map_err(|e| format!("{flag} `{text}` is not an entity uid like `User::\"alice\"`: {e}"))?;
+    let uid = EntityUid::from_str(text)
+        .map_err(|e| format!("{flag} `{text}` is not an entity uid like `User::\"alice\"`: {e}"))?;
     Ok(pb::EntityUid { r#type: uid.type_name().to_string(), id: uid.id().unescaped().to_string() })
 }
 
@@ -106,7 +107,11 @@ fn list_or_none(items: &[String]) -> String {
 pub async fn status(args: &StatusArgs) -> ExitCode {
     match run_status(args).await {
         Ok(healthy) => {
-            if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -122,7 +127,8 @@ async fn run_status(args: &StatusArgs) -> Result<bool, String> {
         .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
     let mut request = tonic::Request::new(pb::GetStatusRequest {});
     if let Some(token) = &args.admin_token {
-        let value = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| "the admin token has characters not allowed in a header")?;
+        let value = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "the admin token has characters not allowed in a header")?;
         request.metadata_mut().insert("authorization", value);
     }
     let s = client.get_status(request).await.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?.into_inner();

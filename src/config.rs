@@ -185,8 +185,20 @@ mod tests {
     #[test]
     fn flags_override_defaults() {
         let cli = Cli::try_parse_from([
-            "cedar-pdp", "--log-format", "json", "serve", "--listen", "0.0.0.0:9000",
-            "--validation", "off", "--watch", "false", "--max-batch", "5", "--shutdown-grace", "2s",
+            "cedar-pdp",
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "0.0.0.0:9000",
+            "--validation",
+            "off",
+            "--watch",
+            "false",
+            "--max-batch",
+            "5",
+            "--shutdown-grace",
+            "2s",
         ])
         .unwrap();
         assert_eq!(cli.log.log_format, LogFormat::Json);

@@ -37,24 +37,16 @@ pub async fn serve(
         telemetry::serve_metrics(addr).map_err(ServeError::Metrics)?;
     }
     let background = CancellationToken::new();
-    let reloader = watch::spawn(
-        store.clone(),
-        &config.policy.policies,
-        config.watch,
-        config.reload_debounce,
-        background.clone(),
-    )?;
+    let reloader =
+        watch::spawn(store.clone(), &config.policy.policies, config.watch, config.reload_debounce, background.clone())?;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
-        store.clone(),
-        config.decision_log,
-        config.max_batch,
-    ))
-    .max_decoding_message_size(config.max_message_bytes);
+    let authorization =
+        AuthorizationServiceServer::new(AuthorizationApi::new(store.clone(), config.decision_log, config.max_batch))
+            .max_decoding_message_size(config.max_message_bytes);
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), config.admin_token.as_deref()));
 
     set_health(&health, ServingStatus::Serving).await;

@@ -29,10 +29,7 @@ pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
 
 /// Installs the Prometheus recorder and serves `/metrics` on `addr`.
 pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .map_err(|e| e.to_string())
+    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install().map_err(|e| e.to_string())
 }
 
 /// Counts one decision and, when enabled, writes its decision-log record.

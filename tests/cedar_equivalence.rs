@@ -28,7 +28,10 @@ fn reference() -> Reference {
     for rel in ["repos.cedar", "nested/guardrails.cedar"] {
         let parsed = PolicySet::from_str(&read(rel)).unwrap();
         let name = |id: &PolicyId, annotation: Option<&str>| {
-            PolicyId::new(annotation.map_or_else(|| format!("{rel}#{}", id.to_string().trim_start_matches("policy")), str::to_string))
+            PolicyId::new(
+                annotation
+                    .map_or_else(|| format!("{rel}#{}", id.to_string().trim_start_matches("policy")), str::to_string),
+            )
         };
         for t in parsed.templates() {
             policies.add_template(t.new_id(name(t.id(), t.annotation("id")))).unwrap();
@@ -94,7 +97,8 @@ fn cedar_answer(reference: &Reference, check: &pb::CheckRequest) -> (bool, BTree
     };
     let action = uid(&check.action);
     let context = Context::from_json_str(&check.context_json, Some((&reference.schema, &action))).unwrap();
-    let request = Request::new(uid(&check.principal), action, uid(&check.resource), context, Some(&reference.schema)).unwrap();
+    let request =
+        Request::new(uid(&check.principal), action, uid(&check.resource), context, Some(&reference.schema)).unwrap();
     let entities = if check.entities_json.is_empty() {
         reference.entities.clone()
     } else {
@@ -105,7 +109,10 @@ fn cedar_answer(reference: &Reference, check: &pb::CheckRequest) -> (bool, BTree
         reference
             .entities
             .clone()
-            .add_entities(extra.into_iter().filter(|e| !actions.contains(&e.uid().to_string())), Some(&reference.schema))
+            .add_entities(
+                extra.into_iter().filter(|e| !actions.contains(&e.uid().to_string())),
+                Some(&reference.schema),
+            )
             .unwrap()
     };
     let response = Authorizer::new().is_authorized(&request, &reference.policies, &entities);
@@ -139,7 +146,14 @@ async fn every_answer_matches_cedar() {
         let (allow, reasons, errors) = cedar_answer(&reference, check);
         let got_reasons: BTreeSet<String> = got.determining_policies.iter().cloned().collect();
         let got_errors: BTreeSet<String> = got.errors.iter().map(|e| e.policy_id.clone()).collect();
-        let case = format!("{:?} {:?} {:?} {} entities={}", check.principal, check.action, check.resource, check.context_json, !check.entities_json.is_empty());
+        let case = format!(
+            "{:?} {:?} {:?} {} entities={}",
+            check.principal,
+            check.action,
+            check.resource,
+            check.context_json,
+            !check.entities_json.is_empty()
+        );
         assert_eq!(is_allow(got), allow, "{case}");
         assert_eq!(got_reasons, reasons, "{case}");
         assert_eq!(got_errors, errors, "{case}");
@@ -158,12 +172,22 @@ async fn the_expected_features_fire() {
     // Spot checks that the grid is not vacuous: each feature decides something.
     let server = TestServer::start(&fixture("features")).await;
     let office = r#"{"ip": "10.1.1.1", "count": 0, "now": "2026-01-01"}"#;
-    let ask = |p: &str, a: &str, r: &str, c: &str| req_ctx(&format!(r#"Acme::Employee::"{p}""#), &format!(r#"Acme::Action::"{a}""#), &format!(r#"Acme::Repo::"{r}""#), c);
+    let ask = |p: &str, a: &str, r: &str, c: &str| {
+        req_ctx(
+            &format!(r#"Acme::Employee::"{p}""#),
+            &format!(r#"Acme::Action::"{a}""#),
+            &format!(r#"Acme::Repo::"{r}""#),
+            c,
+        )
+    };
     // Entity tags.
     let resp = server.check(ask("ann", "admin", "infra-tools", office)).await.unwrap();
     assert_eq!(resp.determining_policies, ["tagged-admin"]);
     // A template link, and a forbid reached through an attribute chain (cat's manager fay is frozen).
-    let resp = server.check(ask("cat", "admin", "infra-tools", r#"{"ip": "192.168.1.1", "count": 0, "now": "2026-01-01"}"#)).await.unwrap();
+    let resp = server
+        .check(ask("cat", "admin", "infra-tools", r#"{"ip": "192.168.1.1", "count": 0, "now": "2026-01-01"}"#))
+        .await
+        .unwrap();
     assert!(!is_allow(&resp));
     assert_eq!(resp.determining_policies, ["nested/guardrails.cedar#4"]);
     // datetime: ben's contract has ended.
@@ -175,7 +199,15 @@ async fn the_expected_features_fire() {
     let resp = server.check(r).await.unwrap();
     assert_eq!(resp.determining_policies, ["big-budget-needs-senior"]);
     // An overflow is an evaluation error, reported with its policy id.
-    let resp = server.check(ask("ann", "push", "infra-tools", r#"{"ip": "10.1.1.1", "count": 9223372036854775807, "now": "2026-01-01"}"#)).await.unwrap();
+    let resp = server
+        .check(ask(
+            "ann",
+            "push",
+            "infra-tools",
+            r#"{"ip": "10.1.1.1", "count": 9223372036854775807, "now": "2026-01-01"}"#,
+        ))
+        .await
+        .unwrap();
     assert_eq!(resp.errors.iter().map(|e| e.policy_id.as_str()).collect::<Vec<_>>(), ["push-counter"]);
     assert!(resp.errors[0].message.contains("overflow"), "{}", resp.errors[0].message);
 }

@@ -12,13 +12,31 @@ type Row = (&'static str, &'static str, &'static str, &'static str, bool, &'stat
 
 const TABLE: &[Row] = &[
     // The owner, who is also on the platform team that edits the engineering folder.
-    (r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#, "", true,
-        &["owner-full-access", "platform-edits-engineering-folder"]),
+    (
+        r#"User::"alice""#,
+        r#"Action::"edit""#,
+        r#"Document::"design-doc""#,
+        "",
+        true,
+        &["owner-full-access", "platform-edits-engineering-folder"],
+    ),
     // bob is in engineering: reads through the folder tree (designs ⊂ engineering), cannot edit.
-    (r#"User::"bob""#, r#"Action::"view""#, r#"Document::"design-doc""#, "", true,
-        &["engineering-reads-engineering-folder"]),
-    (r#"User::"bob""#, r#"Action::"comment""#, r#"Document::"design-doc""#, "", true,
-        &["engineering-reads-engineering-folder"]),
+    (
+        r#"User::"bob""#,
+        r#"Action::"view""#,
+        r#"Document::"design-doc""#,
+        "",
+        true,
+        &["engineering-reads-engineering-folder"],
+    ),
+    (
+        r#"User::"bob""#,
+        r#"Action::"comment""#,
+        r#"Document::"design-doc""#,
+        "",
+        true,
+        &["engineering-reads-engineering-folder"],
+    ),
     (r#"User::"bob""#, r#"Action::"edit""#, r#"Document::"design-doc""#, "", false, &[]),
     // erin is staff but not engineering.
     (r#"User::"erin""#, r#"Action::"view""#, r#"Document::"design-doc""#, "", false, &[]),
@@ -29,13 +47,32 @@ const TABLE: &[Row] = &[
     (r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#, "", false, &["suspended-users-denied"]),
     // Confidential documents need MFA, even for their owner.
     (r#"User::"erin""#, r#"Action::"view""#, r#"Document::"salaries""#, "", false, &["confidential-needs-mfa"]),
-    (r#"User::"erin""#, r#"Action::"view""#, r#"Document::"salaries""#, r#"{"mfa": true}"#, true, &["owner-full-access"]),
+    (
+        r#"User::"erin""#,
+        r#"Action::"view""#,
+        r#"Document::"salaries""#,
+        r#"{"mfa": true}"#,
+        true,
+        &["owner-full-access"],
+    ),
     // A template link shares the design doc with carol, a contractor, who must be on the office network;
     // the schema lets the address be a plain string.
-    (r#"User::"carol""#, r#"Action::"view""#, r#"Document::"design-doc""#, r#"{"source_ip": "10.1.2.3"}"#, true,
-        &["share-design-doc-with-carol"]),
-    (r#"User::"carol""#, r#"Action::"view""#, r#"Document::"design-doc""#, r#"{"source_ip": "192.0.2.7"}"#, false,
-        &["contractors-office-network-only"]),
+    (
+        r#"User::"carol""#,
+        r#"Action::"view""#,
+        r#"Document::"design-doc""#,
+        r#"{"source_ip": "10.1.2.3"}"#,
+        true,
+        &["share-design-doc-with-carol"],
+    ),
+    (
+        r#"User::"carol""#,
+        r#"Action::"view""#,
+        r#"Document::"design-doc""#,
+        r#"{"source_ip": "192.0.2.7"}"#,
+        false,
+        &["contractors-office-network-only"],
+    ),
     (r#"User::"carol""#, r#"Action::"edit""#, r#"Document::"design-doc""#, r#"{"source_ip": "10.1.2.3"}"#, false, &[]),
 ];
 
@@ -117,9 +154,18 @@ async fn the_schema_rejects_ill_typed_requests() {
         (req(r#"User::"bob""#, r#"Action::"fly""#, r#"Document::"handbook""#), "`action`"),
         (req(r#"Document::"handbook""#, r#"Action::"view""#, r#"Document::"handbook""#), "`principal.type`"),
         (req(r#"User::"bob""#, r#"Action::"view""#, r#"User::"alice""#), "`resource.type`"),
-        (req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"mfa": "yes"}"#), "`context_json`"),
-        (req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"source_ip": "not an ip"}"#), "`context_json`"),
-        (req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"unknown": 1}"#), "`context_json`"),
+        (
+            req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"mfa": "yes"}"#),
+            "`context_json`",
+        ),
+        (
+            req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"source_ip": "not an ip"}"#),
+            "`context_json`",
+        ),
+        (
+            req_ctx(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#, r#"{"unknown": 1}"#),
+            "`context_json`",
+        ),
     ];
     for (r, field) in cases {
         let err = server.check(r.clone()).await.unwrap_err();
@@ -136,19 +182,36 @@ async fn bad_input_is_invalid_argument_naming_the_field() {
         (pb::CheckRequest { principal: None, ..base.clone() }, "`principal` is required"),
         (pb::CheckRequest { action: None, ..base.clone() }, "`action` is required"),
         (pb::CheckRequest { resource: None, ..base.clone() }, "`resource` is required"),
-        (pb::CheckRequest { principal: Some(pb::EntityUid { r#type: String::new(), id: "x".into() }), ..base.clone() },
-            "`principal.type` is required"),
-        (pb::CheckRequest { principal: Some(pb::EntityUid { r#type: "Not A Type".into(), id: "x".into() }), ..base.clone() },
-            "`principal.type` is invalid"),
-        (pb::CheckRequest { resource: Some(pb::EntityUid { r#type: "Doc::".into(), id: "x".into() }), ..base.clone() },
-            "`resource.type` is invalid"),
+        (
+            pb::CheckRequest {
+                principal: Some(pb::EntityUid { r#type: String::new(), id: "x".into() }),
+                ..base.clone()
+            },
+            "`principal.type` is required",
+        ),
+        (
+            pb::CheckRequest {
+                principal: Some(pb::EntityUid { r#type: "Not A Type".into(), id: "x".into() }),
+                ..base.clone()
+            },
+            "`principal.type` is invalid",
+        ),
+        (
+            pb::CheckRequest {
+                resource: Some(pb::EntityUid { r#type: "Doc::".into(), id: "x".into() }),
+                ..base.clone()
+            },
+            "`resource.type` is invalid",
+        ),
         (pb::CheckRequest { context_json: "{not json".into(), ..base.clone() }, "`context_json` is invalid"),
         (pb::CheckRequest { context_json: "[1, 2]".into(), ..base.clone() }, "`context_json` is invalid"),
         (pb::CheckRequest { context_json: "42".into(), ..base.clone() }, "`context_json` is invalid"),
         (pb::CheckRequest { entities_json: "{not json".into(), ..base.clone() }, "`entities_json` is invalid"),
         (pb::CheckRequest { entities_json: r#"{"uid": 1}"#.into(), ..base.clone() }, "`entities_json` is invalid"),
-        (pb::CheckRequest { entities_json: r#"[{"uid": {"type": "Document"}}]"#.into(), ..base.clone() },
-            "`entities_json[0]` is invalid"),
+        (
+            pb::CheckRequest { entities_json: r#"[{"uid": {"type": "Document"}}]"#.into(), ..base.clone() },
+            "`entities_json[0]` is invalid",
+        ),
     ];
     for (r, expected) in cases {
         let err = server.check(r.clone()).await.unwrap_err();
@@ -172,9 +235,9 @@ async fn oversized_messages_are_refused() {
 #[tokio::test]
 async fn batch_check_answers_in_order_on_one_policy_version() {
     let server = TestServer::start(&example_policies()).await;
-    let checks: Vec<pb::CheckRequest> =
-        TABLE.iter().map(|(p, a, r, c, _, _)| req_ctx(p, a, r, c)).collect();
-    let results = server.client.clone().batch_check(pb::BatchCheckRequest { checks }).await.unwrap().into_inner().results;
+    let checks: Vec<pb::CheckRequest> = TABLE.iter().map(|(p, a, r, c, _, _)| req_ctx(p, a, r, c)).collect();
+    let results =
+        server.client.clone().batch_check(pb::BatchCheckRequest { checks }).await.unwrap().into_inner().results;
     assert_eq!(results.len(), TABLE.len());
     for ((p, a, r, c, allowed, determining), resp) in TABLE.iter().zip(&results) {
         assert_eq!(is_allow(resp), *allowed, "{p} {a} {r} {c}");

@@ -64,7 +64,17 @@ impl Process {
     }
 
     fn check(&self, principal: &str, action: &str, resource: &str) -> String {
-        let out = run(&["check", "--addr", &self.url(), "--principal", principal, "--action", action, "--resource", resource]);
+        let out = run(&[
+            "check",
+            "--addr",
+            &self.url(),
+            "--principal",
+            principal,
+            "--action",
+            action,
+            "--resource",
+            resource,
+        ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
@@ -96,7 +106,11 @@ fn validate_accepts_the_example_and_explains_errors() {
     assert!(stdout.starts_with("ok: 8 policies, 1 templates"), "{stdout}");
 
     let dir = copy_dir(&example_policies());
-    std::fs::write(dir.path().join("extra.cedar"), "@id(\"x\")\npermit (principal, action, resource is Document)\nwhen { resource.ownr == principal };\n").unwrap();
+    std::fs::write(
+        dir.path().join("extra.cedar"),
+        "@id(\"x\")\npermit (principal, action, resource is Document)\nwhen { resource.ownr == principal };\n",
+    )
+    .unwrap();
     let bad = run(&["validate", dir.path().to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8(bad.stderr).unwrap();
@@ -167,7 +181,8 @@ fn sighup_reloads_when_watching_is_off() {
 fn an_invalid_directory_is_a_nonzero_exit_naming_the_file() {
     let dir = copy_dir(&example_policies());
     std::fs::write(dir.path().join("broken.cedar"), "permit (principal, action, resource)\nwhen { };").unwrap();
-    let out = Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--policies"]).arg(dir.path()).output().unwrap();
+    let out =
+        Command::new(BIN).args(["serve", "--listen", "127.0.0.1:0", "--policies"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("broken.cedar:2:"), "{stderr}");
@@ -176,10 +191,30 @@ fn an_invalid_directory_is_a_nonzero_exit_naming_the_file() {
 #[test]
 fn check_reports_server_errors_with_a_nonzero_exit() {
     let server = Process::start(&example_policies(), &[]);
-    let out = run(&["check", "--addr", &server.url(), "--principal", r#"User::"bob""#, "--action", r#"Action::"fly""#, "--resource", r#"Document::"x""#]);
+    let out = run(&[
+        "check",
+        "--addr",
+        &server.url(),
+        "--principal",
+        r#"User::"bob""#,
+        "--action",
+        r#"Action::"fly""#,
+        "--resource",
+        r#"Document::"x""#,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"));
-    let out = run(&["check", "--addr", &server.url(), "--principal", "alice", "--action", r#"Action::"view""#, "--resource", r#"Document::"x""#]);
+    let out = run(&[
+        "check",
+        "--addr",
+        &server.url(),
+        "--principal",
+        "alice",
+        "--action",
+        r#"Action::"view""#,
+        "--resource",
+        r#"Document::"x""#,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--principal `alice` is not an entity uid"));
 }

@@ -46,10 +46,26 @@ async fn an_edit_changes_decisions_and_the_version() {
 /// Each case: a file to write and what the status must then say.
 const BAD_EDITS: &[(&str, &str, &str)] = &[
     ("grants.cedar", "permit (principal, action, resource)\nwhen { principal.name == };\n", "grants.cedar:2:"),
-    ("grants.cedar", "@id(\"typo\")\npermit (principal, action, resource is Document)\nwhen { resource.ownr == principal };\n", "grants.cedar:3:"),
-    ("grants.cedar", "@id(\"owner-full-access\")\npermit (principal, action, resource);\n", "duplicate policy id `owner-full-access`"),
-    ("more.entities.json", "[{\"uid\": {\"type\": \"User\", \"id\": \"zed\"}, \"attrs\": {\"name\": 7, \"suspended\": false}, \"parents\": []}]", "more.entities.json"),
-    ("links.json", "[{\"template_id\": \"no-such-template\", \"link_id\": \"x\", \"args\": {}}]", "links.json: links[0]"),
+    (
+        "grants.cedar",
+        "@id(\"typo\")\npermit (principal, action, resource is Document)\nwhen { resource.ownr == principal };\n",
+        "grants.cedar:3:",
+    ),
+    (
+        "grants.cedar",
+        "@id(\"owner-full-access\")\npermit (principal, action, resource);\n",
+        "duplicate policy id `owner-full-access`",
+    ),
+    (
+        "more.entities.json",
+        "[{\"uid\": {\"type\": \"User\", \"id\": \"zed\"}, \"attrs\": {\"name\": 7, \"suspended\": false}, \"parents\": []}]",
+        "more.entities.json",
+    ),
+    (
+        "links.json",
+        "[{\"template_id\": \"no-such-template\", \"link_id\": \"x\", \"args\": {}}]",
+        "links.json: links[0]",
+    ),
     ("docs.cedarschema", "entity User {", "docs.cedarschema:1:"),
 ];
 
@@ -73,7 +89,8 @@ async fn invalid_edits_keep_the_last_good_set_and_say_what_is_wrong() {
         assert!(diags.contains(expected), "case {i}: expected `{expected}` in:\n{diags}");
         assert_eq!(status.policy_version, good_version, "case {i}: the bad set must not be active");
         // The old decisions stand.
-        let alice = server.check(req(r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#)).await.unwrap();
+        let alice =
+            server.check(req(r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#)).await.unwrap();
         assert!(is_allow(&alice), "case {i}");
         assert_eq!(alice.policy_version, good_version);
         // Undo before the next case.
@@ -95,7 +112,11 @@ async fn a_file_vanishing_mid_write_is_rejected_not_half_loaded() {
     let version = server.status().await.policy_version;
     std::os::unix::fs::symlink(dir.path().join("gone.cedar.src"), dir.path().join("gone.cedar")).unwrap();
     eventually("the dangling file is reported", WAIT, || async {
-        server.status().await.last_error.is_some_and(|e| e.diagnostics.iter().any(|d| d.starts_with("gone.cedar: cannot read")))
+        server
+            .status()
+            .await
+            .last_error
+            .is_some_and(|e| e.diagnostics.iter().any(|d| d.starts_with("gone.cedar: cannot read")))
     })
     .await;
     assert_eq!(server.status().await.policy_version, version);
@@ -118,7 +139,8 @@ async fn a_burst_of_writes_ends_on_the_final_content() {
         std::fs::write(&path, text).unwrap();
     }
     let expected = cedar_pdp::policy::load_dir(dir.path(), ValidationMode::Strict).unwrap().version;
-    eventually("the final content is active", WAIT, || async { server.status().await.policy_version == expected }).await;
+    eventually("the final content is active", WAIT, || async { server.status().await.policy_version == expected })
+        .await;
     let resp = server.check(bob_edits()).await.unwrap();
     assert!(is_allow(&resp));
     assert_eq!(resp.determining_policies, ["engineering-edits-engineering-folder"]);
@@ -136,7 +158,8 @@ async fn reloads_under_load_fail_no_request() {
         clients.push(tokio::spawn(async move {
             let mut versions = std::collections::HashSet::new();
             while !stop.load(Ordering::Relaxed) {
-                let resp = client.clone().check(bob_edits()).await.expect("no check may fail during a reload").into_inner();
+                let resp =
+                    client.clone().check(bob_edits()).await.expect("no check may fail during a reload").into_inner();
                 // Each answer is consistent with the version that gave it.
                 let granted = resp.determining_policies == ["engineering-edits-engineering-folder"];
                 assert_eq!(is_allow(&resp), granted, "{resp:?}");

@@ -8,13 +8,13 @@ use std::time::Duration;
 use cedar_pdp::grpc::pb;
 use common::*;
 use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 async fn health_of(server: &TestServer, service: &str) -> Result<ServingStatus, tonic::Status> {
     let mut health = HealthClient::new(server.channel().await);
@@ -32,7 +32,8 @@ async fn health_is_serving_for_the_server_and_the_check_service_once_loaded() {
 
 #[tokio::test]
 async fn shutdown_turns_health_not_serving_then_drains_within_the_grace() {
-    let mut server = TestServer::start_with(&example_policies(), |c| c.shutdown_grace = Duration::from_millis(500)).await;
+    let mut server =
+        TestServer::start_with(&example_policies(), |c| c.shutdown_grace = Duration::from_millis(500)).await;
     let mut health = HealthClient::new(server.channel().await);
     let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
@@ -57,9 +58,13 @@ async fn shutdown_with_nothing_in_flight_is_prompt() {
 async fn reflection_lists_the_services() {
     let server = TestServer::start(&example_policies()).await;
     let mut reflection = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response else {
+    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
+    else {
         panic!("not a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
@@ -103,6 +108,7 @@ async fn a_configured_admin_token_must_match_when_presented() {
 async fn decisions_work_without_watching_the_directory() {
     let dir = copy_dir(&example_policies());
     let server = TestServer::start_with(dir.path(), |c| c.watch = false).await;
-    let allowed = server.check(req(r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#)).await.unwrap();
+    let allowed =
+        server.check(req(r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#)).await.unwrap();
     assert!(is_allow(&allowed));
 }

@@ -50,7 +50,10 @@ fn is_loopback<T>(request: &Request<T>) -> bool {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
-    async fn get_status(&self, request: Request<pb::GetStatusRequest>) -> Result<Response<pb::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
         self.authorize(&request)?;
         let snapshot = self.store.current();
         Ok(Response::new(convert::status_response(snapshot.as_deref(), self.store.stats())))

@@ -30,7 +30,14 @@ impl AuthorizationApi {
         let started = Instant::now();
         let outcome = authz::decide(snapshot, &convert::check_input(req))?;
         let decision_id = uuid::Uuid::now_v7().to_string();
-        telemetry::record_decision(self.decision_log, "check", &decision_id, &snapshot.version, &outcome, started.elapsed());
+        telemetry::record_decision(
+            self.decision_log,
+            "check",
+            &decision_id,
+            &snapshot.version,
+            &outcome,
+            started.elapsed(),
+        );
         Ok(convert::check_response(outcome, &snapshot.version, decision_id))
     }
 }
@@ -39,7 +46,8 @@ impl AuthorizationApi {
 impl pb::authorization_service_server::AuthorizationService for AuthorizationApi {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let snapshot = self.snapshot()?;
-        let response = self.decide(&snapshot, request.get_ref()).inspect_err(|e| tracing::debug!("check rejected: {e}"))?;
+        let response =
+            self.decide(&snapshot, request.get_ref()).inspect_err(|e| tracing::debug!("check rejected: {e}"))?;
         Ok(Response::new(response))
     }
 
@@ -49,7 +57,9 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
         let checks = &request.get_ref().checks;
         if checks.len() > self.max_batch {
-            return Err(RequestError::TooMany { field: "checks".into(), len: checks.len(), limit: self.max_batch }.into());
+            return Err(
+                RequestError::TooMany { field: "checks".into(), len: checks.len(), limit: self.max_batch }.into()
+            );
         }
         // One snapshot for the whole batch: every item is decided by the same policy version.
         let snapshot = self.snapshot()?;

@@ -13,9 +13,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::SystemTime;
 
-use cedar_policy::{
-    Entities, Entity, EntityUid, PolicyId, PolicySet, Schema, SchemaFragment, SlotId, Validator,
-};
+use cedar_policy::{Entities, Entity, EntityUid, PolicyId, PolicySet, Schema, SchemaFragment, SlotId, Validator};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 

@@ -17,8 +17,8 @@ use arc_swap::ArcSwapOption;
 
 pub use diag::Diagnostic;
 pub use load::load_dir;
-pub(crate) use snapshot::collect_uids;
 pub use snapshot::Snapshot;
+pub(crate) use snapshot::collect_uids;
 
 use crate::config::{PolicyConfig, ValidationMode};
 use crate::error::PolicyLoadError;

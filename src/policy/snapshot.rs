@@ -132,7 +132,9 @@ pub(crate) fn collect_uids(value: &serde_json::Value, out: &mut Vec<EntityUid>) 
                 collect_uids(inner, out);
                 return;
             }
-            if let (Some(ty), Some(id)) = (map.get("type").and_then(|v| v.as_str()), map.get("id").and_then(|v| v.as_str())) {
+            if let (Some(ty), Some(id)) =
+                (map.get("type").and_then(|v| v.as_str()), map.get("id").and_then(|v| v.as_str()))
+            {
                 if let Ok(ty) = EntityTypeName::from_str(ty) {
                     out.push(EntityUid::from_type_name_and_id(ty, EntityId::new(id)));
                 }
