@@ -1,1 +1,119 @@
-fn main() {}
+//! The in-process decision path: request conversion + Cedar evaluation, next to Cedar alone.
+//!
+//! `cargo bench --bench decide` (figures in docs/benchmarks.md).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::hint::black_box;
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_pdp::authz::{CheckInput, UidRef, decide};
+use cedar_pdp::config::ValidationMode;
+use cedar_pdp::policy::{Snapshot, load_dir};
+use cedar_policy::{Authorizer, Context, EntityUid, Request};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+fn example() -> Snapshot {
+    load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), ValidationMode::Strict).unwrap()
+}
+
+/// The example application with 11,000 more users in 100 more groups: a store worth not copying.
+fn large() -> (tempfile::TempDir, Snapshot) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let mut extra = Vec::new();
+    for g in 0..100 {
+        extra.push(serde_json::json!({"uid": {"type": "Group", "id": format!("g{g}")}, "attrs": {"name": "g"},
+            "parents": [{"type": "Group", "id": "engineering"}]}));
+    }
+    for u in 0..11_000 {
+        extra.push(serde_json::json!({"uid": {"type": "User", "id": format!("u{u}")},
+            "attrs": {"name": "u", "suspended": false}, "parents": [{"type": "Group", "id": format!("g{}", u % 100)}]}));
+    }
+    std::fs::write(dir.path().join("bulk.entities.json"), serde_json::to_string(&extra).unwrap()).unwrap();
+    let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+    (dir, snapshot)
+}
+
+const DRAFT: &str = r#"[{"uid": {"type": "Document", "id": "draft"},
+    "attrs": {"owner": {"type": "User", "id": "erin"}, "public": false, "classification": "internal"},
+    "parents": [{"type": "Folder", "id": "designs"}]}]"#;
+
+fn input<'a>(
+    principal: &'a str,
+    action: &'a str,
+    resource: &'a str,
+    context: &'a str,
+    entities: &'a str,
+) -> CheckInput<'a> {
+    CheckInput {
+        principal: Some(UidRef { ty: "User", id: principal }),
+        action: Some(UidRef { ty: "Action", id: action }),
+        resource: Some(UidRef { ty: "Document", id: resource }),
+        context_json: context,
+        entities_json: entities,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let snapshot = example();
+    let mut group = c.benchmark_group("decide");
+
+    // The floor: Cedar's evaluation alone on a request built beforehand.
+    let request = Request::new(
+        EntityUid::from_str(r#"User::"bob""#).unwrap(),
+        EntityUid::from_str(r#"Action::"view""#).unwrap(),
+        EntityUid::from_str(r#"Document::"design-doc""#).unwrap(),
+        Context::empty(),
+        snapshot.schema.as_ref(),
+    )
+    .unwrap();
+    let authorizer = Authorizer::new();
+    group.bench_function("cedar_is_authorized_only", |b| {
+        b.iter(|| black_box(authorizer.is_authorized(&request, &snapshot.policies, &snapshot.entities)))
+    });
+
+    let plain = input("bob", "view", "design-doc", "", "");
+    group.bench_function("check", |b| b.iter(|| black_box(decide(&snapshot, black_box(&plain)).unwrap())));
+
+    let with_context = input("carol", "view", "design-doc", r#"{"mfa": true, "source_ip": "10.1.2.3"}"#, "");
+    group.bench_function("check_with_context", |b| b.iter(|| black_box(decide(&snapshot, &with_context).unwrap())));
+
+    let scoped = input("bob", "view", "draft", "", DRAFT);
+    group.bench_function("check_with_request_entities", |b| b.iter(|| black_box(decide(&snapshot, &scoped).unwrap())));
+
+    let batch: Vec<CheckInput<'_>> = (0..100)
+        .map(|i| match i % 4 {
+            0 => input("bob", "view", "design-doc", "", ""),
+            1 => input("alice", "edit", "design-doc", "", ""),
+            2 => input("dave", "view", "handbook", "", ""),
+            _ => input("erin", "view", "salaries", r#"{"mfa": true}"#, ""),
+        })
+        .collect();
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("batch_of_100", |b| {
+        b.iter(|| {
+            for check in &batch {
+                black_box(decide(&snapshot, check).unwrap());
+            }
+        })
+    });
+    group.finish();
+
+    // Request-scoped entities against an 11k-entity store: a slice, not a copy.
+    let (_dir, big) = large();
+    let mut group = c.benchmark_group("store_11k");
+    group.bench_function("check", |b| b.iter(|| black_box(decide(&big, &plain).unwrap())));
+    group.bench_function("check_with_request_entities", |b| b.iter(|| black_box(decide(&big, &scoped).unwrap())));
+    group.bench_function("clone_store_for_comparison", |b| {
+        b.iter_batched(|| (), |()| black_box(big.entities.clone()), BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -5,6 +5,8 @@
 //! Architecture invariants:
 //! - Nothing here parses, clones or rebuilds what a snapshot already holds: a request without its own
 //!   entities is decided against the stored `Entities` by reference.
+//! - Cedar sees only the policies whose scope matches the request (`policy/scope.rs`); the others
+//!   could neither apply nor error, so answers are unchanged.
 //! - A request carrying entities is decided on a slice: the request's entities plus every stored
 //!   entity reachable from the principal, action, resource, context, the policies' entity literals and,
 //!   transitively, the attributes and tags of what is included. Stored entities keep their transitive
@@ -69,12 +71,15 @@ pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>) -> Result<Outcome, Re
     let context = parse_context(snapshot, input.context_json, &action)?;
     let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
         .map_err(|e| RequestError::schema(rejected_field(&e), &e))?;
-    let response = if input.entities_json.trim().is_empty() {
-        snapshot.authorizer.is_authorized(&request, &snapshot.policies, &snapshot.entities)
+    let slice;
+    let entities = if input.entities_json.trim().is_empty() {
+        &snapshot.entities
     } else {
-        let slice = entity_slice(snapshot, [&principal, &action, &resource], input)?;
-        snapshot.authorizer.is_authorized(&request, &snapshot.policies, &slice)
+        slice = entity_slice(snapshot, [&principal, &action, &resource], input)?;
+        &slice
     };
+    let policies = snapshot.policies_for(&principal, &action, &resource, entities);
+    let response = snapshot.authorizer.is_authorized(&request, policies.set(), entities);
     Ok(outcome(response, principal, action, resource))
 }
 
@@ -173,7 +178,7 @@ fn entity_slice(
 
 fn outcome(response: Response, principal: EntityUid, action: EntityUid, resource: EntityUid) -> Outcome {
     let diagnostics = response.diagnostics();
-    let mut determining: Vec<String> = diagnostics.reason().map(ToString::to_string).collect();
+    let mut determining: Vec<String> = diagnostics.reason().map(|id| AsRef::<str>::as_ref(id).to_owned()).collect();
     determining.sort_unstable();
     let errors = diagnostics
         .errors()

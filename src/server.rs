@@ -8,9 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
@@ -52,6 +52,9 @@ pub async fn serve(
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving");
 
+    // As tonic does when it binds itself: without TCP_NODELAY a multi-segment request waits out the
+    // peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let stop_accepting = {
         let health = health.clone();
@@ -67,7 +70,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(authorization)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+        .serve_with_incoming_shutdown(incoming, stop_accepting);
     let grace = config.shutdown_grace;
     let result = tokio::select! {
         result = server => result,

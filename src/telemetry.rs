@@ -16,7 +16,11 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes the log.
 pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("invalid --log filter `{}`: {e}", config.log))?;
-    let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+    // Buffered: the writer thread flushes whenever its queue runs dry, so a burst of decision records
+    // costs a few large writes instead of a syscall each.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let result = match config.log_format {

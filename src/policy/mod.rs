@@ -6,6 +6,7 @@
 
 mod diag;
 mod load;
+mod scope;
 mod snapshot;
 pub mod watch;
 

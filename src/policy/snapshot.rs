@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
 
+use super::scope::{ScopeIndex, Selected};
 use crate::config::ValidationMode;
 
 pub struct Snapshot {
@@ -24,6 +25,7 @@ pub struct Snapshot {
     pub template_count: usize,
     pub(crate) authorizer: Authorizer,
     pub(crate) index: EntityIndex,
+    pub(crate) scope: ScopeIndex,
 }
 
 /// Per-snapshot lookups that keep parsing and graph walks off the request path.
@@ -49,6 +51,7 @@ impl Snapshot {
         entities: Entities,
     ) -> Result<Self, String> {
         let index = EntityIndex::build(&policies, schema.as_ref(), &entities)?;
+        let scope = ScopeIndex::build(&policies);
         Ok(Snapshot {
             version,
             loaded_at,
@@ -60,7 +63,19 @@ impl Snapshot {
             entities,
             authorizer: Authorizer::new(),
             index,
+            scope,
         })
+    }
+
+    /// The policies whose scope matches the request (see `scope.rs`): exact, and cheaper to evaluate.
+    pub(crate) fn policies_for(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        entities: &Entities,
+    ) -> Selected<'_> {
+        self.scope.select(&self.policies, principal, action, resource, entities)
     }
 
     /// The schema requests are validated against: none in `off` mode.

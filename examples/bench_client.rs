@@ -1,0 +1,81 @@
+//! Benchmark helper: writes gRPC request bodies for h2load, and verifies them with a real client
+//! (h2load cannot see gRPC errors: they arrive as HTTP 200 with `grpc-status` in trailers).
+//!
+//! `bench_client body <check|batch100|health> FILE` — one length-prefixed gRPC frame.
+//! `bench_client verify <check|batch100|health> URL` — sends the same message, checks the answer,
+//! prints the response frame's size in bytes (h2load's DATA bytes must be a multiple of it).
+
+use cedar_pdp::grpc::{AuthorizationServiceClient, pb};
+use prost::Message;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+fn check() -> pb::CheckRequest {
+    let uid = |t: &str, id: &str| Some(pb::EntityUid { r#type: t.into(), id: id.into() });
+    pb::CheckRequest {
+        principal: uid("User", "bob"),
+        action: uid("Action", "view"),
+        resource: uid("Document", "design-doc"),
+        ..Default::default()
+    }
+}
+
+fn batch100() -> pb::BatchCheckRequest {
+    pb::BatchCheckRequest { checks: vec![check(); 100] }
+}
+
+fn frame(message: &impl Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let (verb, kind, target) = match args.as_slice() {
+        [_, verb, kind, target] => (verb.as_str(), kind.as_str(), target.clone()),
+        _ => return Err("usage: bench_client <body|verify> <check|batch100|health> <FILE|URL>".into()),
+    };
+    match verb {
+        "body" => {
+            let bytes = match kind {
+                "check" => frame(&check()),
+                "batch100" => frame(&batch100()),
+                "health" => frame(&HealthCheckRequest { service: String::new() }),
+                _ => return Err(format!("unknown kind {kind}").into()),
+            };
+            std::fs::write(target, bytes)?;
+        }
+        "verify" => {
+            let size = match kind {
+                "check" => {
+                    let r = AuthorizationServiceClient::connect(target).await?.check(check()).await?.into_inner();
+                    if r.decision() != pb::Decision::Allow {
+                        return Err(format!("unexpected answer {r:?}").into());
+                    }
+                    frame(&r).len()
+                }
+                "batch100" => {
+                    let r =
+                        AuthorizationServiceClient::connect(target).await?.batch_check(batch100()).await?.into_inner();
+                    if r.results.len() != 100 || r.results.iter().any(|c| c.decision() != pb::Decision::Allow) {
+                        return Err("unexpected batch answer".into());
+                    }
+                    frame(&r).len()
+                }
+                "health" => {
+                    let channel = tonic::transport::Channel::from_shared(target)?.connect().await?;
+                    let r = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await?;
+                    frame(&r.into_inner()).len()
+                }
+                _ => return Err(format!("unknown kind {kind}").into()),
+            };
+            println!("{size}");
+        }
+        _ => return Err(format!("unknown verb {verb}").into()),
+    }
+    Ok(())
+}

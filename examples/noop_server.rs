@@ -1,0 +1,43 @@
+//! Benchmark ceiling: the check API on the same tonic stack and settings as `cedar-pdp serve`, with
+//! handlers that return a constant answer of the same size. Not part of the product.
+//!
+//! `cargo run --release --example noop_server -- 127.0.0.1:50061`
+
+use cedar_pdp::grpc::{AuthorizationServiceServer, pb};
+use tonic::{Request, Response, Status};
+
+struct Noop;
+
+fn constant() -> pb::CheckResponse {
+    pb::CheckResponse {
+        decision: pb::Decision::Allow.into(),
+        determining_policies: vec!["engineering-reads-engineering-folder".into()],
+        errors: vec![],
+        policy_version: "0123456789abcdef".into(),
+        decision_id: "01234567-89ab-7def-8123-456789abcdef".into(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::authorization_service_server::AuthorizationService for Noop {
+    async fn check(&self, _: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        Ok(Response::new(constant()))
+    }
+
+    async fn batch_check(&self, r: Request<pb::BatchCheckRequest>) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        Ok(Response::new(pb::BatchCheckResponse { results: vec![constant(); r.get_ref().checks.len()] }))
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:50061".into()).parse()?;
+    let defaults = cedar_pdp::config::ServeConfig::new(addr, "policies".into());
+    let service = AuthorizationServiceServer::new(Noop).max_decoding_message_size(defaults.max_message_bytes);
+    println!("noop server on {addr}");
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_shutdown(addr, cedar_pdp::shutdown_signal())
+        .await?;
+    Ok(())
+}

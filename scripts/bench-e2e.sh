@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark over loopback (see docs/benchmarks.md).
+#
+# Servers are pinned to core 1, h2load to core 0. Targets run interleaved, round after round:
+#   noop      the same tonic stack answering Check with a constant (examples/noop_server.rs)
+#   check     cedar-pdp Check, decision log off
+#   check-log cedar-pdp Check, decision log on (JSON lines to a file)
+#   health    cedar-pdp's gRPC health Check
+#   batch100  cedar-pdp BatchCheck with 100 checks per call
+# Each body is verified with a real gRPC client first; the report checks that every response h2load
+# counted was a whole, successful gRPC answer (DATA bytes = responses x verified frame size).
+#
+# Usage: scripts/bench-e2e.sh            (DURATION=10 ROUNDS=3 by default)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+OUT=${OUT:-bench-out}
+command -v h2load >/dev/null || { echo "h2load missing: apt-get install -y nghttp2-client" >&2; exit 1; }
+rm -rf "$OUT" && mkdir -p "$OUT"
+
+cargo build --release --quiet --bins --examples
+BIN=target/release/cedar-pdp
+NOOP=target/release/examples/noop_server
+CLIENT=target/release/examples/bench_client
+for kind in check batch100 health; do "$CLIENT" body "$kind" "$OUT/$kind.bin"; done
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+taskset -c 1 "$NOOP" 127.0.0.1:50161 >"$OUT/noop.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --listen 127.0.0.1:50162 --decision-log false >"$OUT/pdp.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" --log-format json serve --listen 127.0.0.1:50163 >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
+
+verify() { # kind url → prints the verified response frame size
+  local deadline=$((SECONDS + 30))
+  until "$CLIENT" verify "$1" "$2" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { echo "verification of $1 at $2 failed" >&2; "$CLIENT" verify "$1" "$2"; exit 1; }
+    sleep 0.2
+  done
+}
+declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163
+                [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162)
+declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100)
+declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/cedar_pdp.v1.AuthorizationService/BatchCheck
+                [health]=/grpc.health.v1.Health/Check)
+for target in noop check check-log health batch100; do
+  verify "${KIND[$target]}" "${URL[$target]}" >"$OUT/$target.frame"
+done
+
+load() { # target level(sat|lat) round
+  local target=$1 level=$2 round=$3 kind=${KIND[$1]}
+  local conc=(-c16 -m100)
+  [ "$level" = lat ] && conc=(-c4 -m10)
+  [ "$target" = batch100 ] && conc=(-c4 -m4)
+  local name="$OUT/$target.$level.$round"
+  taskset -c 0 h2load -t1 "${conc[@]}" -D "$DURATION" --warm-up-time=2 -d "$OUT/$kind.bin" \
+    -H 'content-type: application/grpc' -H 'te: trailers' --log-file="$name.tsv" \
+    "${URL[$target]}${RPC[$kind]}" >"$name.txt"
+  "$CLIENT" verify "$kind" "${URL[$target]}" >/dev/null  # still answering correctly after the run
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for target in noop check check-log health; do load "$target" sat "$round"; done
+  for target in noop check; do load "$target" lat "$round"; done
+  load batch100 sat "$round"
+  echo "round $round done" >&2
+done
+python3 scripts/bench_report.py "$OUT"
