@@ -6,6 +6,10 @@
 use cedar_pdp::grpc::{AuthorizationServiceServer, pb};
 use tonic::{Request, Response, Status};
 
+// The same allocator as the cedar-pdp binary: a ceiling on the same footing.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Noop;
 
 fn constant() -> pb::CheckResponse {

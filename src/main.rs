@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cedar_pdp::cli;
+
+// Cedar's evaluator allocates heavily; under many concurrent streams glibc's allocator fragments and
+// spends more time than the evaluation itself (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use cedar_pdp::config::{Cli, Command};
 
 fn main() -> ExitCode {

@@ -12,7 +12,7 @@
 //! checked against the same entities Cedar will see. The sub-`PolicySet` for each distinct set of
 //! matching policies is built once and cached (bounded; past the bound the full set is used).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
@@ -167,16 +167,17 @@ impl ScopeIndex {
     }
 }
 
-fn ancestors<'e>(entities: &'e Entities, uid: &EntityUid) -> HashSet<&'e EntityUid> {
+/// Ancestor lists are short: a vector beats hashing them per request.
+fn ancestors<'e>(entities: &'e Entities, uid: &EntityUid) -> Vec<&'e EntityUid> {
     entities.ancestors(uid).map(Iterator::collect).unwrap_or_default()
 }
 
 /// Cedar's `in` on entities: reflexive, then through the stored transitive ancestors.
-fn is_in(uid: &EntityUid, ancestors: &HashSet<&EntityUid>, target: &EntityUid) -> bool {
-    uid == target || ancestors.contains(target)
+fn is_in(uid: &EntityUid, ancestors: &[&EntityUid], target: &EntityUid) -> bool {
+    uid == target || ancestors.contains(&target)
 }
 
-fn scope_matches(scope: &Scope, uid: &EntityUid, ancestors: &HashSet<&EntityUid>) -> bool {
+fn scope_matches(scope: &Scope, uid: &EntityUid, ancestors: &[&EntityUid]) -> bool {
     match scope {
         Scope::Any => true,
         Scope::Eq(target) => uid == target,
@@ -186,7 +187,7 @@ fn scope_matches(scope: &Scope, uid: &EntityUid, ancestors: &HashSet<&EntityUid>
     }
 }
 
-fn action_matches(scope: &ActionConstraint, uid: &EntityUid, ancestors: &HashSet<&EntityUid>) -> bool {
+fn action_matches(scope: &ActionConstraint, uid: &EntityUid, ancestors: &[&EntityUid]) -> bool {
     match scope {
         ActionConstraint::Any => true,
         ActionConstraint::Eq(target) => uid == target,
