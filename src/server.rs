@@ -66,6 +66,9 @@ pub async fn serve(
         }
     };
     let server = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(crate::grpc::oversized_as_resource_exhausted(
+            config.max_message_bytes,
+        )))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(authorization)

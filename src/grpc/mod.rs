@@ -6,9 +6,11 @@
 mod admin;
 mod authorization;
 mod convert;
+mod limits;
 
 pub use admin::AdminApi;
 pub use authorization::AuthorizationApi;
+pub use limits::oversized_as_resource_exhausted;
 
 /// Generated code for `proto/cedar_pdp/v1/authorization.proto`.
 pub mod pb {
