@@ -31,11 +31,12 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let store = Arc::new(PolicyStore::new(&config.policy));
-    store.reload().await?;
+    // Metrics first, so that the initial load is counted too.
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_metrics(addr).map_err(ServeError::Metrics)?;
     }
+    let store = Arc::new(PolicyStore::new(&config.policy));
+    store.reload().await?;
     let background = CancellationToken::new();
     let reloader =
         watch::spawn(store.clone(), &config.policy.policies, config.watch, config.reload_debounce, background.clone())?;

@@ -218,3 +218,42 @@ fn check_reports_server_errors_with_a_nonzero_exit() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--principal `alice` is not an entity uid"));
 }
+
+/// A raw HTTP/1.1 GET: enough for a Prometheus scrape, with no HTTP client in the tests.
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn metrics_count_decisions_and_reloads() {
+    // A free port for the exporter (it binds its own listener).
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let server = Process::start(&example_policies(), &["--metrics-listen", &metrics_addr]);
+    server.check(r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#);
+    server.check(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    server.check(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let scrape = loop {
+        if let Some(body) = http_get(&metrics_addr, "/metrics").filter(|b| b.contains("cedar_pdp_decisions_total")) {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "no metrics at {metrics_addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let line = |prefix: &str| scrape.lines().find(|l| l.starts_with(prefix)).map(str::to_string);
+    let value = |l: Option<String>| l.and_then(|l| l.rsplit(' ').next().map(str::to_string));
+    let allow = line("cedar_pdp_decisions_total{decision=\"allow\",api=\"check\"}")
+        .or_else(|| line("cedar_pdp_decisions_total{api=\"check\",decision=\"allow\"}"));
+    let deny = line("cedar_pdp_decisions_total{decision=\"deny\",api=\"check\"}")
+        .or_else(|| line("cedar_pdp_decisions_total{api=\"check\",decision=\"deny\"}"));
+    assert_eq!(value(allow).as_deref(), Some("2"), "{scrape}");
+    assert_eq!(value(deny).as_deref(), Some("1"), "{scrape}");
+    assert_eq!(value(line("cedar_pdp_policy_reloads_total{result=\"success\"}")).as_deref(), Some("1"), "{scrape}");
+    assert!(scrape.contains("cedar_pdp_decision_seconds"), "{scrape}");
+}

@@ -370,3 +370,125 @@ fn validate(
         tracing::warn!("validation warning: {}", Diagnostic::from_miette(&file, text, w).one_line());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (rel, text) in files {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        dir
+    }
+
+    fn problems(dir: &Path, mode: ValidationMode) -> String {
+        match load_dir(dir, mode) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const SCHEMA: &str =
+        "entity User; entity Doc { owner: User }; action view appliesTo { principal: User, resource: Doc };";
+    // Valid in permissive mode only: strict validation rejects a set mixing entity types.
+    const PERMISSIVE_ONLY: &str = "permit (principal, action, resource) when { [principal, resource].contains(principal) };";
+
+    #[test]
+    fn ids_come_from_annotations_or_file_and_position() {
+        let dir = dir_with(&[
+            (
+                "a.cedar",
+                "permit (principal, action, resource);\n@id(\"named\")\nforbid (principal, action, resource);\npermit (principal == ?principal, action, resource);",
+            ),
+            ("sub/b.cedar", "permit (principal, action, resource);"),
+            (".hidden/c.cedar", "this is not cedar"),
+            ("sub/.d.cedar.swp", "nor this"),
+            ("notes.txt", "ignored"),
+        ]);
+        let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+        let mut ids: Vec<String> = snapshot.policies.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        assert_eq!(ids, ["a.cedar#0", "named", "sub/b.cedar#0"]);
+        let templates: Vec<String> = snapshot.policies.templates().map(|t| t.id().to_string()).collect();
+        assert_eq!(templates, ["a.cedar#2"]);
+    }
+
+    #[test]
+    fn json_schema_fragments_combine_with_cedar_ones() {
+        let json = r#"{"": {"entityTypes": {"Team": {}}, "actions": {}}}"#;
+        let dir = dir_with(&[
+            ("users.cedarschema", "entity User in [Team]; action view appliesTo { principal: User, resource: User };"),
+            ("teams.cedarschema.json", json),
+            ("p.cedar", "permit (principal in Team::\"a\", action == Action::\"view\", resource);"),
+        ]);
+        let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+        assert!(snapshot.schema.is_some());
+        // Without the JSON fragment, `Team` is unknown.
+        std::fs::remove_file(dir.path().join("teams.cedarschema.json")).unwrap();
+        assert!(problems(dir.path(), ValidationMode::Strict).contains("Team"));
+    }
+
+    #[test]
+    fn validation_modes_differ_as_documented() {
+        let dir = dir_with(&[("s.cedarschema", SCHEMA), ("p.cedar", PERMISSIVE_ONLY)]);
+        assert!(problems(dir.path(), ValidationMode::Strict).contains("p.cedar:1:"));
+        assert!(load_dir(dir.path(), ValidationMode::Permissive).is_ok());
+        std::fs::write(dir.path().join("q.cedar"), "permit (principal, action, resource) when { resource.nope };")
+            .unwrap();
+        assert!(problems(dir.path(), ValidationMode::Permissive).contains("q.cedar:1:"));
+        // Off: loads and evaluates a set that does not validate.
+        let snapshot = load_dir(dir.path(), ValidationMode::Off).unwrap();
+        assert_eq!(snapshot.policy_count, 2);
+        assert!(snapshot.request_schema().is_none());
+    }
+
+    #[test]
+    fn entities_are_checked_against_the_schema_and_across_files() {
+        let alice = r#"[{"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []}]"#;
+        let dir = dir_with(&[("s.cedarschema", SCHEMA), ("a.entities.json", alice), ("b.entities.json", alice)]);
+        assert!(problems(dir.path(), ValidationMode::Strict).contains("duplicate entity `User::\"alice\"`"));
+        std::fs::remove_file(dir.path().join("b.entities.json")).unwrap();
+        let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+        // alice plus the schema's action.
+        assert_eq!(snapshot.entities.len(), 2);
+        std::fs::write(
+            dir.path().join("entities.json"),
+            r#"[{"uid": {"type": "Doc", "id": "d"}, "attrs": {"owner": 3}, "parents": []}]"#,
+        )
+        .unwrap();
+        assert!(problems(dir.path(), ValidationMode::Strict).contains("entities.json"));
+    }
+
+    #[test]
+    fn the_version_follows_content_and_mode() {
+        let dir = dir_with(&[("p.cedar", "permit (principal, action, resource);")]);
+        let v1 = load_dir(dir.path(), ValidationMode::Strict).unwrap().version;
+        assert_eq!(v1, load_dir(dir.path(), ValidationMode::Strict).unwrap().version);
+        assert_ne!(v1, load_dir(dir.path(), ValidationMode::Off).unwrap().version);
+        std::fs::write(dir.path().join("p.cedar"), "forbid (principal, action, resource);").unwrap();
+        assert_ne!(v1, load_dir(dir.path(), ValidationMode::Strict).unwrap().version);
+    }
+
+    #[test]
+    fn link_errors_name_the_link() {
+        let dir = dir_with(&[
+            ("p.cedar", "@id(\"t\")\npermit (principal == ?principal, action, resource);"),
+            (
+                "links.json",
+                r#"[{"template_id": "t", "link_id": "ok", "args": {"?principal": "User::\"a\""}},
+                              {"template_id": "t", "link_id": "bad", "args": {"?principal": "alice"}},
+                              {"template_id": "t", "link_id": "slot", "args": {"?who": "User::\"a\""}}]"#,
+            ),
+        ]);
+        let err = problems(dir.path(), ValidationMode::Strict);
+        assert!(err.contains("links[1] (`bad`): `?principal` is not an entity uid `alice`"), "{err}");
+        assert!(err.contains("links[2] (`slot`): unknown slot `?who`"), "{err}");
+        assert!(!err.contains("links[0]"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+# Build stage: the same `cargo build` as on a developer machine (protoc is vendored by build.rs).
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin cedar-pdp
+
+# Runtime stage: the binary, the example policies, a non-root user.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pdp
+COPY --from=build /src/target/release/cedar-pdp /usr/local/bin/cedar-pdp
+COPY policies /etc/cedar-pdp/policies
+USER 10001
+ENV CEDAR_PDP_LISTEN=0.0.0.0:50051 \
+    CEDAR_PDP_POLICIES=/etc/cedar-pdp/policies \
+    CEDAR_PDP_LOG_FORMAT=json
+EXPOSE 50051
+ENTRYPOINT ["cedar-pdp"]
+CMD ["serve"]
