@@ -77,6 +77,19 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(authorizer.is_authorized(&request, &snapshot.policies, &snapshot.entities)))
     });
 
+    // What building the request costs, with and without the schema's validation.
+    let uids =
+        [r#"User::"bob""#, r#"Action::"view""#, r#"Document::"design-doc""#].map(|u| EntityUid::from_str(u).unwrap());
+    for (name, schema) in [("request_new_with_schema", snapshot.schema.as_ref()), ("request_new_without_schema", None)]
+    {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let [p, a, r] = uids.clone();
+                black_box(Request::new(p, a, r, Context::empty(), schema).unwrap())
+            })
+        });
+    }
+
     let plain = input("bob", "view", "design-doc", "", "");
     group.bench_function("check", |b| b.iter(|| black_box(decide(&snapshot, black_box(&plain)).unwrap())));
 

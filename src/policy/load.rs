@@ -397,7 +397,8 @@ mod tests {
     const SCHEMA: &str =
         "entity User; entity Doc { owner: User }; action view appliesTo { principal: User, resource: Doc };";
     // Valid in permissive mode only: strict validation rejects a set mixing entity types.
-    const PERMISSIVE_ONLY: &str = "permit (principal, action, resource) when { [principal, resource].contains(principal) };";
+    const PERMISSIVE_ONLY: &str =
+        "permit (principal, action, resource) when { [principal, resource].contains(principal) };";
 
     #[test]
     fn ids_come_from_annotations_or_file_and_position() {

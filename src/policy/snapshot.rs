@@ -33,7 +33,7 @@ pub struct Snapshot {
 pub(crate) struct EntityIndex {
     /// Entity uids that each stored entity's attributes and tags mention.
     pub refs: HashMap<EntityUid, Vec<EntityUid>>,
-    /// Entity uids written in policies, templates and links.
+    /// Entity uids written in the conditions of policies and templates.
     pub policy_literals: Vec<EntityUid>,
     /// Parsed entity type names by their text.
     pub types: HashMap<String, EntityTypeName>,
@@ -104,8 +104,16 @@ impl EntityIndex {
                 index.refs.insert(uid, refs);
             }
         }
+        // Only literals in conditions can be dereferenced or be the left side of `in`; those in a scope
+        // (`principal in Group::"x"`, a link's slot values) need no entity data of their own.
         let json = policies.clone().to_json().map_err(|e| format!("policy set: {e}"))?;
-        collect_uids(&json, &mut index.policy_literals);
+        for kind in ["staticPolicies", "templates"] {
+            for policy in json.get(kind).and_then(|v| v.as_object()).into_iter().flat_map(|m| m.values()) {
+                if let Some(conditions) = policy.get("conditions") {
+                    collect_uids(conditions, &mut index.policy_literals);
+                }
+            }
+        }
         index.policy_literals.sort_by_key(|uid| uid.to_string());
         index.policy_literals.dedup();
         if let Some(schema) = schema {
