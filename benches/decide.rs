@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_pdp::authz::{CheckInput, UidRef, decide};
+use cedar_pdp::authz::{CheckInput, Limits, UidRef, decide};
 use cedar_pdp::config::ValidationMode;
 use cedar_pdp::policy::{Snapshot, load_dir};
 use cedar_policy::{Authorizer, Context, EntityUid, Request};
@@ -60,6 +60,7 @@ fn input<'a>(
 }
 
 fn bench(c: &mut Criterion) {
+    let limits = Limits::default();
     let snapshot = example();
     let mut group = c.benchmark_group("decide");
 
@@ -91,13 +92,17 @@ fn bench(c: &mut Criterion) {
     }
 
     let plain = input("bob", "view", "design-doc", "", "");
-    group.bench_function("check", |b| b.iter(|| black_box(decide(&snapshot, black_box(&plain)).unwrap())));
+    group.bench_function("check", |b| b.iter(|| black_box(decide(&snapshot, black_box(&plain), &limits).unwrap())));
 
     let with_context = input("carol", "view", "design-doc", r#"{"mfa": true, "source_ip": "10.1.2.3"}"#, "");
-    group.bench_function("check_with_context", |b| b.iter(|| black_box(decide(&snapshot, &with_context).unwrap())));
+    group.bench_function("check_with_context", |b| {
+        b.iter(|| black_box(decide(&snapshot, &with_context, &limits).unwrap()))
+    });
 
     let scoped = input("bob", "view", "draft", "", DRAFT);
-    group.bench_function("check_with_request_entities", |b| b.iter(|| black_box(decide(&snapshot, &scoped).unwrap())));
+    group.bench_function("check_with_request_entities", |b| {
+        b.iter(|| black_box(decide(&snapshot, &scoped, &limits).unwrap()))
+    });
 
     let batch: Vec<CheckInput<'_>> = (0..100)
         .map(|i| match i % 4 {
@@ -111,7 +116,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("batch_of_100", |b| {
         b.iter(|| {
             for check in &batch {
-                black_box(decide(&snapshot, check).unwrap());
+                black_box(decide(&snapshot, check, &limits).unwrap());
             }
         })
     });
@@ -120,8 +125,10 @@ fn bench(c: &mut Criterion) {
     // Request-scoped entities against an 11k-entity store: a slice, not a copy.
     let (_dir, big) = large();
     let mut group = c.benchmark_group("store_11k");
-    group.bench_function("check", |b| b.iter(|| black_box(decide(&big, &plain).unwrap())));
-    group.bench_function("check_with_request_entities", |b| b.iter(|| black_box(decide(&big, &scoped).unwrap())));
+    group.bench_function("check", |b| b.iter(|| black_box(decide(&big, &plain, &limits).unwrap())));
+    group.bench_function("check_with_request_entities", |b| {
+        b.iter(|| black_box(decide(&big, &scoped, &limits).unwrap()))
+    });
     group.bench_function("clone_store_for_comparison", |b| {
         b.iter_batched(|| (), |()| black_box(big.entities.clone()), BatchSize::SmallInput)
     });

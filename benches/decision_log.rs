@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
         context_json: "",
         entities_json: "",
     };
-    let outcome = decide(&snapshot, &input).unwrap();
+    let outcome = decide(&snapshot, &input, &cedar_pdp::authz::Limits::default()).unwrap();
     let subscriber = tracing_subscriber::fmt().json().flatten_event(true).with_writer(std::io::sink).finish();
     tracing::subscriber::with_default(subscriber, || {
         c.bench_function("decision_log/json_record", |b| {

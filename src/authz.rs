@@ -11,8 +11,10 @@
 //!   entity reachable from the principal, action, resource, context, the policies' entity literals and,
 //!   transitively, the attributes and tags of what is included. Stored entities keep their transitive
 //!   ancestors, so the slice answers exactly as the whole store would.
-//! - A request-scoped entity can add to the store, never redefine a stored entity: a caller cannot
-//!   clear a stored `suspended` flag by sending its own copy of the user.
+//! - A request-scoped entity can add to the store, never change what the store says: it may not be a
+//!   stored entity (a caller cannot clear a stored `suspended` flag by sending its own copy of the
+//!   user), nor anything the store or the policies refer to (it cannot give a stored user's undefined
+//!   group new parents, or define the owner a stored document names).
 
 use std::collections::HashSet;
 
@@ -40,6 +42,20 @@ pub struct CheckInput<'a> {
     pub entities_json: &'a str,
 }
 
+/// Bounds on what one check may ask of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most request-scoped entities one check may carry. Cedar computes ancestors recursively and
+    /// stores them quadratically, so an unbounded chain of entities could exhaust the stack or memory.
+    pub max_request_entities: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_request_entities: 100 }
+    }
+}
+
 /// Cedar's answer, in the terms the API reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -60,7 +76,7 @@ pub struct PolicyFailure {
 }
 
 /// Decides one check on `snapshot`.
-pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>) -> Result<Outcome, RequestError> {
+pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> Result<Outcome, RequestError> {
     let principal = uid(snapshot, "principal", input.principal)?;
     let action = uid(snapshot, "action", input.action)?;
     let resource = uid(snapshot, "resource", input.resource)?;
@@ -75,7 +91,7 @@ pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>) -> Result<Outcome, Re
     let entities = if input.entities_json.trim().is_empty() {
         &snapshot.entities
     } else {
-        slice = entity_slice(snapshot, [&principal, &action, &resource], input)?;
+        slice = entity_slice(snapshot, [&principal, &action, &resource], input, limits)?;
         &slice
     };
     let policies = snapshot.policies_for(&principal, &action, &resource, entities);
@@ -124,6 +140,7 @@ fn entity_slice(
     snapshot: &Snapshot,
     request: [&EntityUid; 3],
     input: &CheckInput<'_>,
+    limits: &Limits,
 ) -> Result<Entities, RequestError> {
     const FIELD: &str = "entities_json";
     let json: serde_json::Value =
@@ -141,11 +158,24 @@ fn entity_slice(
         let field = format!("{FIELD}[{i}]");
         let entity = Entity::from_json_value(item.clone(), snapshot.schema.as_ref())
             .map_err(|e| RequestError::invalid(&field, &e))?;
+        if items.len() > limits.max_request_entities {
+            return Err(RequestError::TooMany {
+                field: FIELD.into(),
+                len: items.len(),
+                limit: limits.max_request_entities,
+            });
+        }
         let uid = entity.uid();
         if snapshot.entities.get(&uid).is_some() {
             return Err(RequestError::invalid(
                 &field,
                 format!("`{uid}` is a stored entity; a request cannot redefine it"),
+            ));
+        }
+        if snapshot.index.mentioned.contains(&uid) {
+            return Err(RequestError::invalid(
+                &field,
+                format!("`{uid}` is referred to by stored entities or policies; a request cannot define it"),
             ));
         }
         if !own.insert(uid.clone()) {

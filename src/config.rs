@@ -93,6 +93,9 @@ pub struct ServeConfig {
     /// Most checks one BatchCheck may carry.
     #[arg(long, env = "CEDAR_PDP_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+    /// Most request-scoped entities (`entities_json`) one check may carry.
+    #[arg(long, env = "CEDAR_PDP_MAX_REQUEST_ENTITIES", default_value_t = 100)]
+    pub max_request_entities: usize,
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "CEDAR_PDP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,

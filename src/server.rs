@@ -36,18 +36,40 @@ pub async fn serve(
         telemetry::serve_metrics(addr).map_err(ServeError::Metrics)?;
     }
     let store = Arc::new(PolicyStore::new(&config.policy));
-    store.reload().await?;
+    // Watch first, then load: an edit landing during the first load still triggers a reload.
     let background = CancellationToken::new();
-    let reloader =
-        watch::spawn(store.clone(), &config.policy.policies, config.watch, config.reload_debounce, background.clone())?;
+    let reloader = match watch::spawn(
+        store.clone(),
+        &config.policy.policies,
+        config.watch,
+        config.reload_debounce,
+        background.clone(),
+    ) {
+        Ok(reloader) => reloader,
+        Err(e) => {
+            // A directory that cannot be watched usually cannot be loaded either: say why.
+            store.reload().await?;
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = store.reload().await {
+        background.cancel();
+        let _ = reloader.await;
+        return Err(e.into());
+    }
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let authorization =
-        AuthorizationServiceServer::new(AuthorizationApi::new(store.clone(), config.decision_log, config.max_batch))
-            .max_decoding_message_size(config.max_message_bytes);
+    let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
+    let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
+        store.clone(),
+        config.decision_log,
+        config.max_batch,
+        limits,
+    ))
+    .max_decoding_message_size(config.max_message_bytes);
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), config.admin_token.as_deref()));
 
     set_health(&health, ServingStatus::Serving).await;
@@ -89,7 +111,8 @@ pub async fn serve(
         }
     };
     background.cancel();
-    let _ = reloader.await;
+    // A reload in progress is not worth waiting for beyond the grace.
+    let _ = tokio::time::timeout(grace, reloader).await;
     result.map_err(ServeError::from)
 }
 

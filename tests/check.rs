@@ -274,3 +274,56 @@ async fn batches_over_the_limit_are_refused() {
     let empty = server.client.clone().batch_check(pb::BatchCheckRequest { checks: vec![] }).await.unwrap();
     assert!(empty.into_inner().results.is_empty());
 }
+
+#[tokio::test]
+async fn request_scoped_entities_cannot_define_what_the_store_or_policies_mention() {
+    let dir = copy_dir(&example_policies());
+    // A stored user in a group nobody defined, and a policy naming a document the store lacks.
+    std::fs::write(
+        dir.path().join("extra.entities.json"),
+        r#"[{"uid": {"type": "User", "id": "gus"}, "attrs": {"name": "Gus", "suspended": false},
+            "parents": [{"type": "Group", "id": "ghosts"}]}]"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("archive.cedar"),
+        "@id(\"archive-closed\")\nforbid (principal, action, resource == Document::\"archived\");",
+    )
+    .unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let cases = [
+        // Would put the stored gus into engineering for this request.
+        (
+            r#"[{"uid": {"type": "Group", "id": "ghosts"}, "attrs": {"name": "x"}, "parents": [{"type": "Group", "id": "engineering"}]}]"#,
+            r#"`Group::"ghosts"` is referred to"#,
+        ),
+        (
+            r#"[{"uid": {"type": "Document", "id": "archived"}, "attrs": {"owner": {"type": "User", "id": "gus"}, "public": true, "classification": "public"}, "parents": []}]"#,
+            r#"`Document::"archived"` is referred to"#,
+        ),
+    ];
+    for (entities, expected) in cases {
+        let mut r = req(r#"User::"gus""#, r#"Action::"view""#, r#"Document::"design-doc""#);
+        r.entities_json = entities.into();
+        let err = server.check(r).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("entities_json[0]") && err.message().contains(expected), "{}", err.message());
+    }
+}
+
+#[tokio::test]
+async fn request_scoped_entities_are_bounded() {
+    let server = TestServer::start_with(&example_policies(), |c| c.max_request_entities = 3).await;
+    let doc = |i: usize| {
+        format!(
+            r#"{{"uid": {{"type": "Document", "id": "d{i}"}}, "attrs": {{"owner": {{"type": "User", "id": "bob"}}, "public": false, "classification": "internal"}}, "parents": []}}"#
+        )
+    };
+    let mut r = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"d0""#);
+    r.entities_json = format!("[{}]", (0..3).map(doc).collect::<Vec<_>>().join(","));
+    assert!(is_allow(&server.check(r.clone()).await.unwrap()), "bob owns d0");
+    r.entities_json = format!("[{}]", (0..4).map(doc).collect::<Vec<_>>().join(","));
+    let err = server.check(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("`entities_json` has 4 items, more than the limit of 3"), "{}", err.message());
+}

@@ -61,6 +61,7 @@ const BAD_EDITS: &[(&str, &str, &str)] = &[
         "[{\"uid\": {\"type\": \"User\", \"id\": \"zed\"}, \"attrs\": {\"name\": 7, \"suspended\": false}, \"parents\": []}]",
         "more.entities.json",
     ),
+    ("bad.entities.json", "[\n  {\"uid\": {\"type\": \"User\", \"id\": \"zed\"},,}\n]", "bad.entities.json:2:"),
     (
         "links.json",
         "[{\"template_id\": \"no-such-template\", \"link_id\": \"x\", \"args\": {}}]",

@@ -89,7 +89,7 @@ async fn status_reports_the_active_set() {
 }
 
 #[tokio::test]
-async fn a_configured_admin_token_must_match_when_presented() {
+async fn a_configured_admin_token_is_required_from_every_peer() {
     let server = TestServer::start_with(&example_policies(), |c| c.admin_token = Some("s3cret".into())).await;
     let mut admin = server.admin().await;
     let with = |token: &str| {
@@ -100,8 +100,9 @@ async fn a_configured_admin_token_must_match_when_presented() {
     assert!(admin.get_status(with("s3cret")).await.is_ok());
     let err = admin.get_status(with("guess")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    // Loopback without a token is allowed: the operator on the machine itself.
-    assert!(admin.get_status(pb::GetStatusRequest {}).await.is_ok());
+    // With a token configured, loopback is not trusted either (a local proxy makes everyone local).
+    let err = admin.get_status(pb::GetStatusRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! `cedar_pdp.v1.AdminService`: operator queries, closed to anyone who merely reaches the port.
 //!
-//! A call is served when it comes from a loopback address, or carries `authorization: Bearer <token>`
-//! matching the configured admin token (compared in constant time).
+//! With an admin token configured, every call must carry `authorization: Bearer <token>` matching it
+//! (compared in constant time). Without one, only loopback peers are served.
 
 use std::sync::Arc;
 
@@ -30,16 +30,19 @@ impl AdminApi {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match (presented, &self.token_digest) {
-            (Some(token), Some(expected)) => {
+        match (&self.token_digest, presented) {
+            (Some(expected), Some(token)) => {
                 let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
                 let diff = got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b));
                 if diff == 0 { Ok(()) } else { Err(ServiceError::Unauthenticated("invalid admin token")) }
             }
-            (Some(_), None) if is_loopback(request) => Ok(()),
-            (Some(_), None) => Err(ServiceError::Unauthenticated("no admin token is configured")),
+            // With a token configured, loopback is not trusted: a proxy on the same host makes every
+            // caller look local.
+            (Some(_), None) => Err(ServiceError::Unauthenticated("missing `authorization: Bearer` admin token")),
             (None, _) if is_loopback(request) => Ok(()),
-            (None, _) => Err(ServiceError::Unauthenticated("missing `authorization: Bearer` admin token")),
+            (None, _) => {
+                Err(ServiceError::Unauthenticated("no admin token is configured; only loopback peers are served"))
+            }
         }
     }
 }
@@ -88,6 +91,9 @@ mod tests {
         assert!(api.authorize(&from("203.0.113.9:4000", Some("s3cre"))).is_err());
         assert!(api.authorize(&from("203.0.113.9:4000", None)).is_err());
         assert!(api.authorize(&from("[2001:db8::1]:4000", None)).is_err());
+        // Once a token is configured, loopback needs it too.
+        assert!(api.authorize(&from("127.0.0.1:4000", None)).is_err());
+        assert!(api.authorize(&from("127.0.0.1:4000", Some("s3cret"))).is_ok());
     }
 
     #[test]

@@ -15,11 +15,12 @@ pub struct AuthorizationApi {
     store: Arc<PolicyStore>,
     decision_log: bool,
     max_batch: usize,
+    limits: authz::Limits,
 }
 
 impl AuthorizationApi {
-    pub fn new(store: Arc<PolicyStore>, decision_log: bool, max_batch: usize) -> Self {
-        AuthorizationApi { store, decision_log, max_batch }
+    pub fn new(store: Arc<PolicyStore>, decision_log: bool, max_batch: usize, limits: authz::Limits) -> Self {
+        AuthorizationApi { store, decision_log, max_batch, limits }
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
@@ -28,7 +29,7 @@ impl AuthorizationApi {
 
     fn decide(&self, snapshot: &Snapshot, req: &pb::CheckRequest) -> Result<pb::CheckResponse, RequestError> {
         let started = Instant::now();
-        let outcome = authz::decide(snapshot, &convert::check_input(req))?;
+        let outcome = authz::decide(snapshot, &convert::check_input(req), &self.limits)?;
         let decision_id = uuid::Uuid::now_v7().to_string();
         telemetry::record_decision(
             self.decision_log,

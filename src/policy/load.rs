@@ -155,10 +155,10 @@ fn load_schema<'a>(
     diags: &mut Vec<Diagnostic>,
 ) -> Result<Option<Schema>, ()> {
     let mut fragments = Vec::new();
-    let mut any = false;
+    let mut names = Vec::new();
     let mut failed = false;
     for f in files {
-        any = true;
+        names.push(f.rel.as_str());
         let parsed = if f.kind == Kind::SchemaJson {
             SchemaFragment::from_json_str(&f.text).map_err(|e| Diagnostic::from_miette(&f.rel, Some(&f.text), &e))
         } else {
@@ -179,14 +179,14 @@ fn load_schema<'a>(
             }
         }
     }
-    if !any {
+    if names.is_empty() {
         return Ok(None);
     }
     if failed {
         return Err(());
     }
     Schema::from_schema_fragments(fragments).map(Some).map_err(|e| {
-        diags.push(Diagnostic::from_miette("schema", None, &e));
+        diags.push(Diagnostic::from_miette(&names.join(", "), None, &e));
     })
 }
 
@@ -304,6 +304,11 @@ fn load_entities<'a>(
     let mut all: Vec<Entity> = Vec::new();
     let before = diags.len();
     for f in files {
+        // Cedar's entity errors carry no position; a JSON syntax error at least can have one.
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&f.text) {
+            diags.push(json_diag(f, &e));
+            continue;
+        }
         let parsed = match Entities::from_json_str(&f.text, schema) {
             Ok(parsed) => parsed,
             Err(e) => {

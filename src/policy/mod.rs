@@ -100,6 +100,9 @@ impl PolicyStore {
                     schema = snapshot.schema.is_some(),
                     "policy set loaded"
                 );
+                if snapshot.policy_count == 0 {
+                    tracing::warn!(dir = %self.dir.display(), "the policy set has no policies: every request will be denied");
+                }
                 self.current.store(Some(Arc::new(snapshot)));
                 Ok(ReloadOutcome::Swapped { version })
             }

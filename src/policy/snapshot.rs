@@ -39,6 +39,10 @@ pub(crate) struct EntityIndex {
     pub types: HashMap<String, EntityTypeName>,
     /// Actions the schema declares (empty without a schema).
     pub schema_actions: HashSet<EntityUid>,
+    /// Every uid the store or the policies mention: stored entities, their ancestors, what their
+    /// attributes and tags refer to, and every policy literal. A request may not define any of them,
+    /// or it could give a stored entity new ancestors or attributes.
+    pub mentioned: HashSet<EntityUid>,
 }
 
 impl Snapshot {
@@ -100,6 +104,9 @@ impl EntityIndex {
             }
             let uid = entity.uid();
             index.remember_type(uid.type_name());
+            index.mentioned.extend(refs.iter().cloned());
+            index.mentioned.extend(entities.ancestors(&uid).into_iter().flatten().cloned());
+            index.mentioned.insert(uid.clone());
             if !refs.is_empty() {
                 index.refs.insert(uid, refs);
             }
@@ -107,6 +114,9 @@ impl EntityIndex {
         // Only literals in conditions can be dereferenced or be the left side of `in`; those in a scope
         // (`principal in Group::"x"`, a link's slot values) need no entity data of their own.
         let json = policies.clone().to_json().map_err(|e| format!("policy set: {e}"))?;
+        let mut all_literals = Vec::new();
+        collect_uids(&json, &mut all_literals);
+        index.mentioned.extend(all_literals);
         for kind in ["staticPolicies", "templates"] {
             for policy in json.get(kind).and_then(|v| v.as_object()).into_iter().flat_map(|m| m.values()) {
                 if let Some(conditions) = policy.get("conditions") {
