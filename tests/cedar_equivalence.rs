@@ -17,6 +17,7 @@ struct Reference {
     schema: Schema,
     policies: PolicySet,
     entities: Entities,
+    entities_json: String,
 }
 
 /// Cedar on the fixture, with policy ids given by the documented rule (`@id`, else `file#n`).
@@ -45,8 +46,9 @@ fn reference() -> Reference {
         (SlotId::resource(), EntityUid::from_str(r#"Acme::Team::"infra""#).unwrap()),
     ];
     policies.link(PolicyId::new("grant-admin"), PolicyId::new("cat-admins-infra"), slots.into()).unwrap();
-    let entities = Entities::from_json_str(&read("entities.json"), Some(&schema)).unwrap();
-    Reference { schema, policies, entities }
+    let entities_json = read("entities.json");
+    let entities = Entities::from_json_str(&entities_json, Some(&schema)).unwrap();
+    Reference { schema, policies, entities, entities_json }
 }
 
 const REQUEST_ENTITIES: &str = r#"[
@@ -66,6 +68,8 @@ fn grid() -> Vec<pb::CheckRequest> {
         r#"{"ip": "10.1.1.1", "count": 0, "now": "2026-01-01"}"#,
         r#"{"ip": "192.168.7.7", "count": 5, "now": "2026-01-01T12:00:00Z"}"#,
         r#"{"ip": "10.1.1.1", "count": 9223372036854775807, "now": "2019-06-01"}"#,
+        r#"{"ip": "10.1.1.1", "count": 1, "now": "2026-01-01", "reviewer": {"type": "Acme::Employee", "id": "dee"}}"#,
+        r#"{"ip": "10.1.1.1", "count": 1, "now": "2026-01-01", "reviewer": {"type": "Acme::Employee", "id": "newbie"}}"#,
     ];
     let mut out = Vec::new();
     for p in principals {
@@ -99,21 +103,13 @@ fn cedar_answer(reference: &Reference, check: &pb::CheckRequest) -> (bool, BTree
     let context = Context::from_json_str(&check.context_json, Some((&reference.schema, &action))).unwrap();
     let request =
         Request::new(uid(&check.principal), action, uid(&check.resource), context, Some(&reference.schema)).unwrap();
+    // Request-scoped entities: Cedar parses them together with the stored ones, straight from JSON.
     let entities = if check.entities_json.is_empty() {
         reference.entities.clone()
     } else {
-        let extra = Entities::from_json_str(&check.entities_json, None).unwrap();
-        // Parsed without the schema above, so convert through the schema the way the server does.
-        let extra = Entities::from_json_value(extra.to_json_value().unwrap(), Some(&reference.schema)).unwrap();
-        let actions: BTreeSet<String> = reference.schema.actions().map(ToString::to_string).collect();
-        reference
-            .entities
-            .clone()
-            .add_entities(
-                extra.into_iter().filter(|e| !actions.contains(&e.uid().to_string())),
-                Some(&reference.schema),
-            )
-            .unwrap()
+        let mut all: Vec<serde_json::Value> = serde_json::from_str(&reference.entities_json).unwrap();
+        all.extend(serde_json::from_str::<Vec<serde_json::Value>>(&check.entities_json).unwrap());
+        Entities::from_json_value(serde_json::Value::Array(all), Some(&reference.schema)).unwrap()
     };
     let response = Authorizer::new().is_authorized(&request, &reference.policies, &entities);
     let reasons = response.diagnostics().reason().map(ToString::to_string).collect();

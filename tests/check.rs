@@ -327,3 +327,40 @@ async fn request_scoped_entities_are_bounded() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("`entities_json` has 4 items, more than the limit of 3"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn validation_modes_as_the_server_applies_them() {
+    use cedar_pdp::config::ValidationMode;
+    let dir = copy_dir(&example_policies());
+    // Does not validate: `Document` has no `nope`.
+    std::fs::write(
+        dir.path().join("loose.cedar"),
+        "@id(\"loose\")\npermit (principal, action, resource is Document) when { resource.nope == 1 };",
+    )
+    .unwrap();
+    let strict = TestServer::try_start_with(dir.path(), |_| {}).await;
+    let err = strict.err().expect("strict refuses the set").to_string();
+    assert!(err.contains("loose.cedar:2:"), "{err}");
+
+    // Off: loads and evaluates it; the policy errors at run time and the error is reported.
+    let off = TestServer::start_with(dir.path(), |c| c.policy.validation = ValidationMode::Off).await;
+    let resp = off.check(req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#)).await.unwrap();
+    assert!(is_allow(&resp), "public-documents-readable still applies");
+    assert_eq!(resp.errors.iter().map(|e| e.policy_id.as_str()).collect::<Vec<_>>(), ["loose"]);
+    // Off does not check requests against the schema: an undeclared action is simply not permitted.
+    let resp = off.check(req(r#"User::"bob""#, r#"Action::"fly""#, r#"Document::"handbook""#)).await.unwrap();
+    assert!(!is_allow(&resp));
+
+    // Permissive accepts what only strict rejects (a set mixing entity types).
+    std::fs::write(
+        dir.path().join("loose.cedar"),
+        "@id(\"mixed\")\npermit (principal, action, resource) when { [principal, resource].contains(principal) };",
+    )
+    .unwrap();
+    assert!(TestServer::try_start_with(dir.path(), |_| {}).await.is_err());
+    let permissive = TestServer::start_with(dir.path(), |c| c.policy.validation = ValidationMode::Permissive).await;
+    let status = permissive.status().await;
+    assert_eq!(status.validation_mode, "permissive");
+    let resp = permissive.check(req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#)).await.unwrap();
+    assert!(resp.determining_policies.contains(&"mixed".to_string()), "{resp:?}");
+}

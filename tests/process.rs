@@ -159,15 +159,21 @@ fn decisions_are_logged_with_their_id() {
 #[test]
 fn sighup_reloads_when_watching_is_off() {
     let dir = copy_dir(&example_policies());
-    let server = Process::start(dir.path(), &["--watch", "false"]);
+    let server = Process::start(dir.path(), &["--watch", "false", "--reload-debounce", "10ms"]);
     let bob_edits = || server.check(r#"User::"bob""#, r#"Action::"edit""#, r#"Document::"design-doc""#);
     assert!(bob_edits().contains("decision: DENY"));
     write_atomic(
         &dir.path().join("grants.cedar"),
         "permit (principal in Group::\"engineering\", action in Action::\"write\", resource);",
     );
-    // Not watching: nothing changes until the signal.
-    assert!(bob_edits().contains("decision: DENY"));
+    // Not watching: with a 10 ms debounce a watcher would have reloaded many times over within this
+    // window; the set stays as it was until the signal.
+    let window = std::time::Instant::now() + Duration::from_millis(600);
+    while std::time::Instant::now() < window {
+        assert!(bob_edits().contains("decision: DENY"), "reloaded without SIGHUP");
+    }
+    let status = run(&["status", "--addr", &server.url()]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("reloads: 1 succeeded"));
     server.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !bob_edits().contains("decision: ALLOW") {
