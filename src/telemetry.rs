@@ -1,8 +1,9 @@
 //! Logs, the decision log and metrics.
 //!
-//! Log lines are written by a background thread (`tracing-appender`), so a slow terminal or pipe
-//! never holds a request; the writer blocks rather than drops when its buffer fills, so no decision
-//! record is silently lost. Decision records are events with target `cedar_pdp::decision`: filter
+//! Log lines are formatted on the calling thread and written by a background thread
+//! (`tracing-appender`, buffered), so writes and their syscalls stay off the request path. When a sink
+//! falls 128k records behind, callers wait rather than records being dropped: no decision record is
+//! silently lost. Decision records are events with target `cedar_pdp::decision`: filter
 //! them with `--log`, or turn them off with `--decision-log false`.
 
 use std::time::Duration;
