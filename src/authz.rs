@@ -21,7 +21,7 @@ use std::collections::HashSet;
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema};
 
 use crate::error::RequestError;
-use crate::policy::{Snapshot, collect_uids};
+use crate::policy::{Selected, Snapshot, collect_uids};
 
 /// An entity uid as a client sent it: type text (possibly namespaced) and id.
 #[derive(Debug, Clone, Copy)]
@@ -94,9 +94,50 @@ pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> R
         slice = entity_slice(snapshot, [&principal, &action, &resource], input, limits)?;
         &slice
     };
-    let policies = snapshot.policies_for(&principal, &action, &resource, entities);
-    let response = snapshot.authorizer.is_authorized(&request, policies.set(), entities);
-    Ok(outcome(response, principal, action, resource))
+    let Verdict { allow, determining, errors } =
+        evaluate(snapshot, &request, [&principal, &action, &resource], entities);
+    Ok(Outcome { allow, determining, errors, principal, action, resource })
+}
+
+/// Cedar's answer in the API's terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    pub allow: bool,
+    /// Sorted.
+    pub determining: Vec<String>,
+    pub errors: Vec<PolicyFailure>,
+}
+
+/// Cedar's answer to `request` on `entities`, asking Cedar only about the policies that can apply.
+pub(crate) fn evaluate(snapshot: &Snapshot, request: &Request, uids: [&EntityUid; 3], entities: &Entities) -> Verdict {
+    let [principal, action, resource] = uids;
+    match snapshot.policies_for(principal, action, resource, entities) {
+        Selected::Full(set) => verdict(snapshot.authorizer.is_authorized(request, set, entities)),
+        Selected::Sliced(slice) => {
+            let evaluated = (!slice.conditional.is_empty())
+                .then(|| verdict(snapshot.authorizer.is_authorized(request, &slice.conditional, entities)));
+            combine(evaluated, &slice.permits, &slice.forbids)
+        }
+    }
+}
+
+/// Merges Cedar's answer on the conditional policies with the satisfied unconditional ones, by
+/// Cedar's rule: any satisfied forbid denies and the satisfied forbids are the reasons; otherwise any
+/// satisfied permit allows and the satisfied permits are the reasons; otherwise deny, no reasons.
+/// (Cedar's own reasons are its satisfied forbids on a Deny, its satisfied permits on an Allow.)
+fn combine(evaluated: Option<Verdict>, permits: &[String], forbids: &[String]) -> Verdict {
+    let Verdict { allow, determining, errors } =
+        evaluated.unwrap_or(Verdict { allow: false, determining: Vec::new(), errors: Vec::new() });
+    let (cedar_permits, cedar_forbids) = if allow { (determining, Vec::new()) } else { (Vec::new(), determining) };
+    let (allow, mut determining) = if !forbids.is_empty() || !cedar_forbids.is_empty() {
+        (false, [forbids, &cedar_forbids].concat())
+    } else if !permits.is_empty() || !cedar_permits.is_empty() {
+        (true, [permits, &cedar_permits].concat())
+    } else {
+        (false, Vec::new())
+    };
+    determining.sort_unstable();
+    Verdict { allow, determining, errors }
 }
 
 fn uid(snapshot: &Snapshot, field: &str, uid: Option<UidRef<'_>>) -> Result<EntityUid, RequestError> {
@@ -206,7 +247,7 @@ fn entity_slice(
     Entities::from_entities(slice, None).map_err(|e| RequestError::invalid(FIELD, &e))
 }
 
-fn outcome(response: Response, principal: EntityUid, action: EntityUid, resource: EntityUid) -> Outcome {
+fn verdict(response: Response) -> Verdict {
     let diagnostics = response.diagnostics();
     let mut determining: Vec<String> = diagnostics.reason().map(|id| AsRef::<str>::as_ref(id).to_owned()).collect();
     determining.sort_unstable();
@@ -218,12 +259,120 @@ fn outcome(response: Response, principal: EntityUid, action: EntityUid, resource
             }
         })
         .collect();
-    Outcome {
-        allow: response.decision() == cedar_policy::Decision::Allow,
-        determining,
-        errors,
-        principal,
-        action,
-        resource,
+    Verdict { allow: response.decision() == cedar_policy::Decision::Allow, determining, errors }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use cedar_policy::{Authorizer, Context};
+
+    use super::*;
+    use crate::config::ValidationMode;
+    use crate::policy::load_dir;
+
+    fn cedar(snapshot: &Snapshot, request: &Request) -> Verdict {
+        verdict(Authorizer::new().is_authorized(request, &snapshot.policies, &snapshot.entities))
+    }
+
+    /// Every uid of `ty` in the store, plus one that is not stored.
+    fn uids(snapshot: &Snapshot, ty: &str) -> Vec<EntityUid> {
+        let mut out: Vec<EntityUid> =
+            snapshot.entities.iter().map(|e| e.uid()).filter(|u| u.type_name().to_string() == ty).collect();
+        out.push(format!(r#"{ty}::"not-stored""#).parse().unwrap());
+        out
+    }
+
+    /// Slicing and the unconditional shortcut answer exactly as Cedar on the whole set does, for every
+    /// principal × action × resource of `dir`.
+    fn assert_exact(dir: &Path, contexts: &[&str]) -> (usize, usize) {
+        let snapshot = load_dir(dir, ValidationMode::Off).unwrap();
+        let (mut sliced, mut total) = (0, 0);
+        let actions: Vec<EntityUid> =
+            uids(&snapshot, "Action").into_iter().filter(|a| a.id().unescaped() != "not-stored").collect();
+        for p in uids(&snapshot, "User") {
+            for a in &actions {
+                for r in uids(&snapshot, "Document") {
+                    for c in contexts {
+                        let context = Context::from_json_str(c, None).unwrap();
+                        let request = Request::new(p.clone(), a.clone(), r.clone(), context, None).unwrap();
+                        let ours = evaluate(&snapshot, &request, [&p, a, &r], &snapshot.entities);
+                        assert_eq!(ours, cedar(&snapshot, &request), "{p} {a} {r} {c}");
+                        total += 1;
+                        sliced += usize::from(matches!(
+                            snapshot.policies_for(&p, a, &r, &snapshot.entities),
+                            Selected::Sliced(_)
+                        ));
+                    }
+                }
+            }
+        }
+        (sliced, total)
+    }
+
+    #[test]
+    fn the_example_application_answers_exactly_as_cedar() {
+        let (sliced, total) =
+            assert_exact(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &["{}", r#"{"mfa": true}"#]);
+        assert!(sliced * 2 > total, "sliced {sliced} of {total}");
+    }
+
+    #[test]
+    fn unconditional_forbids_permits_and_errors_combine_as_cedar() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            r#"
+            @id("grant") permit (principal in Group::"g", action, resource);
+            @id("ban") forbid (principal == User::"banned", action, resource);
+            @id("freeze") forbid (principal, action == Action::"edit", resource in Folder::"frozen");
+            @id("erroring-permit") permit (principal, action, resource) when { principal.missing == 1 };
+            @id("erroring-forbid") forbid (principal, action, resource) unless { resource.missing == 1 };
+            @id("conditional-forbid") forbid (principal, action, resource) when { resource has locked && resource.locked };
+            @id("conditional-permit") permit (principal, action, resource) when { resource has open && resource.open };
+            @id("per-user") permit (principal == ?principal, action, resource == ?resource);
+            "#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("links.json"),
+            r#"[{"template_id": "per-user", "link_id": "bob-d1", "args": {"?principal": "User::\"bob\"", "?resource": "Document::\"d1\""}},
+                {"template_id": "per-user", "link_id": "banned-d2", "args": {"?principal": "User::\"banned\"", "?resource": "Document::\"d2\""}}]"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("entities.json"),
+            r#"[
+              {"uid": {"type": "User", "id": "alice"}, "attrs": {"missing": 1}, "parents": [{"type": "Group", "id": "g"}]},
+              {"uid": {"type": "User", "id": "bob"}, "attrs": {}, "parents": []},
+              {"uid": {"type": "User", "id": "banned"}, "attrs": {}, "parents": [{"type": "Group", "id": "g"}]},
+              {"uid": {"type": "Document", "id": "d1"}, "attrs": {"open": true}, "parents": [{"type": "Folder", "id": "frozen"}]},
+              {"uid": {"type": "Document", "id": "d2"}, "attrs": {"locked": true, "missing": 1}, "parents": []},
+              {"uid": {"type": "Document", "id": "d3"}, "attrs": {"missing": 2}, "parents": []},
+              {"uid": {"type": "Action", "id": "view"}, "attrs": {}, "parents": []},
+              {"uid": {"type": "Action", "id": "edit"}, "attrs": {}, "parents": []}
+            ]"#,
+        )
+        .unwrap();
+        let (sliced, total) = assert_exact(dir.path(), &["{}"]);
+        assert_eq!(sliced, total, "every request here has unconditional policies to shortcut");
+    }
+
+    #[test]
+    fn combine_follows_cedars_rule() {
+        let v = |allow: bool, ids: &[&str]| Verdict {
+            allow,
+            determining: ids.iter().map(ToString::to_string).collect(),
+            errors: Vec::new(),
+        };
+        let s = |ids: &[&str]| ids.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(combine(None, &[], &[]), v(false, &[]));
+        assert_eq!(combine(None, &s(&["p"]), &[]), v(true, &["p"]));
+        assert_eq!(combine(Some(v(true, &["c"])), &s(&["p"]), &[]), v(true, &["c", "p"]));
+        assert_eq!(combine(Some(v(true, &["c"])), &s(&["p"]), &s(&["f"])), v(false, &["f"]));
+        assert_eq!(combine(Some(v(false, &["cf"])), &s(&["p"]), &s(&["f"])), v(false, &["cf", "f"]));
+        assert_eq!(combine(Some(v(false, &[])), &s(&["p"]), &[]), v(true, &["p"]));
+        assert_eq!(combine(Some(v(false, &["cf"])), &s(&["p"]), &[]), v(false, &["cf"]));
     }
 }

@@ -18,6 +18,7 @@ use arc_swap::ArcSwapOption;
 
 pub use diag::Diagnostic;
 pub use load::load_dir;
+pub(crate) use scope::Selected;
 pub use snapshot::Snapshot;
 pub(crate) use snapshot::collect_uids;
 
