@@ -1,27 +1,27 @@
 //! Logs, the decision log and metrics.
 //!
-//! Log lines are formatted on the calling thread and written by a background thread
-//! (`tracing-appender`, buffered), so writes and their syscalls stay off the request path. When a sink
-//! falls 128k records behind, callers wait rather than records being dropped: no decision record is
-//! silently lost. Decision records are events with target `cedar_pdp::decision`: filter
-//! them with `--log`, or turn them off with `--decision-log false`.
+//! Log lines are formatted on the calling thread and written by a background thread in batches
+//! (`sink.rs`), so writes, their syscalls and wake-ups stay off the request path. When the sink falls
+//! 16 MiB behind, callers wait rather than records being dropped: no decision record is silently lost.
+//! Decision records are events with target `cedar_pdp::decision`: filter them with `--log`, or turn
+//! them off with `--decision-log false`.
+
+mod sink;
 
 use std::time::Duration;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use sink::BatchWriter;
+pub use sink::FlushGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::authz::Outcome;
 use crate::config::{LogConfig, LogFormat};
 
 /// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes the log.
-pub fn init(config: &LogConfig) -> Result<WorkerGuard, String> {
+pub fn init(config: &LogConfig) -> Result<FlushGuard, String> {
     let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("invalid --log filter `{}`: {e}", config.log))?;
-    // Buffered: the writer thread flushes whenever its queue runs dry, so a burst of decision records
-    // costs a few large writes instead of a syscall each.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) =
+        BatchWriter::new(std::io::stderr()).map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
     let result = match config.log_format {
