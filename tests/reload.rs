@@ -210,3 +210,21 @@ async fn a_missing_directory_fails_start_up() {
     };
     assert!(err.contains("/nonexistent/policies: cannot read"), "{err}");
 }
+
+#[tokio::test]
+async fn a_reload_does_not_trigger_the_next_one() {
+    // Reading the files during a reload must not count as a change: with a 50 ms debounce, a feedback
+    // loop would reload many times over within the observation window below.
+    let dir = copy_dir(&example_policies());
+    let server = TestServer::start(dir.path()).await;
+    write_atomic(&dir.path().join("grants.cedar"), GRANT_ENGINEERING_WRITE);
+    eventually("the edit is loaded", WAIT, || async { is_allow(&server.check(bob_edits()).await.unwrap()) }).await;
+    let settled = server.status().await.reloads_succeeded;
+    let window = std::time::Instant::now() + Duration::from_millis(800);
+    while std::time::Instant::now() < window {
+        assert!(server.status().await.reloads_succeeded <= settled + 1, "reloads keep coming with no edits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // At most one trailing reload from the edit's own burst of events.
+    assert!(server.status().await.reloads_succeeded <= settled + 1);
+}

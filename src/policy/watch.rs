@@ -1,14 +1,17 @@
-//! Reload triggers: file events below the policy directory (debounced) and SIGHUP.
+//! Reload triggers: changes below the policy directory (debounced) and SIGHUP.
 //!
-//! Events only wake the reload loop; the loop always reloads the whole directory, so a burst of
-//! writes, renames and deletes ends on whatever the directory holds once it goes quiet.
+//! Events only wake the reload loop; the loop waits until the directory has been quiet for the
+//! debounce period and then reloads all of it, so a burst of writes, renames and deletes ends on
+//! whatever the directory holds once it goes quiet.
+//!
+//! Only events that change something count. inotify also reports files being opened and read — by
+//! the reload itself, among others — and counting those would make every reload trigger the next.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::RecursiveMode;
-use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,31 +25,28 @@ pub fn spawn(
     debounce: Duration,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
-    // Capacity one: while a reload is pending, further events add nothing.
+    // Capacity one: while a wake-up is pending, further events add nothing.
     let (wake, mut woken) = mpsc::channel::<()>(1);
-    let debouncer = if watch_files {
-        let wake = wake.clone();
-        let mut debouncer = new_debouncer(debounce, move |result: DebounceEventResult| match result {
-            Ok(events) if !events.is_empty() => {
-                let _ = wake.try_send(());
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("policy directory watch error: {e}"),
-        })?;
-        debouncer.watcher().watch(dir, RecursiveMode::Recursive)?;
-        Some(debouncer)
-    } else {
-        None
-    };
+    let watcher = if watch_files { Some(watch(dir, wake.clone())?) } else { None };
     let mut hangup = hangup_signal();
     Ok(tokio::spawn(async move {
-        // Owned by the task: dropping it stops the watcher thread when the loop ends.
-        let _debouncer = debouncer;
+        // Owned by the task: dropping it stops watching when the loop ends.
+        let _watcher = watcher;
         let _keep_channel_open = wake;
         loop {
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(()) = woken.recv() => "file change",
+                Some(()) = woken.recv() => {
+                    // Let a burst finish: every further event restarts the quiet period.
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            Some(()) = woken.recv() => continue,
+                            () = tokio::time::sleep(debounce) => break,
+                        }
+                    }
+                    "file change"
+                }
                 Some(()) = recv_hangup(&mut hangup) => "SIGHUP",
             };
             tracing::debug!(trigger, "reloading policies");
@@ -54,6 +54,22 @@ pub fn spawn(
             let _ = store.reload().await;
         }
     }))
+}
+
+fn watch(dir: &Path, wake: mpsc::Sender<()>) -> Result<RecommendedWatcher, notify::Error> {
+    let mut watcher = notify::recommended_watcher(move |result: notify::Result<Event>| match result {
+        Ok(event) if changes_something(&event.kind) => {
+            let _ = wake.try_send(());
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("policy directory watch error: {e}"),
+    })?;
+    watcher.watch(dir, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+fn changes_something(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
 }
 
 #[cfg(unix)]
@@ -79,4 +95,20 @@ async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
     }
     let _ = hangup;
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, CreateKind, ModifyKind, RemoveKind};
+
+    use super::*;
+
+    #[test]
+    fn reads_do_not_count_as_changes() {
+        assert!(!changes_something(&EventKind::Access(AccessKind::Any)));
+        assert!(!changes_something(&EventKind::Other));
+        assert!(changes_something(&EventKind::Create(CreateKind::File)));
+        assert!(changes_something(&EventKind::Modify(ModifyKind::Any)));
+        assert!(changes_something(&EventKind::Remove(RemoveKind::File)));
+    }
 }
