@@ -36,7 +36,7 @@ impl pb::authorization_service_server::AuthorizationService for Noop {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:50061".into()).parse()?;
-    let defaults = cedar_pdp::config::ServeConfig::new(addr, "policies".into());
+    let defaults = cedar_pdp::config::ServeConfig::new(addr, "policies".into())?;
     let service = AuthorizationServiceServer::new(Noop).max_decoding_message_size(defaults.max_message_bytes);
     println!("noop server on {addr}");
     tonic::transport::Server::builder()

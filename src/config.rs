@@ -150,22 +150,23 @@ pub struct StatusArgs {
     /// Server address.
     #[arg(long, env = "CEDAR_PDP_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
-    /// Admin bearer token, needed when the server is not on loopback.
+    /// Admin bearer token, needed when the server has one configured.
     #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 }
 
 impl ServeConfig {
-    /// A configuration with every default, serving `policies` on `listen`; for tests and embedding.
-    pub fn new(listen: SocketAddr, policies: PathBuf) -> Self {
-        let mut config = match Cli::try_parse_from(["cedar-pdp", "serve"]) {
-            Ok(Cli { command: Command::Serve(config), .. }) => config,
-            // The defaults above are static; parsing them cannot fail.
-            _ => unreachable!("default serve configuration parses"),
-        };
-        config.listen = listen;
-        config.policy.policies = policies;
-        config
+    /// The configuration `cedar-pdp serve` would run with (defaults and `CEDAR_PDP_…` variables),
+    /// serving `policies` on `listen`; for tests and embedding. Fails on an invalid variable.
+    pub fn new(listen: SocketAddr, policies: PathBuf) -> Result<Self, clap::Error> {
+        match Cli::try_parse_from(["cedar-pdp", "serve"])?.command {
+            Command::Serve(mut config) => {
+                config.listen = listen;
+                config.policy.policies = policies;
+                Ok(config)
+            }
+            _ => Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand)),
+        }
     }
 }
 

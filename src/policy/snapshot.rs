@@ -111,12 +111,12 @@ impl EntityIndex {
                 index.refs.insert(uid, refs);
             }
         }
-        // Only literals in conditions can be dereferenced or be the left side of `in`; those in a scope
-        // (`principal in Group::"x"`, a link's slot values) need no entity data of their own.
         let json = policies.clone().to_json().map_err(|e| format!("policy set: {e}"))?;
         let mut all_literals = Vec::new();
         collect_uids(&json, &mut all_literals);
         index.mentioned.extend(all_literals);
+        // Only literals in conditions can be dereferenced or be the left side of `in`; those in a scope
+        // (`principal in Group::"x"`, a link's slot values) need no entity data of their own.
         for kind in ["staticPolicies", "templates"] {
             for policy in json.get(kind).and_then(|v| v.as_object()).into_iter().flat_map(|m| m.values()) {
                 if let Some(conditions) = policy.get("conditions") {

@@ -35,7 +35,7 @@ impl TestServer {
         // Bound before the server starts: the address is known and connectable at once.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut config = ServeConfig::new(addr, policies.to_path_buf());
+        let mut config = ServeConfig::new(addr, policies.to_path_buf()).expect("default configuration");
         config.decision_log = false;
         config.reload_debounce = Duration::from_millis(50);
         config.shutdown_grace = Duration::from_secs(5);
