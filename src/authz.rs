@@ -213,6 +213,12 @@ fn entity_slice(
                 format!("`{uid}` is a stored entity; a request cannot redefine it"),
             ));
         }
+        if uid.type_name().basename() == "Action" {
+            return Err(RequestError::invalid(
+                &field,
+                format!("`{uid}` is an action; a request cannot define actions"),
+            ));
+        }
         if snapshot.index.mentioned.contains(&uid) {
             return Err(RequestError::invalid(
                 &field,
@@ -254,9 +260,10 @@ fn verdict(response: Response) -> Verdict {
     let errors = diagnostics
         .errors()
         .map(|e| match e {
-            cedar_policy::AuthorizationError::PolicyEvaluationError(inner) => {
-                PolicyFailure { policy_id: inner.policy_id().to_string(), message: inner.inner().to_string() }
-            }
+            cedar_policy::AuthorizationError::PolicyEvaluationError(inner) => PolicyFailure {
+                policy_id: AsRef::<str>::as_ref(inner.policy_id()).to_owned(),
+                message: inner.inner().to_string(),
+            },
         })
         .collect();
     Verdict { allow: response.decision() == cedar_policy::Decision::Allow, determining, errors }
@@ -332,6 +339,7 @@ mod tests {
             @id("conditional-forbid") forbid (principal, action, resource) when { resource has locked && resource.locked };
             @id("conditional-permit") permit (principal, action, resource) when { resource has open && resource.open };
             @id("per-user") permit (principal == ?principal, action, resource == ?resource);
+            @id("say \"hi\" \\ to bob") permit (principal == User::"bob", action == Action::"view", resource);
             "#,
         )
         .unwrap();
@@ -357,6 +365,26 @@ mod tests {
         .unwrap();
         let (sliced, total) = assert_exact(dir.path(), &["{}"]);
         assert_eq!(sliced, total, "every request here has unconditional policies to shortcut");
+    }
+
+    #[test]
+    fn requests_cannot_define_actions_even_without_a_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.cedar"), "permit (principal, action in Action::\"read\", resource);")
+            .unwrap();
+        let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+        let input = CheckInput {
+            principal: Some(UidRef { ty: "User", id: "u" }),
+            action: Some(UidRef { ty: "Action", id: "delete" }),
+            resource: Some(UidRef { ty: "Doc", id: "d" }),
+            context_json: "",
+            entities_json: r#"[{"uid": {"type": "Action", "id": "delete"}, "attrs": {}, "parents": [{"type": "Action", "id": "read"}]}]"#,
+        };
+        let err = decide(&snapshot, &input, &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("`Action::\"delete\"` is an action"), "{err}");
+        // Without the entity, `delete` is not in `read`: denied.
+        let plain = CheckInput { entities_json: "", ..input };
+        assert!(!decide(&snapshot, &plain, &Limits::default()).unwrap().allow);
     }
 
     #[test]

@@ -301,6 +301,12 @@ async fn request_scoped_entities_cannot_define_what_the_store_or_policies_mentio
             r#"[{"uid": {"type": "Document", "id": "archived"}, "attrs": {"owner": {"type": "User", "id": "gus"}, "public": true, "classification": "public"}, "parents": []}]"#,
             r#"`Document::"archived"` is referred to"#,
         ),
+        // Actions come from the schema or the store, never from a request (refused by the schema here;
+        // without a schema by the action rule, see `authz::tests`).
+        (
+            r#"[{"uid": {"type": "Action", "id": "fly"}, "attrs": {}, "parents": [{"type": "Action", "id": "read"}]}]"#,
+            "does not conform to the schema",
+        ),
     ];
     for (entities, expected) in cases {
         let mut r = req(r#"User::"gus""#, r#"Action::"view""#, r#"Document::"design-doc""#);

@@ -169,8 +169,9 @@ impl ScopeIndex {
         for &i in members {
             let entry = &self.entries[i as usize];
             match entry.unconditional {
-                Some(Effect::Permit) => permits.push(entry.id.to_string()),
-                Some(Effect::Forbid) => forbids.push(entry.id.to_string()),
+                // The raw id, as Cedar reports it (`Display` would escape it).
+                Some(Effect::Permit) => permits.push(AsRef::<str>::as_ref(&entry.id).to_owned()),
+                Some(Effect::Forbid) => forbids.push(AsRef::<str>::as_ref(&entry.id).to_owned()),
                 None => add_policy(&mut conditional, full, &entry.id)?,
             }
         }

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -37,12 +38,15 @@ pub fn spawn(
             let trigger = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(()) = woken.recv() => {
-                    // Let a burst finish: every further event restarts the quiet period.
+                    // Let a burst finish: every further event restarts the quiet period, but a file
+                    // that is written without pause cannot postpone the reload past ten periods.
+                    let latest = tokio::time::Instant::now() + debounce * 10;
                     loop {
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             Some(()) = woken.recv() => continue,
                             () = tokio::time::sleep(debounce) => break,
+                            () = tokio::time::sleep_until(latest) => break,
                         }
                     }
                     "file change"
@@ -58,18 +62,30 @@ pub fn spawn(
 
 fn watch(dir: &Path, wake: mpsc::Sender<()>) -> Result<RecommendedWatcher, notify::Error> {
     let mut watcher = notify::recommended_watcher(move |result: notify::Result<Event>| match result {
-        Ok(event) if changes_something(&event.kind) => {
+        // A queue overflow asks for a rescan: something changed, what is unknown.
+        Ok(event) if changes_something(&event.kind) || event.need_rescan() => {
             let _ = wake.try_send(());
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!("policy directory watch error: {e}"),
+        Err(e) => {
+            // Reload anyway; a folder whose watch failed needs SIGHUP from now on.
+            tracing::warn!("policy directory watch error (changes there may need a SIGHUP): {e}");
+            let _ = wake.try_send(());
+        }
     })?;
     watcher.watch(dir, RecursiveMode::Recursive)?;
     Ok(watcher)
 }
 
 fn changes_something(kind: &EventKind) -> bool {
-    matches!(kind, EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any)
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Modify(_)
+            | EventKind::Remove(_)
+            | EventKind::Any
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 #[cfg(unix)]
@@ -99,13 +115,15 @@ async fn recv_hangup(hangup: &mut Hangup) -> Option<()> {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{AccessKind, CreateKind, ModifyKind, RemoveKind};
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
 
     use super::*;
 
     #[test]
     fn reads_do_not_count_as_changes() {
         assert!(!changes_something(&EventKind::Access(AccessKind::Any)));
+        assert!(!changes_something(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(changes_something(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
         assert!(!changes_something(&EventKind::Other));
         assert!(changes_something(&EventKind::Create(CreateKind::File)));
         assert!(changes_something(&EventKind::Modify(ModifyKind::Any)));

@@ -41,7 +41,8 @@ pub struct BatchWriter {
 /// Flushes what is buffered and stops the writer thread when dropped.
 pub struct FlushGuard {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    /// The writer thread; it hands the sink back when it ends.
+    thread: Option<JoinHandle<Box<dyn Write + Send>>>,
 }
 
 impl BatchWriter {
@@ -53,28 +54,29 @@ impl BatchWriter {
             drained: Condvar::new(),
         });
         let worker = shared.clone();
-        let thread = std::thread::Builder::new().name("log-writer".into()).spawn(move || {
-            loop {
-                let mut pending = lock(&worker.pending);
-                while pending.bytes.is_empty() && !pending.closed {
-                    pending = worker.has_records.wait(pending).unwrap_or_else(|p| p.into_inner());
-                }
-                if !pending.closed {
+        let thread =
+            std::thread::Builder::new().name("log-writer".into()).spawn(move || -> Box<dyn Write + Send> {
+                loop {
+                    let mut pending = lock(&worker.pending);
+                    while pending.bytes.is_empty() && !pending.closed {
+                        pending = worker.has_records.wait(pending).unwrap_or_else(|p| p.into_inner());
+                    }
+                    if !pending.closed {
+                        drop(pending);
+                        std::thread::sleep(GATHER);
+                        pending = lock(&worker.pending);
+                    }
+                    let bytes = std::mem::take(&mut pending.bytes);
+                    let closed = pending.closed;
                     drop(pending);
-                    std::thread::sleep(GATHER);
-                    pending = lock(&worker.pending);
+                    worker.drained.notify_all();
+                    // A failing sink has nowhere to report to; the records are lost only then.
+                    let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
+                    if closed {
+                        return Box::new(sink);
+                    }
                 }
-                let bytes = std::mem::take(&mut pending.bytes);
-                let closed = pending.closed;
-                drop(pending);
-                worker.drained.notify_all();
-                // A failing sink has nowhere to report to; the records are lost only then.
-                let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
-                if closed {
-                    return;
-                }
-            }
-        })?;
+            })?;
         Ok((BatchWriter { shared: shared.clone() }, FlushGuard { shared, thread: Some(thread) }))
     }
 }
@@ -120,8 +122,10 @@ impl Drop for FlushGuard {
     fn drop(&mut self) {
         lock(&self.shared.pending).closed = true;
         self.shared.has_records.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(Ok(mut sink)) = self.thread.take().map(JoinHandle::join) {
+            // Records that arrived after the writer's last batch.
+            let rest = std::mem::take(&mut lock(&self.shared.pending).bytes);
+            let _ = sink.write_all(&rest).and_then(|()| sink.flush());
         }
     }
 }
