@@ -63,18 +63,13 @@ impl Process {
         assert!(status.success());
     }
 
+    /// `cedar-pdp check` against this server, as a person runs it.
+    fn check_output(&self, principal: &str, action: &str, resource: &str) -> Output {
+        run(&["check", "--addr", &self.url(), "--principal", principal, "--action", action, "--resource", resource])
+    }
+
     fn check(&self, principal: &str, action: &str, resource: &str) -> String {
-        let out = run(&[
-            "check",
-            "--addr",
-            &self.url(),
-            "--principal",
-            principal,
-            "--action",
-            action,
-            "--resource",
-            resource,
-        ]);
+        let out = self.check_output(principal, action, resource);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
@@ -197,30 +192,10 @@ fn an_invalid_directory_is_a_nonzero_exit_naming_the_file() {
 #[test]
 fn check_reports_server_errors_with_a_nonzero_exit() {
     let server = Process::start(&example_policies(), &[]);
-    let out = run(&[
-        "check",
-        "--addr",
-        &server.url(),
-        "--principal",
-        r#"User::"bob""#,
-        "--action",
-        r#"Action::"fly""#,
-        "--resource",
-        r#"Document::"x""#,
-    ]);
+    let out = server.check_output(r#"User::"bob""#, r#"Action::"fly""#, r#"Document::"x""#);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument"));
-    let out = run(&[
-        "check",
-        "--addr",
-        &server.url(),
-        "--principal",
-        "alice",
-        "--action",
-        r#"Action::"view""#,
-        "--resource",
-        r#"Document::"x""#,
-    ]);
+    let out = server.check_output("alice", r#"Action::"view""#, r#"Document::"x""#);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--principal `alice` is not an entity uid"));
 }

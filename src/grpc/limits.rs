@@ -15,9 +15,11 @@ pub fn oversized_as_resource_exhausted<B>(limit: usize) -> impl Fn(Response<B>) 
     move |mut response| {
         let headers = response.headers_mut();
         let oversized = headers.get("grpc-status").is_some_and(|s| s == OUT_OF_RANGE)
-            && headers.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| {
-                m.contains("message%20length%20too%20large") || m.contains("message length too large")
-            });
+            // tonic percent-encodes the message's spaces.
+            && headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .is_some_and(|m| m.contains("decoded%20message%20length%20too%20large"));
         if oversized {
             headers.insert("grpc-status", HeaderValue::from_static(RESOURCE_EXHAUSTED));
             if let Ok(value) = HeaderValue::from_str(&message) {
