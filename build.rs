@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("cedar_pdp_descriptor.bin"))
-        .compile_protos(&["proto/cedar_pdp/v1/authorization.proto"], &["proto"])?;
+        .compile_protos(&["proto/cedar_pdp/v1/authorization.proto", "proto/cedar_pdp/v1/entities.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

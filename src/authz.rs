@@ -75,11 +75,31 @@ pub struct PolicyFailure {
     pub message: String,
 }
 
-/// Decides one check on `snapshot`.
+/// Decides one check on `snapshot`, with the entities of its files.
 pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> Result<Outcome, RequestError> {
-    let principal = uid(snapshot, "principal", input.principal)?;
-    let action = uid(snapshot, "action", input.action)?;
-    let resource = uid(snapshot, "resource", input.resource)?;
+    let prepared = prepare(snapshot, input, limits)?;
+    if prepared.own.is_empty() {
+        return Ok(decide_on(snapshot, prepared, &snapshot.entities));
+    }
+    let slice = file_slice(snapshot, &prepared, input)?;
+    Ok(decide_on(snapshot, prepared, &slice))
+}
+
+/// A check parsed and validated, waiting for its entities.
+pub struct Prepared {
+    request: Request,
+    pub(crate) uids: [EntityUid; 3],
+    /// Request-scoped entities, validated, with their position in `entities_json`.
+    pub(crate) own: Vec<(usize, Entity)>,
+    /// Uids the request-scoped entities' attributes, tags and parents mention.
+    pub(crate) own_mentions: Vec<EntityUid>,
+}
+
+/// Parses and validates a check: uids, context, request-scoped entities.
+pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> Result<Prepared, RequestError> {
+    let principal = parse_uid(snapshot, input.principal, "principal")?;
+    let action = parse_uid(snapshot, input.action, "action")?;
+    let resource = parse_uid(snapshot, input.resource, "resource")?;
     let schema = snapshot.request_schema();
     if schema.is_some() && !snapshot.index.schema_actions.contains(&action) {
         return Err(RequestError::schema("action", format!("`{action}` is not an action the schema declares")));
@@ -87,16 +107,26 @@ pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> R
     let context = parse_context(snapshot, input.context_json, &action)?;
     let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
         .map_err(|e| RequestError::schema(rejected_field(&e), &e))?;
-    let slice;
-    let entities = if input.entities_json.trim().is_empty() {
-        &snapshot.entities
-    } else {
-        slice = entity_slice(snapshot, [&principal, &action, &resource], input, limits)?;
-        &slice
-    };
+    let (own, own_mentions) = request_entities(snapshot, input, limits)?;
+    Ok(Prepared { request, uids: [principal, action, resource], own, own_mentions })
+}
+
+/// Decides a prepared check on `entities`, which must hold everything the evaluation can reach.
+pub fn decide_on(snapshot: &Snapshot, prepared: Prepared, entities: &Entities) -> Outcome {
+    let [principal, action, resource] = prepared.uids;
     let Verdict { allow, determining, errors } =
-        evaluate(snapshot, &request, [&principal, &action, &resource], entities);
-    Ok(Outcome { allow, determining, errors, principal, action, resource })
+        evaluate(snapshot, &prepared.request, [&principal, &action, &resource], entities);
+    Outcome { allow, determining, errors, principal, action, resource }
+}
+
+/// The uids a check's context mentions: entities the evaluation may dereference.
+pub(crate) fn context_uids(input: &CheckInput<'_>, out: &mut Vec<EntityUid>) {
+    if input.context_json.trim().is_empty() {
+        return;
+    }
+    if let Ok(context) = serde_json::from_str::<serde_json::Value>(input.context_json) {
+        collect_uids(&context, out);
+    }
 }
 
 /// Cedar's answer in the API's terms.
@@ -140,7 +170,8 @@ fn combine(evaluated: Option<Verdict>, permits: &[String], forbids: &[String]) -
     Verdict { allow, determining, errors }
 }
 
-fn uid(snapshot: &Snapshot, field: &str, uid: Option<UidRef<'_>>) -> Result<EntityUid, RequestError> {
+/// Parses a uid a client sent, naming `field` if it is missing or malformed.
+pub fn parse_uid(snapshot: &Snapshot, uid: Option<UidRef<'_>>, field: &str) -> Result<EntityUid, RequestError> {
     let uid = uid.ok_or_else(|| RequestError::missing(field))?;
     if uid.ty.is_empty() {
         return Err(RequestError::missing(&format!("{field}.type")));
@@ -176,25 +207,23 @@ fn rejected_field(err: &RequestValidationError) -> &'static str {
     }
 }
 
-/// The request's entities plus the stored entities the evaluation can reach (see the module docs).
-fn entity_slice(
+/// The request-scoped entities, validated (see the module docs), and the uids they mention.
+#[allow(clippy::type_complexity)]
+fn request_entities(
     snapshot: &Snapshot,
-    request: [&EntityUid; 3],
     input: &CheckInput<'_>,
     limits: &Limits,
-) -> Result<Entities, RequestError> {
+) -> Result<(Vec<(usize, Entity)>, Vec<EntityUid>), RequestError> {
     const FIELD: &str = "entities_json";
+    if input.entities_json.trim().is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
     let json: serde_json::Value =
         serde_json::from_str(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
     let items = json.as_array().ok_or_else(|| RequestError::invalid(FIELD, "expected a JSON array of entities"))?;
-
-    let mut pending: Vec<EntityUid> = request.into_iter().cloned().collect();
-    pending.extend(snapshot.index.policy_literals.iter().cloned());
-    if let Ok(context) = serde_json::from_str::<serde_json::Value>(input.context_json) {
-        collect_uids(&context, &mut pending);
-    }
     let mut own: HashSet<EntityUid> = HashSet::new();
-    let mut slice: Vec<Entity> = Vec::with_capacity(items.len() + 8);
+    let mut entities = Vec::with_capacity(items.len());
+    let mut mentions = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let field = format!("{FIELD}[{i}]");
         let entity = Entity::from_json_value(item.clone(), snapshot.schema.as_ref())
@@ -231,13 +260,22 @@ fn entity_slice(
         // Its attributes may point into the store, and its parents' ancestors must reach the closure.
         for key in ["attrs", "tags", "parents"] {
             if let Some(value) = item.get(key) {
-                collect_uids(value, &mut pending);
+                collect_uids(value, &mut mentions);
             }
         }
-        slice.push(entity);
+        entities.push((i, entity));
     }
+    Ok((entities, mentions))
+}
 
-    let mut seen: HashSet<EntityUid> = own;
+/// The request's entities plus the file entities the evaluation can reach (see the module docs).
+fn file_slice(snapshot: &Snapshot, prepared: &Prepared, input: &CheckInput<'_>) -> Result<Entities, RequestError> {
+    let mut pending: Vec<EntityUid> = prepared.uids.to_vec();
+    pending.extend(snapshot.index.policy_literals.iter().cloned());
+    context_uids(input, &mut pending);
+    pending.extend(prepared.own_mentions.iter().cloned());
+    let mut seen: HashSet<EntityUid> = prepared.own.iter().map(|(_, e)| e.uid()).collect();
+    let mut slice: Vec<Entity> = prepared.own.iter().map(|(_, e)| e.clone()).collect();
     while let Some(uid) = pending.pop() {
         if !seen.insert(uid.clone()) {
             continue;
@@ -250,7 +288,7 @@ fn entity_slice(
         }
     }
     // Already validated (the stored entities at load, the request's just now): no schema pass here.
-    Entities::from_entities(slice, None).map_err(|e| RequestError::invalid(FIELD, &e))
+    Entities::from_entities(slice, None).map_err(|e| RequestError::invalid("entities_json", &e))
 }
 
 fn verdict(response: Response) -> Verdict {

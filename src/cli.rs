@@ -69,6 +69,7 @@ async fn run_check(args: &CheckArgs) -> Result<(), String> {
         resource: Some(parse_uid("--resource", &args.resource)?),
         context_json: args.context.clone(),
         entities_json: args.entities.clone(),
+        min_revision: args.min_revision,
     };
     let mut client = AuthorizationServiceClient::connect(args.addr.clone())
         .await
@@ -136,6 +137,12 @@ async fn run_status(args: &StatusArgs) -> Result<bool, String> {
     println!("loaded at: {}", s.loaded_at);
     println!("policies: {}, templates: {}, entities: {}", s.policy_count, s.template_count, s.entity_count);
     println!("schema: {}, validation: {}", if s.schema_loaded { "yes" } else { "none" }, s.validation_mode);
+    println!(
+        "entity store: {}, revision {}, invalidations {}",
+        s.entity_store,
+        s.entity_revision,
+        if s.entity_invalidations_live { "live" } else { "DOWN" }
+    );
     println!("reloads: {} succeeded, {} failed", s.reloads_succeeded, s.reloads_failed);
     match &s.last_error {
         Some(err) => {

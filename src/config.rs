@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the check API from a policy directory, reloading it when it changes.
@@ -111,6 +113,71 @@ pub struct ServeConfig {
     /// Serve Prometheus metrics on this address (`/metrics`). Unset: no metrics endpoint.
     #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub entities: EntityConfig,
+}
+
+/// The provisioned-entity store and the EntityService.
+#[derive(Debug, Clone, Args)]
+pub struct EntityConfig {
+    /// Redis URL (`redis://host:6379/0`): the entity store and cache shared by all replicas.
+    /// Unset: entities are provisioned in process and lost on restart.
+    #[arg(long, env = "CEDAR_PDP_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so that deployments can share one Redis.
+    #[arg(long, env = "CEDAR_PDP_REDIS_PREFIX", default_value = "cedar-pdp:")]
+    pub redis_prefix: String,
+    /// Longest wait for Redis; past it, a decision that needs Redis fails closed (UNAVAILABLE).
+    #[arg(long, env = "CEDAR_PDP_REDIS_TIMEOUT", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub redis_timeout: Duration,
+    /// Most entities held in the in-process cache in front of Redis.
+    #[arg(long, env = "CEDAR_PDP_ENTITY_CACHE_SIZE", default_value_t = 100_000)]
+    pub entity_cache_size: u64,
+    /// Longest time a cached entity is kept, invalidations or not.
+    #[arg(long, env = "CEDAR_PDP_ENTITY_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub entity_cache_ttl: Duration,
+    /// While the invalidation subscription is down, cached entities confirmed within this long are
+    /// still served; older ones must be read from Redis again. `0s`: never serve unconfirmed data.
+    #[arg(long, env = "CEDAR_PDP_ENTITY_STALE_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub entity_stale_for: Duration,
+    /// Most entities one decision may load; a decision needing more fails (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "CEDAR_PDP_MAX_DECISION_ENTITIES", default_value_t = 10_000)]
+    pub max_decision_entities: usize,
+    /// Append-only JSON-lines audit trail of provisioning changes, used without Redis (with Redis the
+    /// trail is the `<prefix>audit` stream).
+    #[arg(long, env = "CEDAR_PDP_AUDIT_FILE", default_value = "./cedar-pdp-audit.jsonl")]
+    pub audit_file: PathBuf,
+    /// EntityService credential `NAME=TOKEN`, repeatable (comma-separated in the variable). A caller
+    /// presents `authorization: Bearer TOKEN` and is audited as NAME. None: loopback callers only.
+    #[arg(long = "provisioning-token", env = "CEDAR_PDP_PROVISIONING_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
+    pub provisioning_tokens: Vec<(String, String)>,
+    /// Serve the EntityService and AdminService on this address instead of `--listen`.
+    #[arg(long, env = "CEDAR_PDP_PROVISIONING_LISTEN")]
+    pub provisioning_listen: Option<SocketAddr>,
+}
+
+fn parse_named_token(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, token)) if !name.trim().is_empty() && !token.is_empty() => {
+            Ok((name.trim().to_string(), token.to_string()))
+        }
+        _ => Err("expected NAME=TOKEN with both parts non-empty".into()),
+    }
+}
+
+impl EntityConfig {
+    pub fn store(&self) -> crate::entities::StoreConfig {
+        crate::entities::StoreConfig {
+            redis_url: self.redis_url.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            redis_timeout: self.redis_timeout,
+            cache_capacity: self.entity_cache_size,
+            cache_ttl: self.entity_cache_ttl,
+            stale_for: self.entity_stale_for,
+            audit_file: self.audit_file.clone(),
+            max_decision_entities: self.max_decision_entities,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -143,6 +210,9 @@ pub struct CheckArgs {
     /// Request-scoped entities as a Cedar entity JSON array.
     #[arg(long, default_value = "")]
     pub entities: String,
+    /// Decide on provisioned entities at least as fresh as this EntityService write revision.
+    #[arg(long, default_value_t = 0)]
+    pub min_revision: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -219,5 +289,26 @@ mod tests {
         assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--validation", "lenient"]).is_err());
         assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--reload-debounce", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--provisioning-token", "no-name"]).is_err());
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--provisioning-token", "=secret"]).is_err());
+    }
+
+    #[test]
+    fn provisioning_tokens_are_named() {
+        let cli = Cli::try_parse_from([
+            "cedar-pdp",
+            "serve",
+            "--provisioning-token",
+            "hr-sync=abc=def",
+            "--provisioning-token",
+            "scim=xyz",
+        ])
+        .unwrap();
+        let Command::Serve(c) = cli.command else { panic!("not serve") };
+        assert_eq!(
+            c.entities.provisioning_tokens,
+            [("hr-sync".to_string(), "abc=def".to_string()), ("scim".to_string(), "xyz".to_string())]
+        );
+        assert!(c.entities.redis_url.is_none());
     }
 }

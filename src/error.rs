@@ -77,8 +77,36 @@ impl RequestError {
 pub enum ServiceError {
     #[error("no policy set is loaded yet")]
     NotReady,
-    #[error("admin call refused: {0}")]
+    #[error("call refused: {0}")]
     Unauthenticated(&'static str),
+    #[error("not found: {0}")]
+    NotFound(String),
+}
+
+/// Failures of the provisioned-entity store. None of them is ever turned into a decision.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("entity store unavailable: {0}")]
+    Unavailable(String),
+    #[error("min_revision {requested} is ahead of the entity store, which is at revision {current}")]
+    AheadOfStore { requested: u64, current: u64 },
+    #[error("the audit trail cannot be written, so nothing was changed: {0}")]
+    Audit(String),
+    #[error("a stored entity cannot be read: {0}")]
+    Corrupt(String),
+    #[error("invalid entity store configuration: {0}")]
+    Config(String),
+    #[error("the decision needs more than {0} entities (--max-decision-entities)")]
+    TooManyEntities(usize),
+}
+
+/// Why a check on provisioned entities was not decided.
+#[derive(Debug, Error)]
+pub enum DecideError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Start-up failures of `serve`.
@@ -92,6 +120,10 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot start the metrics endpoint: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(std::net::SocketAddr, std::io::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -104,11 +136,33 @@ impl From<RequestError> for Status {
     }
 }
 
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            // Fail closed and say so: the caller may retry, and must not treat this as a Deny it can cache.
+            StoreError::Unavailable(_) | StoreError::Audit(_) => Status::unavailable(err.to_string()),
+            StoreError::AheadOfStore { .. } => Status::failed_precondition(err.to_string()),
+            StoreError::TooManyEntities(_) => Status::resource_exhausted(err.to_string()),
+            StoreError::Corrupt(_) | StoreError::Config(_) => Status::internal(err.to_string()),
+        }
+    }
+}
+
+impl From<DecideError> for Status {
+    fn from(err: DecideError) -> Self {
+        match err {
+            DecideError::Request(e) => e.into(),
+            DecideError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::NotReady => Status::unavailable(err.to_string()),
             ServiceError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
+            ServiceError::NotFound(_) => Status::not_found(err.to_string()),
         }
     }
 }
@@ -132,5 +186,10 @@ mod tests {
     fn service_errors_are_never_ok() {
         assert_eq!(Status::from(ServiceError::NotReady).code(), Code::Unavailable);
         assert_eq!(Status::from(ServiceError::Unauthenticated("x")).code(), Code::Unauthenticated);
+        assert_eq!(Status::from(StoreError::Unavailable("down".into())).code(), Code::Unavailable);
+        assert_eq!(Status::from(StoreError::Audit("disk full".into())).code(), Code::Unavailable);
+        let ahead = Status::from(StoreError::AheadOfStore { requested: 9, current: 3 });
+        assert_eq!(ahead.code(), Code::FailedPrecondition);
+        assert!(ahead.message().contains("min_revision 9"), "{}", ahead.message());
     }
 }

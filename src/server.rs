@@ -14,8 +14,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::ServeConfig;
+use crate::entities::EntityStore;
 use crate::error::ServeError;
-use crate::grpc::{AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, pb};
+use crate::grpc::{
+    AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, EntityApi, EntityServiceServer, pb,
+};
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 
@@ -58,6 +61,31 @@ pub async fn serve(
         return Err(e.into());
     }
 
+    let entities = match EntityStore::open(&config.entities.store(), background.clone()) {
+        Ok(entities) => entities,
+        Err(e) => {
+            background.cancel();
+            let _ = reloader.await;
+            return Err(e.into());
+        }
+    };
+    if !entities.wait_ready(config.entities.redis_timeout * 4).await {
+        tracing::warn!("entity invalidations not subscribed yet; decisions needing Redis fail closed until it answers");
+    }
+    tracing::info!(store = entities.kind(), "entity store open");
+    // Its own listener, bound before SERVING, so a bad address fails the start.
+    let provisioning_listener = match config.entities.provisioning_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                background.cancel();
+                let _ = reloader.await;
+                return Err(ServeError::Bind(addr, e));
+            }
+        },
+        None => None,
+    };
+
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -65,12 +93,20 @@ pub async fn serve(
     let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
     let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
         store.clone(),
+        entities.clone(),
         config.decision_log,
         config.max_batch,
         limits,
     ))
     .max_decoding_message_size(config.max_message_bytes);
-    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), config.admin_token.as_deref()));
+    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), config.admin_token.as_deref()));
+    let provisioning = EntityServiceServer::new(EntityApi::new(
+        store.clone(),
+        entities.clone(),
+        config.entities.provisioning_tokens.clone(),
+        config.max_batch,
+    ))
+    .max_decoding_message_size(config.max_message_bytes);
 
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving");
@@ -88,15 +124,33 @@ pub async fn serve(
             let _ = draining.send(());
         }
     };
-    let server = Server::builder()
-        .layer(tower::util::MapResponseLayer::new(crate::grpc::oversized_as_resource_exhausted(
-            config.max_message_bytes,
-        )))
+    let over_limit =
+        tower::util::MapResponseLayer::new(crate::grpc::oversized_as_resource_exhausted(config.max_message_bytes));
+    let mut router = Server::builder()
+        .layer(over_limit.clone())
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(authorization)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming, stop_accepting);
+        .add_service(authorization);
+    // The provisioning and admin services go to their own listener when one is configured.
+    let second = match provisioning_listener {
+        Some(listener) => {
+            tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving provisioning and admin");
+            let stop = background.clone();
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Some(tokio::spawn(
+                Server::builder()
+                    .layer(over_limit)
+                    .add_service(provisioning)
+                    .add_service(admin)
+                    .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
+            ))
+        }
+        None => {
+            router = router.add_service(provisioning).add_service(admin);
+            None
+        }
+    };
+    let server = router.serve_with_incoming_shutdown(incoming, stop_accepting);
     let grace = config.shutdown_grace;
     let result = tokio::select! {
         result = server => result,
@@ -111,6 +165,9 @@ pub async fn serve(
         }
     };
     background.cancel();
+    if let Some(second) = second {
+        let _ = tokio::time::timeout(grace, second).await;
+    }
     // A reload in progress is not worth waiting for beyond the grace.
     let _ = tokio::time::timeout(grace, reloader).await;
     result.map_err(ServeError::from)

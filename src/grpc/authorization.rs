@@ -7,29 +7,38 @@ use tonic::{Request, Response, Status};
 
 use super::{convert, pb};
 use crate::authz;
-use crate::error::{RequestError, ServiceError};
+use crate::entities::{self, EntityStore};
+use crate::error::{DecideError, RequestError, ServiceError};
 use crate::policy::{PolicyStore, Snapshot};
 use crate::telemetry;
 
 pub struct AuthorizationApi {
     store: Arc<PolicyStore>,
+    entities: Arc<EntityStore>,
     decision_log: bool,
     max_batch: usize,
     limits: authz::Limits,
 }
 
 impl AuthorizationApi {
-    pub fn new(store: Arc<PolicyStore>, decision_log: bool, max_batch: usize, limits: authz::Limits) -> Self {
-        AuthorizationApi { store, decision_log, max_batch, limits }
+    pub fn new(
+        store: Arc<PolicyStore>,
+        entities: Arc<EntityStore>,
+        decision_log: bool,
+        max_batch: usize,
+        limits: authz::Limits,
+    ) -> Self {
+        AuthorizationApi { store, entities, decision_log, max_batch, limits }
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
         self.store.current().ok_or(ServiceError::NotReady)
     }
 
-    fn decide(&self, snapshot: &Snapshot, req: &pb::CheckRequest) -> Result<pb::CheckResponse, RequestError> {
+    async fn decide(&self, snapshot: &Snapshot, req: &pb::CheckRequest) -> Result<pb::CheckResponse, DecideError> {
         let started = Instant::now();
-        let outcome = authz::decide(snapshot, &convert::check_input(req), &self.limits)?;
+        let input = convert::check_input(req);
+        let outcome = entities::decide(&self.entities, snapshot, &input, &self.limits, req.min_revision).await?;
         let decision_id = uuid::Uuid::now_v7().to_string();
         telemetry::record_decision(
             self.decision_log,
@@ -48,7 +57,7 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         let snapshot = self.snapshot()?;
         let response =
-            self.decide(&snapshot, request.get_ref()).inspect_err(|e| tracing::debug!("check rejected: {e}"))?;
+            self.decide(&snapshot, request.get_ref()).await.inspect_err(|e| tracing::debug!("check rejected: {e}"))?;
         Ok(Response::new(response))
     }
 
@@ -64,12 +73,14 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
         }
         // One snapshot for the whole batch: every item is decided by the same policy version.
         let snapshot = self.snapshot()?;
-        let results = checks
-            .iter()
-            .enumerate()
-            .map(|(i, check)| self.decide(&snapshot, check).map_err(|e| e.within(&format!("checks[{i}]"))))
-            .collect::<Result<Vec<_>, _>>()
-            .inspect_err(|e| tracing::debug!("batch check rejected: {e}"))?;
+        let mut results = Vec::with_capacity(checks.len());
+        for (i, check) in checks.iter().enumerate() {
+            let result = self.decide(&snapshot, check).await.map_err(|e| match e {
+                DecideError::Request(e) => DecideError::Request(e.within(&format!("checks[{i}]"))),
+                other => other,
+            });
+            results.push(result.inspect_err(|e| tracing::debug!("batch check rejected: {e}"))?);
+        }
         Ok(Response::new(pb::BatchCheckResponse { results }))
     }
 }

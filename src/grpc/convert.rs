@@ -4,11 +4,16 @@ use std::time::SystemTime;
 
 use super::pb;
 use crate::authz::{CheckInput, Outcome, UidRef};
+use crate::entities::{AuditRecord, EntityInput};
 use crate::policy::{ReloadStats, Snapshot};
+
+pub fn uid_ref(u: &pb::EntityUid) -> UidRef<'_> {
+    UidRef { ty: &u.r#type, id: &u.id }
+}
 
 pub fn check_input(req: &pb::CheckRequest) -> CheckInput<'_> {
     fn uid(u: &Option<pb::EntityUid>) -> Option<UidRef<'_>> {
-        u.as_ref().map(|u| UidRef { ty: &u.r#type, id: &u.id })
+        u.as_ref().map(uid_ref)
     }
     CheckInput {
         principal: uid(&req.principal),
@@ -55,4 +60,49 @@ pub fn status_response(snapshot: Option<&Snapshot>, stats: ReloadStats) -> pb::G
         out.validation_mode = s.mode.as_str().to_string();
     }
     out
+}
+
+pub fn entity_inputs(items: &[pb::Entity]) -> Vec<EntityInput<'_>> {
+    items
+        .iter()
+        .map(|e| EntityInput {
+            uid: e.uid.as_ref().map(uid_ref),
+            attrs_json: &e.attrs_json,
+            parents: e.parents.iter().map(uid_ref).collect(),
+            tags_json: &e.tags_json,
+        })
+        .collect()
+}
+
+/// A stored entity (Cedar entity JSON) as the API returns it.
+pub fn entity_message(json: &serde_json::Value) -> pb::Entity {
+    let uid = |v: &serde_json::Value| {
+        let v = v.get("__entity").unwrap_or(v);
+        pb::EntityUid {
+            r#type: v.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string(),
+            id: v.get("id").and_then(|t| t.as_str()).unwrap_or_default().to_string(),
+        }
+    };
+    let record = |key: &str| json.get(key).filter(|v| v.as_object().is_some_and(|m| !m.is_empty()));
+    pb::Entity {
+        uid: json.get("uid").map(uid),
+        attrs_json: record("attrs").map_or_else(|| "{}".to_string(), ToString::to_string),
+        parents: json.get("parents").and_then(|p| p.as_array()).into_iter().flatten().map(uid).collect(),
+        tags_json: record("tags").map(ToString::to_string).unwrap_or_default(),
+    }
+}
+
+pub fn audit_message(record: AuditRecord) -> pb::AuditRecord {
+    let json = |v: Option<serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_default();
+    let uid = crate::entities::uid_of_key(&record.uid)
+        .map(|u| pb::EntityUid { r#type: u.type_name().to_string(), id: u.id().unescaped().to_string() });
+    pb::AuditRecord {
+        revision: record.revision,
+        at: record.at,
+        actor: record.actor,
+        operation: record.operation,
+        uid,
+        before_json: json(record.before),
+        after_json: json(record.after),
+    }
 }

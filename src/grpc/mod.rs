@@ -4,12 +4,15 @@
 //! and convert back; errors become statuses only through `From<…> for Status` in `error.rs`.
 
 mod admin;
+mod auth;
 mod authorization;
 mod convert;
+mod entities;
 mod limits;
 
 pub use admin::AdminApi;
 pub use authorization::AuthorizationApi;
+pub use entities::EntityApi;
 pub use limits::oversized_as_resource_exhausted;
 
 /// Generated code for `proto/cedar_pdp/v1/authorization.proto`.
@@ -25,3 +28,5 @@ pub use pb::admin_service_client::AdminServiceClient;
 pub use pb::admin_service_server::AdminServiceServer;
 pub use pb::authorization_service_client::AuthorizationServiceClient;
 pub use pb::authorization_service_server::AuthorizationServiceServer;
+pub use pb::entity_service_client::EntityServiceClient;
+pub use pb::entity_service_server::EntityServiceServer;

@@ -43,6 +43,10 @@ pub(crate) struct EntityIndex {
     /// attributes and tags refer to, and every policy literal. A request may not define any of them,
     /// or it could give a stored entity new ancestors or attributes.
     pub mentioned: HashSet<EntityUid>,
+    /// An upper bound on how many attribute or tag accesses any policy chains (`principal.manager.team`
+    /// is 2): entities further than this from the request, by attribute references, cannot be read by
+    /// any policy, so a decision on provisioned entities need not load them.
+    pub deref_depth: usize,
 }
 
 impl Snapshot {
@@ -115,6 +119,7 @@ impl EntityIndex {
         let mut all_literals = Vec::new();
         collect_uids(&json, &mut all_literals);
         index.mentioned.extend(all_literals);
+        index.deref_depth = access_depth(&json);
         // Only literals in conditions can be dereferenced or be the left side of `in`; those in a scope
         // (`principal in Group::"x"`, a link's slot values) need no entity data of their own.
         for kind in ["staticPolicies", "templates"] {
@@ -151,6 +156,20 @@ impl EntityIndex {
             Some(ty) => Ok(ty.clone()),
             None => EntityTypeName::from_str(text).map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// The deepest nesting of attribute and tag operators in a policy set's JSON form. Counting every
+/// such operator on a path over-approximates the entity hops (record accesses count too), which only
+/// loads more than needed, never less.
+fn access_depth(value: &serde_json::Value) -> usize {
+    const ACCESS: [&str; 4] = [".", "has", "getTag", "hasTag"];
+    match value {
+        serde_json::Value::Array(items) => items.iter().map(access_depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => {
+            map.iter().map(|(k, v)| access_depth(v) + usize::from(ACCESS.contains(&k.as_str()))).max().unwrap_or(0)
+        }
+        _ => 0,
     }
 }
 
@@ -195,5 +214,23 @@ mod tests {
         let mut names: Vec<String> = out.iter().map(ToString::to_string).collect();
         names.sort();
         assert_eq!(names, [r#"App::Group::"eng""#, r#"User::"alice""#, r#"User::"bob""#]);
+    }
+
+    #[test]
+    fn access_depth_counts_chained_attribute_and_tag_accesses() {
+        let depth = |src: &str| {
+            let policies: PolicySet = src.parse().unwrap();
+            access_depth(&policies.to_json().unwrap())
+        };
+        assert_eq!(depth("permit (principal, action, resource);"), 0);
+        assert_eq!(depth("permit (principal, action, resource) when { principal.admin };"), 1);
+        assert_eq!(depth("permit (principal, action, resource) when { resource.owner.team == principal.team };"), 2);
+        assert_eq!(depth(r#"permit (principal, action, resource) when { principal.getTag("m").boss has name };"#), 3);
+        assert_eq!(
+            depth(
+                "permit (principal, action, resource) when { principal.a.b.c.d }; permit (principal, action, resource);"
+            ),
+            4
+        );
     }
 }

@@ -9,14 +9,19 @@ use std::time::{Duration, Instant};
 
 use cedar_pdp::config::ServeConfig;
 use cedar_pdp::error::ServeError;
-use cedar_pdp::grpc::{AdminServiceClient, AuthorizationServiceClient, pb};
+use cedar_pdp::grpc::{AdminServiceClient, AuthorizationServiceClient, EntityServiceClient, pb};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+pub mod redis;
 
 pub struct TestServer {
     pub addr: SocketAddr,
     pub client: AuthorizationServiceClient<Channel>,
+    /// Holds the audit file of the in-process entity store.
+    pub scratch: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -39,13 +44,15 @@ impl TestServer {
         config.decision_log = false;
         config.reload_debounce = Duration::from_millis(50);
         config.shutdown_grace = Duration::from_secs(5);
+        let scratch = tempfile::tempdir().unwrap();
+        config.entities.audit_file = scratch.path().join("audit.jsonl");
         adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cedar_pdp::serve(listener, config, async move {
             let _ = stopped.await;
         }));
         match connect_client(addr, &task).await {
-            Some(client) => Ok(TestServer { addr, client, stop: Some(stop), task: Some(task) }),
+            Some(client) => Ok(TestServer { addr, client, scratch, stop: Some(stop), task: Some(task) }),
             None => Err(task.await.unwrap().expect_err("server ended without error before serving")),
         }
     }
@@ -60,6 +67,11 @@ impl TestServer {
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
         AdminServiceClient::new(self.channel().await)
+    }
+
+    /// An EntityService client presenting `token`, if any.
+    pub async fn entities(&self, token: Option<&str>) -> EntityServiceClient<InterceptedService<Channel, Bearer>> {
+        EntityServiceClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_string)))
     }
 
     pub async fn status(&self) -> pb::GetStatusResponse {
@@ -197,4 +209,27 @@ pub fn req_ctx(principal: &str, action: &str, resource: &str, context: &str) -> 
 
 pub fn is_allow(resp: &pb::CheckResponse) -> bool {
     resp.decision() == pb::Decision::Allow
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+/// A provisioned entity: uid and parents in Cedar syntax (`User::"alice"`), attributes as Cedar JSON.
+pub fn entity(text: &str, attrs: serde_json::Value, parents: &[&str]) -> pb::Entity {
+    pb::Entity {
+        uid: Some(uid(text)),
+        attrs_json: attrs.to_string(),
+        parents: parents.iter().map(|p| uid(p)).collect(),
+        tags_json: String::new(),
+    }
 }

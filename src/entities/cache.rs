@@ -1,0 +1,156 @@
+//! The bounded in-process cache in front of Redis, kept coherent by the invalidation subscription.
+//!
+//! Invariants:
+//! - While subscribed, a cached entry is current: every write's invalidation is applied on arrival.
+//! - While not subscribed, an entry is served only if it was confirmed (fetched, or kept current by
+//!   the subscription) within `stale_for`; otherwise it is fetched again, and if Redis cannot answer
+//!   the decision fails closed.
+//! - On (re)subscribing the whole cache is dropped: messages may have been missed meanwhile.
+//! - A fetch that overlapped an invalidation does not leave its possibly older result cached
+//!   (the epoch check below).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use cedar_policy::EntityUid;
+use moka::sync::Cache;
+
+use super::redis::RedisStore;
+use super::{Record, uid_of_key};
+use crate::error::StoreError;
+
+#[derive(Clone)]
+struct Cached {
+    /// None: known absent (policy literals and unknown resources are common and cheap to remember).
+    record: Option<Arc<Record>>,
+    fetched_at: Instant,
+}
+
+pub struct EntityCache {
+    entries: Cache<EntityUid, Cached>,
+    /// Bumped by every invalidation, before it is applied.
+    epoch: AtomicU64,
+    subscribed: AtomicBool,
+    /// When the subscription was last lost (or the process started).
+    lost_at: Mutex<Instant>,
+    /// The highest revision whose invalidation this replica has applied.
+    seen_revision: AtomicU64,
+    stale_for: Duration,
+    /// Mirrors `subscribed`, for whoever waits for it.
+    subscription: tokio::sync::watch::Sender<bool>,
+}
+
+impl EntityCache {
+    pub fn new(capacity: u64, ttl: Duration, stale_for: Duration) -> Self {
+        EntityCache {
+            entries: Cache::builder().max_capacity(capacity).time_to_live(ttl).build(),
+            epoch: AtomicU64::new(0),
+            subscribed: AtomicBool::new(false),
+            lost_at: Mutex::new(Instant::now()),
+            seen_revision: AtomicU64::new(0),
+            stale_for,
+            subscription: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Waits until the invalidation subscription is up, at most `within`; whether it is.
+    pub async fn wait_subscribed(&self, within: Duration) -> bool {
+        let mut rx = self.subscription.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|up| *up)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
+    }
+
+    pub fn seen_revision(&self) -> u64 {
+        self.seen_revision.load(Ordering::SeqCst)
+    }
+
+    pub async fn fetch(
+        &self,
+        store: &RedisStore,
+        uids: &[EntityUid],
+        min_revision: u64,
+    ) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
+        // A replica that has not yet heard of `min_revision` reads Redis itself for this decision.
+        let fresh = min_revision > self.seen_revision.load(Ordering::SeqCst);
+        let mut out: Vec<Option<Arc<Record>>> = vec![None; uids.len()];
+        let mut missing = Vec::new();
+        for (i, uid) in uids.iter().enumerate() {
+            match self.entries.get(uid).filter(|c| !fresh && self.usable(c)) {
+                Some(cached) => out[i] = cached.record,
+                None => missing.push(i),
+            }
+        }
+        metrics::counter!("cedar_pdp_entity_cache_hits_total").increment((uids.len() - missing.len()) as u64);
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        metrics::counter!("cedar_pdp_entity_cache_misses_total").increment(missing.len() as u64);
+        metrics::counter!("cedar_pdp_entity_fetches_total").increment(1);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let wanted: Vec<EntityUid> = missing.iter().map(|&i| uids[i].clone()).collect();
+        let fetched = store.fetch(&wanted, min_revision).await?;
+        let now = Instant::now();
+        for ((&i, uid), record) in missing.iter().zip(&wanted).zip(fetched) {
+            self.entries.insert(uid.clone(), Cached { record: record.clone(), fetched_at: now });
+            out[i] = record;
+        }
+        // An invalidation that arrived during the fetch may be about what was just cached.
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            wanted.iter().for_each(|uid| self.entries.invalidate(uid));
+        }
+        Ok(out)
+    }
+
+    fn usable(&self, cached: &Cached) -> bool {
+        if self.subscribed.load(Ordering::SeqCst) {
+            return true;
+        }
+        let lost_at = *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner);
+        cached.fetched_at.max(lost_at).elapsed() <= self.stale_for
+    }
+
+    pub fn invalidate(&self, uids: &[EntityUid]) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        uids.iter().for_each(|uid| self.entries.invalidate(uid));
+    }
+
+    pub fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate_all();
+    }
+
+    /// Applies one message `<rev>\n<uid>\n…` from the invalidation channel.
+    pub fn apply_invalidation(&self, payload: &str) {
+        let mut lines = payload.split('\n');
+        let revision = lines.next().and_then(|r| r.parse::<u64>().ok());
+        let uids: Option<Vec<EntityUid>> = lines.map(uid_of_key).collect();
+        match (revision, uids) {
+            (Some(revision), Some(uids)) => {
+                self.invalidate(&uids);
+                self.seen_revision.fetch_max(revision, Ordering::SeqCst);
+            }
+            _ => {
+                tracing::warn!(payload, "entity invalidations: malformed message; local cache cleared");
+                self.clear();
+            }
+        }
+    }
+
+    /// Subscribed (again) at store revision `revision`.
+    pub fn subscribed(&self, revision: u64) {
+        self.clear();
+        self.seen_revision.store(revision, Ordering::SeqCst);
+        self.subscribed.store(true, Ordering::SeqCst);
+        self.subscription.send_replace(true);
+    }
+
+    pub fn lost(&self) {
+        *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.subscribed.store(false, Ordering::SeqCst);
+        self.subscription.send_replace(false);
+    }
+}

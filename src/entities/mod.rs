@@ -1,0 +1,338 @@
+//! Provisioned entities: the store that the EntityService writes and decisions read, in process or in
+//! Redis, with the in-process cache, invalidation and the audit trail.
+//!
+//! Architecture invariants:
+//! - A write is validated whole before anything is written, is applied all or nothing, and is applied
+//!   only together with its audit records (one Lua script in Redis; the audit file is synced first in
+//!   process).
+//! - Entities defined in the policy directory's files win: a write to such a uid is refused, and if a
+//!   reload later defines a provisioned uid, decisions use the file's entity.
+//! - A decision never treats an entity it could not read as absent: a store error is an error
+//!   (`UNAVAILABLE`), never a decision (see `resolve.rs`).
+
+mod audit;
+mod cache;
+mod memory;
+mod redis;
+mod resolve;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use cedar_policy::{Entities, Entity, EntityUid};
+
+pub use audit::{AuditFilter, AuditRecord};
+pub use resolve::decide;
+
+use crate::authz::{UidRef, parse_uid};
+use crate::error::{RequestError, StoreError};
+use crate::policy::{Snapshot, collect_uids};
+
+/// A provisioned entity as decisions use it: parsed once, with what it points to.
+#[derive(Debug)]
+pub struct Record {
+    pub entity: Entity,
+    /// The Cedar entity JSON, as stored.
+    pub json: serde_json::Value,
+    /// The revision of the write that last changed it.
+    pub revision: u64,
+    pub(crate) parents: Vec<EntityUid>,
+    /// Uids its attributes and tags mention.
+    pub(crate) refs: Vec<EntityUid>,
+}
+
+impl Record {
+    /// Parses a stored entity. Stored JSON was produced by Cedar from a validated entity, with
+    /// explicit `__entity` / `__extn` escapes, so it parses the same without the schema.
+    pub(crate) fn parse(json: serde_json::Value, revision: u64) -> Result<Self, String> {
+        let entity = Entity::from_json_value(json.clone(), None).map_err(|e| e.to_string())?;
+        let mut parents = Vec::new();
+        if let Some(p) = json.get("parents") {
+            collect_uids(p, &mut parents);
+        }
+        let mut refs = Vec::new();
+        for key in ["attrs", "tags"] {
+            if let Some(value) = json.get(key) {
+                collect_uids(value, &mut refs);
+            }
+        }
+        Ok(Record { entity, json, revision, parents, refs })
+    }
+}
+
+/// One validated change of a write batch.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Upsert { uid: EntityUid, json: serde_json::Value },
+    Delete { uid: EntityUid },
+}
+
+impl Change {
+    pub fn uid(&self) -> &EntityUid {
+        match self {
+            Change::Upsert { uid, .. } | Change::Delete { uid } => uid,
+        }
+    }
+
+    fn operation(&self) -> &'static str {
+        match self {
+            Change::Upsert { .. } => "upsert",
+            Change::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// An entity as a client sent it to the EntityService.
+#[derive(Debug, Clone)]
+pub struct EntityInput<'a> {
+    pub uid: Option<UidRef<'a>>,
+    pub attrs_json: &'a str,
+    pub parents: Vec<UidRef<'a>>,
+    pub tags_json: &'a str,
+}
+
+/// Store settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub redis_timeout: Duration,
+    pub cache_capacity: u64,
+    pub cache_ttl: Duration,
+    pub stale_for: Duration,
+    pub audit_file: std::path::PathBuf,
+    pub max_decision_entities: usize,
+}
+
+enum Backend {
+    Memory(Arc<memory::MemoryStore>),
+    Redis(Box<redis::RedisStore>),
+}
+
+/// The provisioned-entity store of one replica.
+pub struct EntityStore {
+    backend: Backend,
+    /// In front of Redis only: the in-process store needs none.
+    cache: Option<Arc<cache::EntityCache>>,
+    pub(crate) max_decision_entities: usize,
+}
+
+impl EntityStore {
+    /// Opens the store; with Redis, connects lazily so the server starts while Redis is down (decisions
+    /// that need it fail closed until it is back). Background tasks end with `stop`.
+    pub fn open(config: &StoreConfig, stop: tokio_util::sync::CancellationToken) -> Result<Arc<Self>, StoreError> {
+        let (backend, cache) = match &config.redis_url {
+            Some(url) => {
+                let store = redis::RedisStore::connect(url, &config.redis_prefix, config.redis_timeout)?;
+                let cache =
+                    Arc::new(cache::EntityCache::new(config.cache_capacity, config.cache_ttl, config.stale_for));
+                store.spawn_subscriber(cache.clone(), stop)?;
+                (Backend::Redis(Box::new(store)), Some(cache))
+            }
+            None => (Backend::Memory(Arc::new(memory::MemoryStore::open(&config.audit_file)?)), None),
+        };
+        Ok(Arc::new(EntityStore { backend, cache, max_decision_entities: config.max_decision_entities }))
+    }
+
+    /// With Redis: waits (at most `within`) for the invalidation subscription, so that a replica
+    /// starts serving with a coherent cache. A Redis that is down does not hold up the start.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        match &self.cache {
+            Some(cache) => cache.wait_subscribed(within).await,
+            None => true,
+        }
+    }
+
+    /// Whether invalidations are flowing (always true in process), and the last revision applied.
+    pub fn coherence(&self) -> (bool, u64) {
+        match (&self.backend, &self.cache) {
+            (Backend::Memory(m), _) => (true, m.revision()),
+            (_, Some(cache)) => (cache.is_subscribed(), cache.seen_revision()),
+            (_, None) => (false, 0),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// True when nothing is provisioned in process, so decisions can use the files' entities alone.
+    pub(crate) fn known_empty(&self) -> bool {
+        match &self.backend {
+            Backend::Memory(m) => m.is_empty(),
+            Backend::Redis(_) => false,
+        }
+    }
+
+    /// Applies a validated batch with its audit records, all or nothing; returns the new revision.
+    pub async fn apply(&self, changes: Vec<Change>, actor: &str) -> Result<u64, StoreError> {
+        let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
+        let revision = match &self.backend {
+            Backend::Memory(m) => m.apply(changes, actor).await?,
+            Backend::Redis(r) => r.apply(&changes, actor).await?,
+        };
+        // This replica reads its own write at once; the others hear of it through the subscription.
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&uids);
+        }
+        Ok(revision)
+    }
+
+    /// The records of `uids` (None where absent), never older than `min_revision`.
+    pub(crate) async fn fetch(
+        &self,
+        uids: &[EntityUid],
+        min_revision: u64,
+    ) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
+        match (&self.backend, &self.cache) {
+            (Backend::Memory(m), _) => m.fetch(uids, min_revision),
+            (Backend::Redis(r), Some(cache)) => cache.fetch(r, uids, min_revision).await,
+            (Backend::Redis(r), None) => r.fetch(uids, min_revision).await,
+        }
+    }
+
+    pub async fn get(&self, uid: &EntityUid) -> Result<Option<Arc<Record>>, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.fetch(std::slice::from_ref(uid), 0)?.pop().flatten()),
+            Backend::Redis(r) => Ok(r.fetch(std::slice::from_ref(uid), 0).await?.pop().flatten()),
+        }
+    }
+
+    /// Up to `limit` entities of type `ty` whose uid sorts after `after`, in uid order.
+    pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.list(ty, after, limit)),
+            Backend::Redis(r) => r.list(ty, after, limit).await,
+        }
+    }
+
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        match &self.backend {
+            Backend::Memory(m) => m.audit(filter).await,
+            Backend::Redis(r) => r.audit(filter).await,
+        }
+    }
+}
+
+/// Validates an upsert batch against the snapshot (schema, file entities) into changes; the first
+/// invalid entity rejects the batch, named by its index.
+pub fn validate_upserts(snapshot: &Snapshot, inputs: &[EntityInput<'_>]) -> Result<Vec<Change>, RequestError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut changes = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.iter().enumerate() {
+        let field = format!("entities[{i}]");
+        let uid = writable_uid(snapshot, input.uid, &format!("{field}.uid"))?;
+        if !seen.insert(uid.clone()) {
+            return Err(RequestError::invalid(&format!("{field}.uid"), format!("`{uid}` appears twice in the batch")));
+        }
+        let attrs = json_record(input.attrs_json, &format!("{field}.attrs_json"))?;
+        let parents = input
+            .parents
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                let parent = parse_uid(snapshot, Some(*p), &format!("{field}.parents[{j}]"))?;
+                Ok(serde_json::json!({"type": parent.type_name().to_string(), "id": parent.id().unescaped()}))
+            })
+            .collect::<Result<Vec<_>, RequestError>>()?;
+        let mut json = serde_json::json!({
+            "uid": {"type": uid.type_name().to_string(), "id": uid.id().unescaped()},
+            "attrs": attrs,
+            "parents": parents,
+        });
+        if !input.tags_json.trim().is_empty() {
+            json["tags"] = json_record(input.tags_json, &format!("{field}.tags_json"))?;
+        }
+        let entity = Entity::from_json_value(json, snapshot.schema.as_ref())
+            .map_err(|e| RequestError::schema(&field, format!("`{uid}`: {}", explain(&e))))?;
+        // Canonical form: explicit escapes, so it parses the same later without the schema.
+        let json = entity.to_json_value().map_err(|e| RequestError::invalid(&field, e))?;
+        changes.push((field, entity, Change::Upsert { uid, json }));
+    }
+    if let Some(schema) = &snapshot.schema {
+        // Whole-batch conformance (parent types, required attributes), as Cedar checks an entity file.
+        let entities: Vec<Entity> = changes.iter().map(|(_, e, _)| e.clone()).collect();
+        if let Err(e) = Entities::from_entities(entities, Some(schema)) {
+            let text = explain(&e);
+            let field = changes
+                .iter()
+                .find(|(_, _, c)| text.contains(&c.uid().to_string()))
+                .map_or("entities", |(f, _, _)| f.as_str());
+            return Err(RequestError::schema(field, text));
+        }
+    }
+    Ok(changes.into_iter().map(|(_, _, change)| change).collect())
+}
+
+/// A Cedar error with its causes and help: the top line alone ("entity does not conform to the
+/// schema") does not say which attribute.
+fn explain(err: &dyn miette::Diagnostic) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    if let Some(help) = err.help() {
+        text.push_str(&format!(" (help: {help})"));
+    }
+    text
+}
+
+/// Validates a delete batch into changes.
+pub fn validate_deletes(snapshot: &Snapshot, uids: &[Option<UidRef<'_>>]) -> Result<Vec<Change>, RequestError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut changes = Vec::with_capacity(uids.len());
+    for (i, uid) in uids.iter().enumerate() {
+        let field = format!("uids[{i}]");
+        let uid = writable_uid(snapshot, *uid, &field)?;
+        if seen.insert(uid.clone()) {
+            changes.push(Change::Delete { uid });
+        }
+    }
+    Ok(changes)
+}
+
+/// A uid the EntityService may write: not an action, not an entity the policy files define.
+fn writable_uid(snapshot: &Snapshot, uid: Option<UidRef<'_>>, field: &str) -> Result<EntityUid, RequestError> {
+    let uid = parse_uid(snapshot, uid, field)?;
+    if uid.type_name().basename() == "Action" {
+        return Err(RequestError::invalid(field, format!("`{uid}` is an action; actions come from the schema")));
+    }
+    if snapshot.entities.get(&uid).is_some() {
+        return Err(RequestError::invalid(
+            field,
+            format!("`{uid}` is defined in the policy directory's entity files; change it there"),
+        ));
+    }
+    Ok(uid)
+}
+
+fn json_record(text: &str, field: &str) -> Result<serde_json::Value, RequestError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::json!({}));
+    }
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| RequestError::invalid(field, e))?;
+    if !value.is_object() {
+        return Err(RequestError::invalid(field, "expected a JSON object"));
+    }
+    Ok(value)
+}
+
+/// The key text of a uid, as stored and published: Cedar's own escaped form, `User::"alice"`.
+pub fn key_of(uid: &EntityUid) -> String {
+    uid.to_string()
+}
+
+pub fn uid_of_key(key: &str) -> Option<EntityUid> {
+    EntityUid::from_str(key).ok()
+}
+
+/// RFC 3339 with milliseconds, as every timestamp in the API.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,264 @@
+//! The Redis store, shared by every replica. Keys, under a configurable prefix `p`:
+//! - `p e:<uid>`: `{"rev": N, "entity": <Cedar entity JSON>}`, uid in Cedar's form (`User::"alice"`);
+//! - `p t:<type>`: a sorted set of the type's uids (all score 0), for listing in uid order;
+//! - `p rev`: the revision counter; `p audit`: the audit stream;
+//! - channel `p invalidate`: one message per write, `<rev>\n<uid>\n<uid>…`.
+//!
+//! A write is one Lua script: the revision, the entities, their audit entries and the invalidation
+//! message commit together or not at all. Redis Cluster is not supported (the script's keys are
+//! derived, not declared).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cedar_policy::EntityUid;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::EntityCache;
+use super::{AuditFilter, AuditRecord, Change, Record, key_of, rfc3339};
+use crate::error::StoreError;
+
+/// Applies one batch. ARGV: prefix, actor, then (op, uid, type, entity JSON or "") per change.
+/// Validation happened before: nothing here can fail half-way except Redis itself running out of
+/// memory, which Redis checks before a write script starts.
+const APPLY: &str = r#"
+local p, actor = ARGV[1], ARGV[2]
+local rev = redis.call('INCR', p .. 'rev')
+local uids = {}
+for i = 3, #ARGV, 4 do
+  local op, uid, ty, entity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local key = p .. 'e:' .. uid
+  local before = redis.call('GET', key) or ''
+  local after = ''
+  if op == 'upsert' then
+    after = '{"rev":' .. rev .. ',"entity":' .. entity .. '}'
+    redis.call('SET', key, after)
+    redis.call('ZADD', p .. 't:' .. ty, 0, uid)
+  else
+    redis.call('DEL', key)
+    redis.call('ZREM', p .. 't:' .. ty, uid)
+  end
+  redis.call('XADD', p .. 'audit', '*', 'rev', rev, 'actor', actor, 'op', op, 'uid', uid,
+    'before', before, 'after', after)
+  uids[#uids + 1] = uid
+end
+redis.call('PUBLISH', p .. 'invalidate', rev .. '\n' .. table.concat(uids, '\n'))
+return rev
+"#;
+
+/// How often the subscription is pinged: a silently cut connection is noticed within this plus the
+/// Redis timeout.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    apply: redis::Script,
+}
+
+impl RedisStore {
+    /// Connects lazily: the server starts while Redis is down, and the connection manager reconnects.
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
+        Ok(RedisStore { client, conn, prefix: prefix.to_string(), timeout, apply: redis::Script::new(APPLY) })
+    }
+
+    fn entity_key(&self, uid: &str) -> String {
+        format!("{}e:{uid}", self.prefix)
+    }
+
+    /// Bounds every call: a Redis that does not answer is an unavailable store, not a slow decision.
+    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|e| StoreError::Unavailable(e.to_string())),
+            Err(_) => Err(StoreError::Unavailable(format!("no answer from Redis within {:?}", self.timeout))),
+        }
+    }
+
+    pub async fn apply(&self, changes: &[Change], actor: &str) -> Result<u64, StoreError> {
+        let mut invocation = self.apply.prepare_invoke();
+        invocation.arg(&self.prefix).arg(actor);
+        for change in changes {
+            let uid = change.uid();
+            let entity = match change {
+                Change::Upsert { json, .. } => json.to_string(),
+                Change::Delete { .. } => String::new(),
+            };
+            invocation.arg(change.operation()).arg(key_of(uid)).arg(uid.type_name().to_string()).arg(entity);
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// One round trip: the records of `uids` and the store's revision.
+    pub async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
+        let keys: Vec<String> = uids.iter().map(|u| self.entity_key(&key_of(u))).collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{}rev", self.prefix));
+        if !keys.is_empty() {
+            pipe.cmd("MGET").arg(&keys);
+        }
+        let mut conn = self.conn.clone();
+        let (revision, values): (Option<u64>, Vec<Option<String>>) = if keys.is_empty() {
+            let (revision,): (Option<u64>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+            (revision, Vec::new())
+        } else {
+            self.bounded(pipe.query_async(&mut conn)).await?
+        };
+        let current = revision.unwrap_or(0);
+        if min_revision > current {
+            return Err(StoreError::AheadOfStore { requested: min_revision, current });
+        }
+        values.into_iter().map(|v| v.map(|text| parse_stored(&text).map(Arc::new)).transpose()).collect()
+    }
+
+    pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+        let start = if after.is_empty() { "-".to_string() } else { format!("({after}") };
+        let mut conn = self.conn.clone();
+        let index = format!("{}t:{ty}", self.prefix);
+        let uids: Vec<String> = self.bounded(conn.zrangebylex_limit(&index, start, "+", 0, limit as isize)).await?;
+        if uids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = uids.iter().map(|u| self.entity_key(u)).collect();
+        let values: Vec<Option<String>> = self.bounded(conn.mget(&keys)).await?;
+        // An entity deleted between the two calls is simply not listed.
+        values.into_iter().flatten().map(|text| parse_stored(&text).map(Arc::new)).collect()
+    }
+
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let ms = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let mut start = filter.since.map_or_else(|| "-".to_string(), |t| format!("{}-0", ms(t)));
+        // `until` is exclusive: the last id of the millisecond before it.
+        let end = filter.until.map_or_else(|| "+".to_string(), |t| format!("{}-{}", ms(t).saturating_sub(1), u64::MAX));
+        let key = format!("{}audit", self.prefix);
+        let mut out = Vec::new();
+        let mut conn = self.conn.clone();
+        const CHUNK: usize = 500;
+        while out.len() < filter.limit {
+            let reply: redis::streams::StreamRangeReply =
+                self.bounded(conn.xrange_count(&key, &start, &end, CHUNK)).await?;
+            let n = reply.ids.len();
+            for entry in &reply.ids {
+                let record = audit_record(entry)?;
+                if filter.matches_uid(&record.uid) && out.len() < filter.limit {
+                    out.push(record);
+                }
+            }
+            match reply.ids.last() {
+                Some(last) if n == CHUNK => start = format!("({}", last.id),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps this replica's cache coherent: applies every invalidation message, and when the
+    /// subscription is lost, marks the cache unconfirmed (served only within the staleness bound);
+    /// when it is back, drops the cache, since messages may have been missed.
+    pub fn spawn_subscriber(&self, cache: Arc<EntityCache>, stop: CancellationToken) -> Result<(), StoreError> {
+        let client = self.client.clone();
+        let channel = format!("{}invalidate", self.prefix);
+        let rev_key = format!("{}rev", self.prefix);
+        let mut conn = self.conn.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                let session = async {
+                    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
+                    tokio::time::timeout(timeout, pubsub.subscribe(&channel)).await??;
+                    // Read after subscribing: every later write arrives as a message.
+                    let revision: Option<u64> = tokio::time::timeout(timeout, conn.get(&rev_key)).await??;
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((pubsub, revision.unwrap_or(0)))
+                };
+                let (pubsub, revision) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    session = session => match session {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            tracing::warn!("entity invalidations: cannot subscribe: {e}");
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            continue;
+                        }
+                    },
+                };
+                cache.subscribed(revision);
+                tracing::info!(revision, "entity invalidations: subscribed; local cache cleared");
+                backoff = Duration::from_millis(50);
+                let (mut sink, mut messages) = pubsub.split();
+                let mut ping = tokio::time::interval(PING_EVERY);
+                let reason = loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        message = messages.next() => match message {
+                            Some(message) => match message.get_payload::<String>() {
+                                Ok(payload) => cache.apply_invalidation(&payload),
+                                Err(e) => {
+                                    tracing::warn!("entity invalidations: unreadable message: {e}");
+                                    cache.clear();
+                                }
+                            },
+                            None => break "connection closed".to_string(),
+                        },
+                        _ = ping.tick() => {
+                            match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => break format!("ping failed: {e}"),
+                                Err(_) => break format!("no ping answer within {timeout:?}"),
+                            }
+                        }
+                    }
+                };
+                cache.lost();
+                tracing::warn!(
+                    "entity invalidations: subscription lost ({reason}); cached entities are served only within the staleness bound"
+                );
+            }
+        });
+        Ok(())
+    }
+}
+
+fn parse_stored(text: &str) -> Result<Record, StoreError> {
+    let mut value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored entity: {e}")))?;
+    let revision = value.get("rev").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let entity = value.get_mut("entity").map(serde_json::Value::take).unwrap_or_default();
+    Record::parse(entity, revision).map_err(StoreError::Corrupt)
+}
+
+/// The entity JSON inside a stored value, for the audit trail; None where there was none.
+fn stored_entity(text: &str) -> Option<serde_json::Value> {
+    let mut value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value.get_mut("entity").map(serde_json::Value::take)
+}
+
+fn audit_record(entry: &redis::streams::StreamId) -> Result<AuditRecord, StoreError> {
+    let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
+    let ms: u64 = entry.id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Ok(AuditRecord {
+        revision: field("rev").parse().map_err(|_| StoreError::Corrupt(format!("audit entry {}: rev", entry.id)))?,
+        at: rfc3339(UNIX_EPOCH + Duration::from_millis(ms)),
+        actor: field("actor"),
+        operation: field("op"),
+        uid: field("uid"),
+        before: stored_entity(&field("before")),
+        after: stored_entity(&field("after")),
+    })
+}

@@ -1,0 +1,138 @@
+//! Decisions on provisioned entities: load what the decision can reach, level by level, then decide.
+//!
+//! What is loaded: the principal, action and resource, the entities the context, the request's own
+//! entities and the policies' condition literals name; all of their ancestors; and, by attribute and
+//! tag references, entities up to the policies' access depth (`EntityIndex::deref_depth`), with their
+//! ancestors. No policy can read beyond that depth, and every `in` sees complete ancestors, so the
+//! decision equals Cedar's on the whole entity set. Each level is one store round trip (MGET), after
+//! the local cache.
+//!
+//! Fail closed: an entity that could not be read is an error, never an absent entity.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cedar_policy::{Entities, Entity, EntityUid};
+
+use super::{EntityStore, Record};
+use crate::authz::{self, CheckInput, Limits, Outcome};
+use crate::error::{DecideError, RequestError, StoreError};
+use crate::policy::Snapshot;
+
+/// Decides one check on the files' entities merged with the provisioned ones (files win).
+pub async fn decide(
+    store: &EntityStore,
+    snapshot: &Snapshot,
+    input: &CheckInput<'_>,
+    limits: &Limits,
+    min_revision: u64,
+) -> Result<Outcome, DecideError> {
+    if store.known_empty() {
+        if min_revision > 0 {
+            store.fetch(&[], min_revision).await?;
+        }
+        return Ok(authz::decide(snapshot, input, limits)?);
+    }
+    let prepared = authz::prepare(snapshot, input, limits)?;
+    let (entities, _) = gather(store, snapshot, &prepared, input, min_revision).await?;
+    Ok(authz::decide_on(snapshot, prepared, &entities))
+}
+
+/// The entity slice a prepared check needs, and how many store round trips it took.
+pub(crate) async fn gather(
+    store: &EntityStore,
+    snapshot: &Snapshot,
+    prepared: &authz::Prepared,
+    input: &CheckInput<'_>,
+    min_revision: u64,
+) -> Result<(Entities, usize), DecideError> {
+    let depth_limit = snapshot.index.deref_depth;
+    let own: HashMap<EntityUid, usize> = prepared.own.iter().map(|(i, e)| (e.uid(), *i)).collect();
+    let mut roots: Vec<EntityUid> = prepared.uids.to_vec();
+    roots.extend(snapshot.index.policy_literals.iter().cloned());
+    authz::context_uids(input, &mut roots);
+    roots.extend(prepared.own_mentions.iter().cloned());
+    // A request may not redefine a provisioned entity: look its own uids up too.
+    roots.extend(own.keys().cloned());
+    let mut frontier: Vec<(EntityUid, usize)> = roots.into_iter().map(|u| (u, 0)).collect();
+
+    // Smallest depth each uid was reached at; an entity reached again nearer is expanded again.
+    let mut depth_of: HashMap<EntityUid, usize> = HashMap::new();
+    let mut fetched: HashMap<EntityUid, Option<Arc<Record>>> = HashMap::new();
+    let mut slice: Vec<Entity> = prepared.own.iter().map(|(_, e)| e.clone()).collect();
+    let mut included: HashSet<EntityUid> = own.keys().cloned().collect();
+    let mut rounds = 0;
+    while !frontier.is_empty() {
+        let mut next: Vec<(EntityUid, usize)> = Vec::new();
+        let mut expand: Vec<(EntityUid, usize)> = Vec::new();
+        for (uid, depth) in frontier.drain(..) {
+            if depth_of.get(&uid).is_some_and(|&seen| seen <= depth) {
+                continue;
+            }
+            depth_of.insert(uid.clone(), depth);
+            if let Some(entity) = snapshot.entities.get(&uid) {
+                // The files' entity wins; its ancestors are already closed over the files.
+                if let Some(ancestors) = snapshot.entities.ancestors(&uid) {
+                    next.extend(ancestors.map(|a| (a.clone(), depth)));
+                }
+                if depth < depth_limit {
+                    if let Some(refs) = snapshot.index.refs.get(&uid) {
+                        next.extend(refs.iter().map(|r| (r.clone(), depth + 1)));
+                    }
+                }
+                if included.insert(uid) {
+                    slice.push(entity.clone());
+                }
+            } else {
+                expand.push((uid, depth));
+            }
+        }
+        let wanted: Vec<EntityUid> =
+            expand.iter().filter(|(u, _)| !fetched.contains_key(u)).map(|(u, _)| u.clone()).collect();
+        if !wanted.is_empty() {
+            rounds += 1;
+            let records = store.fetch(&wanted, min_revision).await?;
+            fetched.extend(wanted.into_iter().zip(records));
+        }
+        for (uid, depth) in expand {
+            let Some(Some(record)) = fetched.get(&uid) else { continue };
+            if let Some(&i) = own.get(&uid) {
+                return Err(RequestError::invalid(
+                    &format!("entities_json[{i}]"),
+                    format!("`{uid}` is a provisioned entity; a request cannot redefine it"),
+                )
+                .into());
+            }
+            next.extend(record.parents.iter().map(|p| (p.clone(), depth)));
+            if depth < depth_limit {
+                next.extend(record.refs.iter().map(|r| (r.clone(), depth + 1)));
+            }
+            if included.insert(uid) {
+                slice.push(record.entity.clone());
+            }
+        }
+        if slice.len() > store.max_decision_entities {
+            return Err(StoreError::TooManyEntities(store.max_decision_entities).into());
+        }
+        frontier = next;
+    }
+    // A request entity must not be something a provisioned entity points to: it would give a stored
+    // user new ancestors or define the owner a stored document names.
+    for record in fetched.values().flatten() {
+        for uid in record.parents.iter().chain(&record.refs) {
+            if let Some(&i) = own.get(uid) {
+                return Err(RequestError::invalid(
+                    &format!("entities_json[{i}]"),
+                    format!(
+                        "`{uid}` is referred to by provisioned entity `{}`; a request cannot define it",
+                        record.entity.uid()
+                    ),
+                )
+                .into());
+            }
+        }
+    }
+    let entities = Entities::from_entities(slice, None)
+        .map_err(|e| DecideError::from(RequestError::invalid("entities_json", &e)))?;
+    Ok((entities, rounds))
+}

@@ -1,0 +1,152 @@
+//! `cedar_pdp.v1.EntityService`: provisioning. Every call needs a provisioning credential; the
+//! credential's name is the audit trail's actor.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::auth::TokenGate;
+use super::{convert, pb};
+use crate::authz::parse_uid;
+use crate::entities::{self, AuditFilter, EntityStore};
+use crate::error::{RequestError, ServiceError};
+use crate::policy::{PolicyStore, Snapshot};
+
+/// Default and largest page of ListEntities and ReadAudit.
+const PAGE: (u32, u32) = (100, 1000);
+
+pub struct EntityApi {
+    policies: Arc<PolicyStore>,
+    store: Arc<EntityStore>,
+    gate: TokenGate,
+    max_batch: usize,
+}
+
+impl EntityApi {
+    pub fn new(
+        policies: Arc<PolicyStore>,
+        store: Arc<EntityStore>,
+        tokens: impl IntoIterator<Item = (String, String)>,
+        max_batch: usize,
+    ) -> Self {
+        EntityApi { policies, store, gate: TokenGate::new(tokens), max_batch }
+    }
+
+    fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
+        self.policies.current().ok_or(ServiceError::NotReady)
+    }
+
+    fn check_batch(&self, field: &str, len: usize) -> Result<(), RequestError> {
+        if len == 0 {
+            return Err(RequestError::missing(field));
+        }
+        if len > self.max_batch {
+            return Err(RequestError::TooMany { field: field.into(), len, limit: self.max_batch });
+        }
+        Ok(())
+    }
+
+    async fn write(&self, actor: &str, changes: Vec<entities::Change>) -> Result<pb::WriteResponse, Status> {
+        let count = changes.len();
+        let revision = self.store.apply(changes, actor).await?;
+        tracing::info!(target: "cedar_pdp::audit", actor, revision, count, "entities changed");
+        Ok(pb::WriteResponse { revision })
+    }
+}
+
+fn page_size(requested: u32) -> usize {
+    (if requested == 0 { PAGE.0 } else { requested.min(PAGE.1) }) as usize
+}
+
+#[tonic::async_trait]
+impl pb::entity_service_server::EntityService for EntityApi {
+    async fn upsert_entities(
+        &self,
+        request: Request<pb::UpsertEntitiesRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.gate.identify(&request)?;
+        let items = &request.get_ref().entities;
+        self.check_batch("entities", items.len())?;
+        let snapshot = self.snapshot()?;
+        let changes = entities::validate_upserts(&snapshot, &convert::entity_inputs(items))
+            .inspect_err(|e| tracing::debug!(actor, "upsert rejected: {e}"))?;
+        Ok(Response::new(self.write(&actor, changes).await?))
+    }
+
+    async fn delete_entities(
+        &self,
+        request: Request<pb::DeleteEntitiesRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.gate.identify(&request)?;
+        let uids = &request.get_ref().uids;
+        self.check_batch("uids", uids.len())?;
+        let snapshot = self.snapshot()?;
+        let refs: Vec<_> = uids.iter().map(|u| Some(convert::uid_ref(u))).collect();
+        let changes = entities::validate_deletes(&snapshot, &refs)?;
+        Ok(Response::new(self.write(&actor, changes).await?))
+    }
+
+    async fn get_entity(
+        &self,
+        request: Request<pb::GetEntityRequest>,
+    ) -> Result<Response<pb::GetEntityResponse>, Status> {
+        self.gate.identify(&request)?;
+        let snapshot = self.snapshot()?;
+        let uid = parse_uid(&snapshot, request.get_ref().uid.as_ref().map(convert::uid_ref), "uid")?;
+        let record = self.store.get(&uid).await?.ok_or_else(|| ServiceError::NotFound(format!("`{uid}`")))?;
+        Ok(Response::new(pb::GetEntityResponse {
+            entity: Some(convert::entity_message(&record.json)),
+            revision: record.revision,
+        }))
+    }
+
+    async fn list_entities(
+        &self,
+        request: Request<pb::ListEntitiesRequest>,
+    ) -> Result<Response<pb::ListEntitiesResponse>, Status> {
+        self.gate.identify(&request)?;
+        let req = request.get_ref();
+        if req.r#type.is_empty() {
+            return Err(RequestError::missing("type").into());
+        }
+        let snapshot = self.snapshot()?;
+        let ty = snapshot.index.type_name(&req.r#type).map_err(|e| RequestError::invalid("type", e))?.to_string();
+        // The token is the last uid of the previous page, in Cedar's form.
+        if !req.page_token.is_empty() && !req.page_token.starts_with(&format!("{ty}::\"")) {
+            return Err(RequestError::invalid("page_token", "not a page token of this type").into());
+        }
+        let size = page_size(req.page_size);
+        let records = self.store.list(&ty, &req.page_token, size).await?;
+        let next_page_token = match records.last() {
+            Some(last) if records.len() == size => entities::key_of(&last.entity.uid()),
+            _ => String::new(),
+        };
+        let entities = records.iter().map(|r| convert::entity_message(&r.json)).collect();
+        Ok(Response::new(pb::ListEntitiesResponse { entities, next_page_token }))
+    }
+
+    async fn read_audit(
+        &self,
+        request: Request<pb::ReadAuditRequest>,
+    ) -> Result<Response<pb::ReadAuditResponse>, Status> {
+        self.gate.identify(&request)?;
+        let req = request.get_ref();
+        let time = |field: &str, text: &str| {
+            (!text.is_empty())
+                .then(|| humantime::parse_rfc3339_weak(text).map_err(|e| RequestError::invalid(field, e)))
+                .transpose()
+        };
+        let uid = match &req.uid {
+            Some(uid) => Some(entities::key_of(&parse_uid(&*self.snapshot()?, Some(convert::uid_ref(uid)), "uid")?)),
+            None => None,
+        };
+        let filter = AuditFilter {
+            uid,
+            since: time("since", &req.since)?,
+            until: time("until", &req.until)?,
+            limit: page_size(req.limit),
+        };
+        let records = self.store.audit(&filter).await?;
+        Ok(Response::new(pb::ReadAuditResponse { records: records.into_iter().map(convert::audit_message).collect() }))
+    }
+}

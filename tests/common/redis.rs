@@ -1,0 +1,123 @@
+//! A real `redis-server` per test, on a free loopback port, with its data in a temporary directory.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server; append-only persistence on, so a restart keeps what was written.
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            // Another process may take the port between here and redis-server's bind: retry then.
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = tempfile::tempdir().unwrap();
+            if let Some(child) = spawn(port, dir.path()) {
+                return RedisServer { child: Some(child), port, dir };
+            }
+        }
+        panic!("redis-server did not start (is it installed?)")
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: no goodbye to clients, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(child) = spawn(self.port, self.dir.path()) {
+                self.child = Some(child);
+                return;
+            }
+        }
+        panic!("redis-server did not restart on port {}", self.port)
+    }
+
+    /// Sends one command (inline protocol) and returns the raw reply.
+    pub fn command(&self, line: &str) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 65536];
+        // A bulk reply is `$<len>\r\n<len bytes>\r\n`; anything else here is one line.
+        let complete = |r: &[u8]| {
+            let Some(end) = r.windows(2).position(|w| w == b"\r\n") else { return false };
+            match r.first() {
+                Some(b'$') => {
+                    let len: i64 = String::from_utf8_lossy(&r[1..end]).parse().unwrap();
+                    len < 0 || r.len() >= end + 2 + len as usize + 2
+                }
+                _ => true,
+            }
+        };
+        while !complete(&reply) {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "redis closed the connection mid-reply");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+
+    /// Calls of `command` served so far, from `INFO commandstats` (e.g. `mget`).
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self.command("INFO commandstats");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts redis-server and waits until it answers PING; None if it exited (port taken).
+fn spawn(port: u16, dir: &Path) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut pong = [0u8; 7];
+            if stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut pong).is_ok() && &pong == b"+PONG\r\n" {
+                return Some(child);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
