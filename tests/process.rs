@@ -4,94 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::*;
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_cedar-pdp");
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("CEDAR_PDP_LOG", "warn").output().unwrap()
-}
-
-/// A server process on `127.0.0.1:0`; its address is read from its own start-up log line.
-struct Process {
-    child: Child,
-    addr: String,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Process {
-    fn start(policies: &Path, extra: &[&str]) -> Process {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--policies"])
-            .arg(policies)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = loop {
-            let line = lines.recv_timeout(Duration::from_secs(20)).expect("the server logs `serving`");
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if event["message"] == "serving" {
-                break event["listen"].as_str().unwrap().to_string();
-            }
-        };
-        Process { child, addr, lines }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    /// `cedar-pdp check` against this server, as a person runs it.
-    fn check_output(&self, principal: &str, action: &str, resource: &str) -> Output {
-        run(&["check", "--addr", &self.url(), "--principal", principal, "--action", action, "--resource", resource])
-    }
-
-    fn check(&self, principal: &str, action: &str, resource: &str) -> String {
-        let out = self.check_output(principal, action, resource);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "the server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn validate_accepts_the_example_and_explains_errors() {

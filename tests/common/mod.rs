@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+pub mod process;
 pub mod redis;
 
 pub struct TestServer {
