@@ -64,6 +64,12 @@ impl EntityCache {
         self.subscribed.load(Ordering::SeqCst)
     }
 
+    /// Changes with every invalidation; None while unsubscribed, when nothing derived from cached
+    /// entities may be kept (each entry's staleness must be checked on its own).
+    pub fn epoch(&self) -> Option<u64> {
+        self.is_subscribed().then(|| self.epoch.load(Ordering::SeqCst))
+    }
+
     pub fn seen_revision(&self) -> u64 {
         self.seen_revision.load(Ordering::SeqCst)
     }

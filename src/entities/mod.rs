@@ -103,6 +103,7 @@ pub struct StoreConfig {
     pub stale_for: Duration,
     pub audit_file: std::path::PathBuf,
     pub max_decision_entities: usize,
+    pub slice_cache_size: u64,
 }
 
 enum Backend {
@@ -116,6 +117,9 @@ pub struct EntityStore {
     /// In front of Redis only: the in-process store needs none.
     cache: Option<Arc<cache::EntityCache>>,
     pub(crate) max_decision_entities: usize,
+    /// Built entity slices by request, valid for one snapshot and one store epoch: a warm decision
+    /// costs a lookup, not a rebuild of Cedar's entity set.
+    pub(crate) slices: moka::sync::Cache<resolve::SliceKey, Arc<Entities>>,
 }
 
 impl EntityStore {
@@ -132,7 +136,12 @@ impl EntityStore {
             }
             None => (Backend::Memory(Arc::new(memory::MemoryStore::open(&config.audit_file)?)), None),
         };
-        Ok(Arc::new(EntityStore { backend, cache, max_decision_entities: config.max_decision_entities }))
+        Ok(Arc::new(EntityStore {
+            backend,
+            cache,
+            max_decision_entities: config.max_decision_entities,
+            slices: moka::sync::Cache::builder().max_capacity(config.slice_cache_size).build(),
+        }))
     }
 
     /// With Redis: waits (at most `within`) for the invalidation subscription, so that a replica
@@ -151,6 +160,28 @@ impl EntityStore {
             (_, Some(cache)) => (cache.is_subscribed(), cache.seen_revision()),
             (_, None) => (false, 0),
         }
+    }
+
+    /// Changes whenever any provisioned entity may have changed; None when slices must not be cached.
+    pub(crate) fn epoch(&self) -> Option<u64> {
+        match (&self.backend, &self.cache) {
+            (Backend::Memory(m), _) => Some(m.revision()),
+            (_, Some(cache)) => cache.epoch(),
+            (_, None) => None,
+        }
+    }
+
+    /// Whether a decision at `min_revision` can use what this replica already has.
+    pub(crate) fn has_seen(&self, min_revision: u64) -> bool {
+        min_revision == 0 || self.coherence().1 >= min_revision
+    }
+
+    /// Drops every cached entity (the next decisions read Redis); for benchmarks and operators.
+    pub fn clear_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+        self.slices.invalidate_all();
     }
 
     pub fn kind(&self) -> &'static str {

@@ -34,8 +34,31 @@ pub async fn decide(
         return Ok(authz::decide(snapshot, input, limits)?);
     }
     let prepared = authz::prepare(snapshot, input, limits)?;
+    // Request-scoped entities make every slice different: only plain requests are cached.
+    let key = (prepared.own.is_empty() && store.has_seen(min_revision)).then(|| store.epoch()).flatten().map(|epoch| {
+        let mut context = Vec::new();
+        authz::context_uids(input, &mut context);
+        SliceKey { generation: snapshot.generation, epoch, uids: prepared.uids.clone(), context }
+    });
+    if let Some(entities) = key.as_ref().and_then(|k| store.slices.get(k)) {
+        return Ok(authz::decide_on(snapshot, prepared, &entities));
+    }
     let (entities, _) = gather(store, snapshot, &prepared, input, min_revision).await?;
+    let entities = Arc::new(entities);
+    // Kept only if no invalidation arrived while it was built: it may hold what that replaced.
+    if let Some(key) = key.filter(|k| store.epoch() == Some(k.epoch)) {
+        store.slices.insert(key, entities.clone());
+    }
     Ok(authz::decide_on(snapshot, prepared, &entities))
+}
+
+/// What a built slice depends on besides the request: the snapshot and the store's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct SliceKey {
+    generation: u64,
+    epoch: u64,
+    uids: [EntityUid; 3],
+    context: Vec<EntityUid>,
 }
 
 /// The entity slice a prepared check needs, and how many store round trips it took.

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub policy_count: usize,
     pub template_count: usize,
     pub(crate) authorizer: Authorizer,
+    /// Unique per snapshot in this process: a cheap key for what is derived from it.
+    pub(crate) generation: u64,
     pub(crate) index: EntityIndex,
     pub(crate) scope: ScopeIndex,
 }
@@ -70,6 +72,10 @@ impl Snapshot {
             schema,
             entities,
             authorizer: Authorizer::new(),
+            generation: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
             index,
             scope,
         })
