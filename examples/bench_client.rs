@@ -4,8 +4,9 @@
 //! `bench_client body <check|batch100|health> FILE` — one length-prefixed gRPC frame.
 //! `bench_client verify <check|batch100|health> URL` — sends the same message, checks the answer,
 //! prints the response frame's size in bytes (h2load's DATA bytes must be a multiple of it).
+//! `bench_client provision URL FILE` — upserts a Cedar entity JSON file through the EntityService.
 
-use cedar_pdp::grpc::{AuthorizationServiceClient, pb};
+use cedar_pdp::grpc::{AuthorizationServiceClient, EntityServiceClient, pb};
 use prost::Message;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -24,6 +25,24 @@ fn batch100() -> pb::BatchCheckRequest {
     pb::BatchCheckRequest { checks: vec![check(); 100] }
 }
 
+/// A Cedar entity JSON array as EntityService entities.
+fn entities(file: &str) -> Result<Vec<pb::Entity>, Box<dyn std::error::Error>> {
+    let json: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let uid = |v: &serde_json::Value| pb::EntityUid {
+        r#type: v["type"].as_str().unwrap_or_default().into(),
+        id: v["id"].as_str().unwrap_or_default().into(),
+    };
+    Ok(json
+        .iter()
+        .map(|e| pb::Entity {
+            uid: Some(uid(&e["uid"])),
+            attrs_json: e["attrs"].to_string(),
+            parents: e["parents"].as_array().into_iter().flatten().map(uid).collect(),
+            tags_json: String::new(),
+        })
+        .collect())
+}
+
 fn frame(message: &impl Message) -> Vec<u8> {
     let body = message.encode_to_vec();
     let mut out = vec![0u8];
@@ -37,9 +56,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let (verb, kind, target) = match args.as_slice() {
         [_, verb, kind, target] => (verb.as_str(), kind.as_str(), target.clone()),
-        _ => return Err("usage: bench_client <body|verify> <check|batch100|health> <FILE|URL>".into()),
+        _ => {
+            return Err(
+                "usage: bench_client <body|verify> <check|batch100|health> <FILE|URL> | provision URL FILE".into()
+            );
+        }
     };
     match verb {
+        "provision" => {
+            let request = pb::UpsertEntitiesRequest { entities: entities(&target)? };
+            let revision = EntityServiceClient::connect(kind.to_string()).await?.upsert_entities(request).await?;
+            println!("{}", revision.into_inner().revision);
+        }
         "body" => {
             let bytes = match kind {
                 "check" => frame(&check()),

@@ -5,6 +5,8 @@
 #   noop      the same tonic stack answering Check with a constant (examples/noop_server.rs)
 #   check     cedar-pdp Check, decision log off
 #   check-log cedar-pdp Check, decision log on (JSON lines to a file)
+#   check-redis cedar-pdp Check with the same entities provisioned in Redis instead of files
+#             (its own redis-server; warm cache after the verification)
 #   health    cedar-pdp's gRPC health Check
 #   batch100  cedar-pdp BatchCheck with 100 checks per call
 # Each body is verified with a real gRPC client first; the report checks that every response h2load
@@ -32,6 +34,11 @@ trap cleanup EXIT
 taskset -c 1 "$NOOP" 127.0.0.1:50161 >"$OUT/noop.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --listen 127.0.0.1:50162 --decision-log false >"$OUT/pdp.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --log-format json serve --listen 127.0.0.1:50163 >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
+# The example policies without their entity file; the entities go to Redis instead.
+mkdir -p "$OUT/no-entities" && cp policies/*.cedar policies/*.cedarschema policies/links.json "$OUT/no-entities/"
+taskset -c 1 redis-server --port 50170 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --listen 127.0.0.1:50164 --decision-log false --policies "$OUT/no-entities" \
+  --redis-url redis://127.0.0.1:50170/ >"$OUT/pdp-redis.out" 2>&1 & PIDS+=($!)
 
 verify() { # kind url → prints the verified response frame size
   local deadline=$((SECONDS + 30))
@@ -41,11 +48,17 @@ verify() { # kind url → prints the verified response frame size
   done
 }
 declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163
-                [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162)
-declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100)
+                [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162 [check-redis]=http://127.0.0.1:50164)
+declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100
+                 [check-redis]=check)
 declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/cedar_pdp.v1.AuthorizationService/BatchCheck
                 [health]=/grpc.health.v1.Health/Check)
-for target in noop check check-log health batch100; do
+deadline=$((SECONDS + 30))
+until "$CLIENT" provision "${URL[check-redis]}" policies/entities.json >/dev/null 2>&1; do
+  [ $SECONDS -lt $deadline ] || { echo "provisioning the Redis-backed server failed" >&2; exit 1; }
+  sleep 0.2
+done
+for target in noop check check-log health batch100 check-redis; do
   verify "${KIND[$target]}" "${URL[$target]}" >"$OUT/$target.frame"
 done
 
@@ -62,8 +75,8 @@ load() { # target level(sat|lat) round
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  for target in noop check check-log health; do load "$target" sat "$round"; done
-  for target in noop check; do load "$target" lat "$round"; done
+  for target in noop check check-log health check-redis; do load "$target" sat "$round"; done
+  for target in noop check check-redis; do load "$target" lat "$round"; done
   load batch100 sat "$round"
   echo "round $round done" >&2
 done

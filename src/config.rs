@@ -140,11 +140,12 @@ pub struct EntityConfig {
     /// still served; older ones must be read from Redis again. `0s`: never serve unconfirmed data.
     #[arg(long, env = "CEDAR_PDP_ENTITY_STALE_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub entity_stale_for: Duration,
-    /// Most entity slices (the entities one request's decision reads) kept built, per replica.
-    #[arg(long, env = "CEDAR_PDP_SLICE_CACHE_SIZE", default_value_t = 10_000)]
+    /// Most entities held in built entity slices (what one request's decision reads), per replica.
+    #[arg(long, env = "CEDAR_PDP_SLICE_CACHE_SIZE", default_value_t = 200_000)]
     pub slice_cache_size: u64,
-    /// Most entities one decision may load; a decision needing more fails (RESOURCE_EXHAUSTED).
-    #[arg(long, env = "CEDAR_PDP_MAX_DECISION_ENTITIES", default_value_t = 10_000)]
+    /// Most entities one decision may look up (found or not); a decision needing more fails
+    /// (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "CEDAR_PDP_MAX_DECISION_ENTITIES", default_value_t = 2_000)]
     pub max_decision_entities: usize,
     /// Append-only JSON-lines audit trail of provisioning changes, used without Redis (with Redis the
     /// trail is the `<prefix>audit` stream).

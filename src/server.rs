@@ -73,6 +73,12 @@ pub async fn serve(
         tracing::warn!("entity invalidations not subscribed yet; decisions needing Redis fail closed until it answers");
     }
     tracing::info!(store = entities.kind(), "entity store open");
+    if config.entities.provisioning_tokens.is_empty() {
+        tracing::warn!(
+            "no --provisioning-token: EntityService serves loopback callers only, which includes \
+             anything relayed by a proxy on this host"
+        );
+    }
     // Its own listener, bound before SERVING, so a bad address fails the start.
     let provisioning_listener = match config.entities.provisioning_listen {
         Some(addr) => match TcpListener::bind(addr).await {

@@ -470,3 +470,65 @@ async fn decisions_on_redis_equal_cedar_on_the_whole_entity_set() {
     // The grid exercises both answers.
     assert!(allowed > 10 && allowed < 2 * principals.len() * 2 * 7 - 10, "allowed {allowed}");
 }
+
+/// One batch moves `pat` out of group `g` and `g` into `readers`; the next moves both back. In neither
+/// state is `pat` in `readers`, so no decision read while the batches land may allow: a slice read
+/// level by level must not combine `pat`'s old parents with `g`'s new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_never_mixes_two_revisions() {
+    let redis = RedisServer::start();
+    let (writer, reader) = (start(Some(&redis)).await, start(Some(&redis)).await);
+    let (pat, view, doc) = (r#"User::"pat""#, r#"Action::"view""#, r#"Document::"ledger""#);
+    let ledger = entity(doc, json!({"owner": {"__entity": {"type": "User", "id": "nobody"}}}), &[]);
+    let state = |in_group: bool| {
+        vec![
+            entity(pat, json!({}), if in_group { &[r#"Group::"g""#] } else { &[] }),
+            entity(r#"Group::"g""#, json!({}), if in_group { &[] } else { &[r#"Group::"readers""#] }),
+        ]
+    };
+    let mut batch = state(true);
+    batch.push(ledger);
+    upsert(&writer, batch).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checks = {
+        let (stop, client) = (stop.clone(), reader.client.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let answer = client.clone().check(req(pat, view, doc)).await;
+                match answer {
+                    Ok(r) => assert!(!is_allow(&r.into_inner()), "allowed on a mix of two revisions"),
+                    // Entities that keep changing may fail closed; never allow.
+                    Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    for i in 0..300 {
+        upsert(&writer, state(i % 2 == 1)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = checks.await.unwrap();
+    assert!(n > 10, "only {n} checks ran during the writes");
+}
+
+/// A key of the wrong type under the prefix (another tool's, say) fails the write before anything
+/// is written: no revision, no entity, no audit entry.
+#[tokio::test]
+async fn a_redis_write_that_cannot_complete_writes_nothing() {
+    let redis = RedisServer::start();
+    let server = start(Some(&redis)).await;
+    upsert(&server, vec![entity(r#"Group::"g""#, json!({}), &[])]).await;
+    assert!(redis.command("SET cedar-pdp:t:User not-a-sorted-set").starts_with("+OK"));
+    let mut client = server.entities(None).await;
+    let batch = vec![entity(r#"Group::"h""#, json!({}), &[]), entity(r#"User::"quinn""#, json!({}), &[])];
+    let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("cedar-pdp:t:User"), "{}", err.message());
+    assert_eq!(redis.command("GET cedar-pdp:rev"), "$1\r\n1\r\n");
+    let keys = redis.command("KEYS cedar-pdp:e:*");
+    assert!(keys.starts_with("*1\r\n") && keys.contains(r#"Group::"g""#), "{keys}");
+    assert_eq!(redis.command("XLEN cedar-pdp:audit"), ":1\r\n");
+}

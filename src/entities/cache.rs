@@ -79,9 +79,8 @@ impl EntityCache {
         store: &RedisStore,
         uids: &[EntityUid],
         min_revision: u64,
-    ) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
-        // A replica that has not yet heard of `min_revision` reads Redis itself for this decision.
-        let fresh = min_revision > self.seen_revision.load(Ordering::SeqCst);
+        fresh: bool,
+    ) -> Result<(Vec<Option<Arc<Record>>>, Option<u64>), StoreError> {
         let mut out: Vec<Option<Arc<Record>>> = vec![None; uids.len()];
         let mut missing = Vec::new();
         for (i, uid) in uids.iter().enumerate() {
@@ -92,13 +91,13 @@ impl EntityCache {
         }
         metrics::counter!("cedar_pdp_entity_cache_hits_total").increment((uids.len() - missing.len()) as u64);
         if missing.is_empty() {
-            return Ok(out);
+            return Ok((out, None));
         }
         metrics::counter!("cedar_pdp_entity_cache_misses_total").increment(missing.len() as u64);
         metrics::counter!("cedar_pdp_entity_fetches_total").increment(1);
         let epoch = self.epoch.load(Ordering::SeqCst);
         let wanted: Vec<EntityUid> = missing.iter().map(|&i| uids[i].clone()).collect();
-        let fetched = store.fetch(&wanted, min_revision).await?;
+        let (fetched, revision) = store.fetch(&wanted, min_revision).await?;
         let now = Instant::now();
         for ((&i, uid), record) in missing.iter().zip(&wanted).zip(fetched) {
             self.entries.insert(uid.clone(), Cached { record: record.clone(), fetched_at: now });
@@ -108,7 +107,7 @@ impl EntityCache {
         if self.epoch.load(Ordering::SeqCst) != epoch {
             wanted.iter().for_each(|uid| self.entries.invalidate(uid));
         }
-        Ok(out)
+        Ok((out, Some(revision)))
     }
 
     fn usable(&self, cached: &Cached) -> bool {
@@ -119,14 +118,18 @@ impl EntityCache {
         cached.fetched_at.max(lost_at).elapsed() <= self.stale_for
     }
 
+    /// Bumps the epoch before (so that a fetch in flight does not keep what it read) and after (so
+    /// that a slice built from an entry read before its removal is not kept either).
     pub fn invalidate(&self, uids: &[EntityUid]) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         uids.iter().for_each(|uid| self.entries.invalidate(uid));
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Applies one message `<rev>\n<uid>\n…` from the invalidation channel.
@@ -154,8 +157,10 @@ impl EntityCache {
         self.subscription.send_replace(true);
     }
 
-    pub fn lost(&self) {
-        *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+    /// The subscription is lost; `confirmed` is the last moment it was known to work (the last message
+    /// or ping answer), from which the staleness bound counts: anything missed came after it.
+    pub fn lost(&self, confirmed: Instant) {
+        *self.lost_at.lock().unwrap_or_else(PoisonError::into_inner) = confirmed;
         self.subscribed.store(false, Ordering::SeqCst);
         self.subscription.send_replace(false);
     }

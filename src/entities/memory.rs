@@ -99,9 +99,16 @@ impl MemoryStore {
                     .map_err(|e| StoreError::Audit(format!("cannot open {}: {e}", self.audit_path.display())))?,
             ),
         };
-        file.write_all(&lines)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| StoreError::Audit(format!("cannot append to {}: {e}", self.audit_path.display())))?;
+        let length = file.metadata().map(|m| m.len());
+        if let Err(e) = file.write_all(&lines).and_then(|()| file.sync_data()) {
+            // Leave the trail as it was: no half line that would break every later read, and no
+            // record of a change that is not applied. Reopen at the next write.
+            if let Ok(length) = length {
+                let _ = file.set_len(length);
+            }
+            *audit = None;
+            return Err(StoreError::Audit(format!("cannot append to {}: {e}", self.audit_path.display())));
+        }
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         for (key, record) in records {
             match record {
@@ -113,12 +120,14 @@ impl MemoryStore {
         Ok(revision)
     }
 
-    pub fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
+    /// The records and the revision they were read at.
+    #[allow(clippy::type_complexity)]
+    pub fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<(Vec<Option<Arc<Record>>>, u64), StoreError> {
         let state = self.read();
         if min_revision > state.revision {
             return Err(StoreError::AheadOfStore { requested: min_revision, current: state.revision });
         }
-        Ok(uids.iter().map(|uid| state.entities.get(&key_of(uid)).cloned()).collect())
+        Ok((uids.iter().map(|uid| state.entities.get(&key_of(uid)).cloned()).collect(), state.revision))
     }
 
     pub fn list(&self, ty: &str, after: &str, limit: usize) -> Vec<Arc<Record>> {

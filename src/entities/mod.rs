@@ -140,7 +140,12 @@ impl EntityStore {
             backend,
             cache,
             max_decision_entities: config.max_decision_entities,
-            slices: moka::sync::Cache::builder().max_capacity(config.slice_cache_size).build(),
+            // Weighed by entities, not slices: one slice may hold thousands.
+            slices: moka::sync::Cache::builder()
+                .max_capacity(config.slice_cache_size)
+                .weigher(|_, slice: &Arc<Entities>| u32::try_from(slice.len()).unwrap_or(u32::MAX).max(1))
+                .time_to_live(config.cache_ttl)
+                .build(),
         }))
     }
 
@@ -173,7 +178,12 @@ impl EntityStore {
 
     /// Whether a decision at `min_revision` can use what this replica already has.
     pub(crate) fn has_seen(&self, min_revision: u64) -> bool {
-        min_revision == 0 || self.coherence().1 >= min_revision
+        min_revision == 0 || self.seen_revision() >= min_revision
+    }
+
+    /// The revision up to which this replica's cached view is current (in process: the store's).
+    pub(crate) fn seen_revision(&self) -> u64 {
+        self.coherence().1
     }
 
     /// Drops every cached entity (the next decisions read Redis); for benchmarks and operators.
@@ -213,24 +223,30 @@ impl EntityStore {
         Ok(revision)
     }
 
-    /// The records of `uids` (None where absent), never older than `min_revision`.
+    /// The records of `uids` (None where absent), never older than `min_revision`, and the store
+    /// revision they were read at when the store was read (None when all came from the cache).
+    /// `fresh` reads the store itself, past the cache.
+    #[allow(clippy::type_complexity)]
     pub(crate) async fn fetch(
         &self,
         uids: &[EntityUid],
         min_revision: u64,
-    ) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
+        fresh: bool,
+    ) -> Result<(Vec<Option<Arc<Record>>>, Option<u64>), StoreError> {
         match (&self.backend, &self.cache) {
-            (Backend::Memory(m), _) => m.fetch(uids, min_revision),
-            (Backend::Redis(r), Some(cache)) => cache.fetch(r, uids, min_revision).await,
-            (Backend::Redis(r), None) => r.fetch(uids, min_revision).await,
+            (Backend::Memory(m), _) => m.fetch(uids, min_revision).map(|(r, rev)| (r, Some(rev))),
+            (Backend::Redis(r), Some(cache)) => cache.fetch(r, uids, min_revision, fresh).await,
+            (Backend::Redis(r), None) => r.fetch(uids, min_revision).await.map(|(r, rev)| (r, Some(rev))),
         }
     }
 
     pub async fn get(&self, uid: &EntityUid) -> Result<Option<Arc<Record>>, StoreError> {
-        match &self.backend {
-            Backend::Memory(m) => Ok(m.fetch(std::slice::from_ref(uid), 0)?.pop().flatten()),
-            Backend::Redis(r) => Ok(r.fetch(std::slice::from_ref(uid), 0).await?.pop().flatten()),
-        }
+        let uids = std::slice::from_ref(uid);
+        let (mut records, _) = match &self.backend {
+            Backend::Memory(m) => m.fetch(uids, 0)?,
+            Backend::Redis(r) => r.fetch(uids, 0).await?,
+        };
+        Ok(records.pop().flatten())
     }
 
     /// Up to `limit` entities of type `ty` whose uid sorts after `after`, in uid order.

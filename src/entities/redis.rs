@@ -2,7 +2,8 @@
 //! - `p e:<uid>`: `{"rev": N, "entity": <Cedar entity JSON>}`, uid in Cedar's form (`User::"alice"`);
 //! - `p t:<type>`: a sorted set of the type's uids (all score 0), for listing in uid order;
 //! - `p rev`: the revision counter; `p audit`: the audit stream;
-//! - channel `p invalidate`: one message per write, `<rev>\n<uid>\n<uid>…`.
+//! - channel `p invalidate:<db>`: one message per write, `<rev>\n<uid>\n<uid>…` (channels are
+//!   global to a Redis server, so the database number keeps deployments on other databases apart).
 //!
 //! A write is one Lua script: the revision, the entities, their audit entries and the invalidation
 //! message commit together or not at all. Redis Cluster is not supported (the script's keys are
@@ -21,14 +22,25 @@ use super::cache::EntityCache;
 use super::{AuditFilter, AuditRecord, Change, Record, key_of, rfc3339};
 use crate::error::StoreError;
 
-/// Applies one batch. ARGV: prefix, actor, then (op, uid, type, entity JSON or "") per change.
-/// Validation happened before: nothing here can fail half-way except Redis itself running out of
-/// memory, which Redis checks before a write script starts.
+/// Applies one batch. ARGV: prefix, channel, actor, then (op, uid, type, entity JSON or "") per change.
+/// Validation happened before, and every key's type is checked before the first write: nothing here
+/// fails half-way except Redis itself running out of memory, which it checks before a script starts.
 const APPLY: &str = r#"
-local p, actor = ARGV[1], ARGV[2]
+local p, channel, actor = ARGV[1], ARGV[2], ARGV[3]
+local function expect(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('cedar-pdp: key ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream')
+for i = 4, #ARGV, 4 do
+  bad = bad or expect(p .. 'e:' .. ARGV[i + 1], 'string') or expect(p .. 't:' .. ARGV[i + 2], 'zset')
+end
+if bad then return bad end
 local rev = redis.call('INCR', p .. 'rev')
 local uids = {}
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local op, uid, ty, entity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = p .. 'e:' .. uid
   local before = redis.call('GET', key) or ''
@@ -45,7 +57,7 @@ for i = 3, #ARGV, 4 do
     'before', before, 'after', after)
   uids[#uids + 1] = uid
 end
-redis.call('PUBLISH', p .. 'invalidate', rev .. '\n' .. table.concat(uids, '\n'))
+redis.call('PUBLISH', channel, rev .. '\n' .. table.concat(uids, '\n'))
 return rev
 "#;
 
@@ -57,6 +69,7 @@ pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
+    channel: String,
     timeout: Duration,
     apply: redis::Script,
 }
@@ -71,7 +84,8 @@ impl RedisStore {
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
-        Ok(RedisStore { client, conn, prefix: prefix.to_string(), timeout, apply: redis::Script::new(APPLY) })
+        let channel = format!("{prefix}invalidate:{}", client.get_connection_info().redis_settings().db());
+        Ok(RedisStore { client, conn, prefix: prefix.to_string(), channel, timeout, apply: redis::Script::new(APPLY) })
     }
 
     fn entity_key(&self, uid: &str) -> String {
@@ -88,7 +102,7 @@ impl RedisStore {
 
     pub async fn apply(&self, changes: &[Change], actor: &str) -> Result<u64, StoreError> {
         let mut invocation = self.apply.prepare_invoke();
-        invocation.arg(&self.prefix).arg(actor);
+        invocation.arg(&self.prefix).arg(&self.channel).arg(actor);
         for change in changes {
             let uid = change.uid();
             let entity = match change {
@@ -101,8 +115,13 @@ impl RedisStore {
         self.bounded(invocation.invoke_async(&mut conn)).await
     }
 
-    /// One round trip: the records of `uids` and the store's revision.
-    pub async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Vec<Option<Arc<Record>>>, StoreError> {
+    /// One round trip: the records of `uids` and the store's revision they were read at.
+    #[allow(clippy::type_complexity)]
+    pub async fn fetch(
+        &self,
+        uids: &[EntityUid],
+        min_revision: u64,
+    ) -> Result<(Vec<Option<Arc<Record>>>, u64), StoreError> {
         let keys: Vec<String> = uids.iter().map(|u| self.entity_key(&key_of(u))).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(format!("{}rev", self.prefix));
@@ -120,7 +139,11 @@ impl RedisStore {
         if min_revision > current {
             return Err(StoreError::AheadOfStore { requested: min_revision, current });
         }
-        values.into_iter().map(|v| v.map(|text| parse_stored(&text).map(Arc::new)).transpose()).collect()
+        let records = values
+            .into_iter()
+            .map(|v| v.map(|text| parse_stored(&text).map(Arc::new)).transpose())
+            .collect::<Result<_, _>>()?;
+        Ok((records, current))
     }
 
     pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
@@ -169,11 +192,13 @@ impl RedisStore {
     /// when it is back, drops the cache, since messages may have been missed.
     pub fn spawn_subscriber(&self, cache: Arc<EntityCache>, stop: CancellationToken) -> Result<(), StoreError> {
         let client = self.client.clone();
-        let channel = format!("{}invalidate", self.prefix);
+        let channel = self.channel.clone();
         let rev_key = format!("{}rev", self.prefix);
         let mut conn = self.conn.clone();
         let timeout = self.timeout;
         tokio::spawn(async move {
+            // Should this task ever end other than by `stop`, the cache must not go on trusting itself.
+            let _guard = LostOnDrop(cache.clone());
             let mut backoff = Duration::from_millis(50);
             loop {
                 let session = async {
@@ -203,12 +228,16 @@ impl RedisStore {
                 backoff = Duration::from_millis(50);
                 let (mut sink, mut messages) = pubsub.split();
                 let mut ping = tokio::time::interval(PING_EVERY);
+                let mut confirmed = std::time::Instant::now();
                 let reason = loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         message = messages.next() => match message {
                             Some(message) => match message.get_payload::<String>() {
-                                Ok(payload) => cache.apply_invalidation(&payload),
+                                Ok(payload) => {
+                                    cache.apply_invalidation(&payload);
+                                    confirmed = std::time::Instant::now();
+                                }
                                 Err(e) => {
                                     tracing::warn!("entity invalidations: unreadable message: {e}");
                                     cache.clear();
@@ -217,21 +246,31 @@ impl RedisStore {
                             None => break "connection closed".to_string(),
                         },
                         _ = ping.tick() => {
+                            let sent = std::time::Instant::now();
                             match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
-                                Ok(Ok(_)) => {}
+                                // Every message published before the ping has arrived by its answer.
+                                Ok(Ok(_)) => confirmed = sent,
                                 Ok(Err(e)) => break format!("ping failed: {e}"),
                                 Err(_) => break format!("no ping answer within {timeout:?}"),
                             }
                         }
                     }
                 };
-                cache.lost();
+                cache.lost(confirmed);
                 tracing::warn!(
                     "entity invalidations: subscription lost ({reason}); cached entities are served only within the staleness bound"
                 );
             }
         });
         Ok(())
+    }
+}
+
+struct LostOnDrop(Arc<EntityCache>);
+
+impl Drop for LostOnDrop {
+    fn drop(&mut self) {
+        self.0.lost(std::time::Instant::now());
     }
 }
 

@@ -29,7 +29,7 @@ pub async fn decide(
 ) -> Result<Outcome, DecideError> {
     if store.known_empty() {
         if min_revision > 0 {
-            store.fetch(&[], min_revision).await?;
+            store.fetch(&[], min_revision, true).await?;
         }
         return Ok(authz::decide(snapshot, input, limits)?);
     }
@@ -43,8 +43,7 @@ pub async fn decide(
     if let Some(entities) = key.as_ref().and_then(|k| store.slices.get(k)) {
         return Ok(authz::decide_on(snapshot, prepared, &entities));
     }
-    let (entities, _) = gather(store, snapshot, &prepared, input, min_revision).await?;
-    let entities = Arc::new(entities);
+    let entities = Arc::new(consistent_slice(store, snapshot, &prepared, input, min_revision).await?);
     // Kept only if no invalidation arrived while it was built: it may hold what that replaced.
     if let Some(key) = key.filter(|k| store.epoch() == Some(k.epoch)) {
         store.slices.insert(key, entities.clone());
@@ -61,14 +60,53 @@ pub(crate) struct SliceKey {
     context: Vec<EntityUid>,
 }
 
-/// The entity slice a prepared check needs, and how many store round trips it took.
+/// How many times a slice is read again when entities changed while it was being read.
+const ATTEMPTS: usize = 3;
+
+/// The slice a prepared check needs, read as of one store revision. A slice is read level by level;
+/// were a write to land between two levels, one decision could combine a user's old parents with a
+/// group's new ones and allow what neither state allows. So every read notes the revision it saw: if
+/// they differ, or this replica's view moved meanwhile, the slice is read again, from the store itself
+/// at the newest revision seen. Entities that keep changing make the decision fail closed.
+async fn consistent_slice(
+    store: &EntityStore,
+    snapshot: &Snapshot,
+    prepared: &authz::Prepared,
+    input: &CheckInput<'_>,
+    min_revision: u64,
+) -> Result<Entities, DecideError> {
+    let mut at = min_revision;
+    for _ in 0..ATTEMPTS {
+        let seen = store.seen_revision();
+        // Reading above `seen` bypasses the cache: every level then comes from the store.
+        let from_store = at > seen;
+        let (slice, revisions) = gather(store, snapshot, prepared, input, at, from_store).await?;
+        let newest = revisions.iter().copied().max();
+        let one_revision = revisions.windows(2).all(|w| w[0] == w[1]);
+        let consistent = if from_store {
+            one_revision
+        } else {
+            // Cached levels are current as of `seen`; store reads must be at that same revision.
+            one_revision && newest.is_none_or(|r| r == seen) && store.seen_revision() == seen
+        };
+        if consistent {
+            return Ok(slice);
+        }
+        metrics::counter!("cedar_pdp_entity_slice_retries_total").increment(1);
+        at = at.max(newest.unwrap_or(0)).max(store.seen_revision());
+    }
+    Err(StoreError::Unavailable("entities kept changing while this decision read them".into()).into())
+}
+
+/// The entity slice a prepared check needs, and the store revision of each store read it made.
 pub(crate) async fn gather(
     store: &EntityStore,
     snapshot: &Snapshot,
     prepared: &authz::Prepared,
     input: &CheckInput<'_>,
     min_revision: u64,
-) -> Result<(Entities, usize), DecideError> {
+    fresh: bool,
+) -> Result<(Entities, Vec<u64>), DecideError> {
     let depth_limit = snapshot.index.deref_depth;
     let own: HashMap<EntityUid, usize> = prepared.own.iter().map(|(i, e)| (e.uid(), *i)).collect();
     let mut roots: Vec<EntityUid> = prepared.uids.to_vec();
@@ -84,7 +122,7 @@ pub(crate) async fn gather(
     let mut fetched: HashMap<EntityUid, Option<Arc<Record>>> = HashMap::new();
     let mut slice: Vec<Entity> = prepared.own.iter().map(|(_, e)| e.clone()).collect();
     let mut included: HashSet<EntityUid> = own.keys().cloned().collect();
-    let mut rounds = 0;
+    let mut revisions = Vec::new();
     while !frontier.is_empty() {
         let mut next: Vec<(EntityUid, usize)> = Vec::new();
         let mut expand: Vec<(EntityUid, usize)> = Vec::new();
@@ -112,9 +150,13 @@ pub(crate) async fn gather(
         }
         let wanted: Vec<EntityUid> =
             expand.iter().filter(|(u, _)| !fetched.contains_key(u)).map(|(u, _)| u.clone()).collect();
+        // Found or not, every uid looked up counts: absent ones cost a lookup and a cache entry too.
+        if depth_of.len() > store.max_decision_entities {
+            return Err(StoreError::TooManyEntities(store.max_decision_entities).into());
+        }
         if !wanted.is_empty() {
-            rounds += 1;
-            let records = store.fetch(&wanted, min_revision).await?;
+            let (records, revision) = store.fetch(&wanted, min_revision, fresh).await?;
+            revisions.extend(revision);
             fetched.extend(wanted.into_iter().zip(records));
         }
         for (uid, depth) in expand {
@@ -134,9 +176,6 @@ pub(crate) async fn gather(
                 slice.push(record.entity.clone());
             }
         }
-        if slice.len() > store.max_decision_entities {
-            return Err(StoreError::TooManyEntities(store.max_decision_entities).into());
-        }
         frontier = next;
     }
     // A request entity must not be something a provisioned entity points to: it would give a stored
@@ -155,7 +194,10 @@ pub(crate) async fn gather(
             }
         }
     }
-    let entities = Entities::from_entities(slice, None)
-        .map_err(|e| DecideError::from(RequestError::invalid("entities_json", &e)))?;
-    Ok((entities, rounds))
+    let entities = Entities::from_entities(slice, None).map_err(|e| {
+        // The request's own entities were checked already; what is left is the stored graph (a
+        // parent cycle built across writes).
+        DecideError::from(StoreError::Corrupt(format!("the entity graph this decision reads: {e}")))
+    })?;
+    Ok((entities, revisions))
 }
