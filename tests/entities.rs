@@ -334,6 +334,12 @@ async fn a_redis_outage_fails_closed_and_recovers() {
         ],
     )
     .await;
+    // Cache liam once the replica has applied its own write's invalidation (which would otherwise
+    // drop what a read overlapping it fetched).
+    eventually("the write's invalidation is applied", Duration::from_secs(5), || async {
+        server.status().await.entity_revision >= rev
+    })
+    .await;
     assert!(is_allow(&decide(&server, r#"User::"liam""#, view, doc, rev).await));
 
     redis.kill();
@@ -531,4 +537,44 @@ async fn a_redis_write_that_cannot_complete_writes_nothing() {
     let keys = redis.command("KEYS cedar-pdp:e:*");
     assert!(keys.starts_with("*1\r\n") && keys.contains(r#"Group::"g""#), "{keys}");
     assert_eq!(redis.command("XLEN cedar-pdp:audit"), ":1\r\n");
+}
+
+#[tokio::test]
+async fn a_write_that_would_close_a_parent_cycle_is_refused() {
+    for redis in [None, Some(RedisServer::start())] {
+        let server = start(redis.as_ref()).await;
+        upsert(
+            &server,
+            vec![
+                entity(r#"Group::"a""#, json!({}), &[r#"Group::"b""#]),
+                entity(r#"Group::"b""#, json!({}), &[r#"Group::"c""#]),
+            ],
+        )
+        .await;
+        let mut client = server.entities(None).await;
+        // c → a closes a → b → c → a, through the store.
+        let closing =
+            vec![entity(r#"Group::"x""#, json!({}), &[]), entity(r#"Group::"c""#, json!({}), &[r#"Group::"a""#])];
+        let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: closing }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("entities[1].parents") && err.message().contains("own ancestor"),
+            "{}",
+            err.message()
+        );
+        // Within one batch, and onto oneself.
+        let within = vec![
+            entity(r#"Group::"p""#, json!({}), &[r#"Group::"q""#]),
+            entity(r#"Group::"q""#, json!({}), &[r#"Group::"p""#]),
+        ];
+        assert!(client.upsert_entities(pb::UpsertEntitiesRequest { entities: within }).await.is_err());
+        let own = vec![entity(r#"Group::"s""#, json!({}), &[r#"Group::"s""#])];
+        assert!(client.upsert_entities(pb::UpsertEntitiesRequest { entities: own }).await.is_err());
+        // Through the files: `staff` (a file entity) is in `everyone`; `everyone` may not join `staff`.
+        let through_files = vec![entity(r#"Group::"everyone""#, json!({}), &[r#"Group::"staff""#])];
+        assert!(client.upsert_entities(pb::UpsertEntitiesRequest { entities: through_files }).await.is_err());
+        // A diamond is not a cycle.
+        let diamond = vec![entity(r#"Group::"d""#, json!({}), &[r#"Group::"a""#, r#"Group::"b""#])];
+        client.upsert_entities(pb::UpsertEntitiesRequest { entities: diamond }).await.unwrap();
+    }
 }

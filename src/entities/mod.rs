@@ -315,6 +315,74 @@ pub fn validate_upserts(snapshot: &Snapshot, inputs: &[EntityInput<'_>]) -> Resu
     Ok(changes.into_iter().map(|(_, _, change)| change).collect())
 }
 
+/// Refuses a batch whose parents would make an entity its own ancestor, through the batch, the files
+/// and the store: Cedar refuses a cyclic entity graph, so every decision reading it would fail.
+/// (Two concurrent batches could still close a cycle between them; decisions on it then fail closed.)
+pub async fn check_acyclic(
+    store: &EntityStore,
+    snapshot: &Snapshot,
+    changes: &[Change],
+) -> Result<(), crate::error::DecideError> {
+    let mut parents_in_batch: std::collections::HashMap<&EntityUid, Vec<EntityUid>> = Default::default();
+    for change in changes {
+        if let Change::Upsert { uid, json } = change {
+            let mut parents = Vec::new();
+            if let Some(p) = json.get("parents") {
+                collect_uids(p, &mut parents);
+            }
+            parents_in_batch.insert(uid, parents);
+        }
+    }
+    // Breadth first over every upserted entity's ancestors at once, one store read per level.
+    let mut frontier: Vec<(EntityUid, usize)> = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        if let Some(parents) = parents_in_batch.get(change.uid()) {
+            frontier.extend(parents.iter().map(|p| (p.clone(), i)));
+        }
+    }
+    let mut visited: std::collections::HashSet<(EntityUid, usize)> = Default::default();
+    let mut stored_parents: std::collections::HashMap<EntityUid, Vec<EntityUid>> = Default::default();
+    while !frontier.is_empty() {
+        let mut next = Vec::new();
+        let mut pending: Vec<(EntityUid, usize)> = Vec::new();
+        for (uid, i) in frontier.drain(..) {
+            if changes[i].uid() == &uid {
+                return Err(RequestError::invalid(
+                    &format!("entities[{i}].parents"),
+                    format!("`{uid}` would become its own ancestor"),
+                )
+                .into());
+            }
+            if !visited.insert((uid.clone(), i)) {
+                continue;
+            }
+            if let Some(parents) = parents_in_batch.get(&uid).or_else(|| stored_parents.get(&uid)) {
+                next.extend(parents.iter().map(|p| (p.clone(), i)));
+            } else if let Some(ancestors) = snapshot.entities.ancestors(&uid) {
+                next.extend(ancestors.map(|a| (a.clone(), i)));
+            } else {
+                pending.push((uid, i));
+            }
+        }
+        if !pending.is_empty() {
+            let unique: std::collections::HashSet<&EntityUid> = pending.iter().map(|(u, _)| u).collect();
+            let uids: Vec<EntityUid> = unique.into_iter().cloned().collect();
+            let (records, _) = store.fetch(&uids, 0, true).await?;
+            for (uid, record) in uids.into_iter().zip(records) {
+                stored_parents.insert(uid, record.map(|r| r.parents.clone()).unwrap_or_default());
+            }
+            if stored_parents.len() > store.max_decision_entities {
+                return Err(StoreError::TooManyEntities(store.max_decision_entities).into());
+            }
+            for (uid, i) in pending {
+                next.extend(stored_parents.get(&uid).into_iter().flatten().map(|p| (p.clone(), i)));
+            }
+        }
+        frontier = next;
+    }
+    Ok(())
+}
+
 /// A Cedar error with its causes and help: the top line alone ("entity does not conform to the
 /// schema") does not say which attribute.
 fn explain(err: &dyn miette::Diagnostic) -> String {

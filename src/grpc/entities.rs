@@ -70,6 +70,9 @@ impl pb::entity_service_server::EntityService for EntityApi {
         let snapshot = self.snapshot()?;
         let changes = entities::validate_upserts(&snapshot, &convert::entity_inputs(items))
             .inspect_err(|e| tracing::debug!(actor, "upsert rejected: {e}"))?;
+        entities::check_acyclic(&self.store, &snapshot, &changes)
+            .await
+            .inspect_err(|e| tracing::debug!(actor, "upsert rejected: {e}"))?;
         Ok(Response::new(self.write(&actor, changes).await?))
     }
 
