@@ -7,6 +7,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod entities;
+pub mod envoy;
 pub mod error;
 pub mod grpc;
 pub mod policy;

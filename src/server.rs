@@ -23,7 +23,7 @@ use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 
 /// The gRPC service names health reports on, besides the whole server's `""`.
-const HEALTH_SERVICES: [&str; 2] = ["", "cedar_pdp.v1.AuthorizationService"];
+const HEALTH_SERVICES: [&str; 3] = ["", "cedar_pdp.v1.AuthorizationService", "envoy.service.auth.v3.Authorization"];
 
 /// Serves on `listener` until `shutdown` completes. Fails at once if the policy directory is invalid.
 pub async fn serve(
@@ -105,6 +105,13 @@ pub async fn serve(
         limits,
     ))
     .max_decoding_message_size(config.max_message_bytes);
+    let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(
+        store.clone(),
+        entities.clone(),
+        config.decision_log,
+        limits,
+    ))
+    .max_decoding_message_size(config.max_message_bytes);
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), config.admin_token.as_deref()));
     let provisioning = EntityServiceServer::new(EntityApi::new(
         store.clone(),
@@ -136,7 +143,8 @@ pub async fn serve(
         .layer(over_limit.clone())
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(authorization);
+        .add_service(authorization)
+        .add_service(ext_authz);
     // The provisioning and admin services go to their own listener when one is configured.
     let second = match provisioning_listener {
         Some(listener) => {

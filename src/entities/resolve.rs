@@ -136,10 +136,10 @@ pub(crate) async fn gather(
                 if let Some(ancestors) = snapshot.entities.ancestors(&uid) {
                     next.extend(ancestors.map(|a| (a.clone(), depth)));
                 }
-                if depth < depth_limit {
-                    if let Some(refs) = snapshot.index.refs.get(&uid) {
-                        next.extend(refs.iter().map(|r| (r.clone(), depth + 1)));
-                    }
+                if depth < depth_limit
+                    && let Some(refs) = snapshot.index.refs.get(&uid)
+                {
+                    next.extend(refs.iter().map(|r| (r.clone(), depth + 1)));
                 }
                 if included.insert(uid) {
                     slice.push(entity.clone());

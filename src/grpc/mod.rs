@@ -8,11 +8,13 @@ mod auth;
 mod authorization;
 mod convert;
 mod entities;
+mod ext_authz;
 mod limits;
 
 pub use admin::AdminApi;
 pub use authorization::AuthorizationApi;
 pub use entities::EntityApi;
+pub use ext_authz::ExtAuthzApi;
 pub use limits::oversized_as_resource_exhausted;
 
 /// Generated code for `proto/cedar_pdp/v1/authorization.proto`.

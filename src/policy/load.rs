@@ -32,6 +32,7 @@ enum Kind {
     SchemaJson,
     Entities,
     Links,
+    ExtAuthz,
 }
 
 struct SourceFile {
@@ -64,12 +65,29 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
     if let Some(schema) = &schema {
         validate(&policies, schema, mode, &files, &origins, &mut diags);
     }
+    let actions: Option<std::collections::HashSet<cedar_policy::EntityUid>> =
+        schema.as_ref().map(|s| s.actions().cloned().collect());
+    let mut ext_authz = None;
+    for file in by_kind(Kind::ExtAuthz) {
+        if file.rel != crate::envoy::FILE {
+            diags.push(Diagnostic::new(&file.rel, "the ext_authz mapping belongs at the top of the directory"));
+            continue;
+        }
+        match crate::envoy::Mapping::parse(&file.text, actions.as_ref()) {
+            Ok(mapping) => ext_authz = Some(std::sync::Arc::new(mapping)),
+            Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
+        }
+    }
     if !diags.is_empty() {
         return Err(PolicyLoadError { diagnostics: diags });
     }
     let entities = entities.unwrap_or_else(Entities::empty);
-    Snapshot::new(version, SystemTime::now(), mode, policies, schema, entities)
-        .map_err(|message| PolicyLoadError { diagnostics: vec![Diagnostic::new(dir.display().to_string(), message)] })
+    let mut snapshot =
+        Snapshot::new(version, SystemTime::now(), mode, policies, schema, entities).map_err(|message| {
+            PolicyLoadError { diagnostics: vec![Diagnostic::new(dir.display().to_string(), message)] }
+        })?;
+    snapshot.ext_authz = ext_authz;
+    Ok(snapshot)
 }
 
 fn classify(name: &str) -> Option<Kind> {
@@ -83,6 +101,8 @@ fn classify(name: &str) -> Option<Kind> {
         Some(Kind::Entities)
     } else if name == "links.json" || name.ends_with(".links.json") {
         Some(Kind::Links)
+    } else if name == crate::envoy::FILE {
+        Some(Kind::ExtAuthz)
     } else {
         None
     }

@@ -153,10 +153,10 @@ impl ScopeIndex {
             return Selected::Full(full);
         };
         let slice = Arc::new(slice);
-        if let Ok(mut cache) = self.slices.write() {
-            if cache.len() < MAX_CACHED_SLICES {
-                cache.insert(matching.into_boxed_slice(), slice.clone());
-            }
+        if let Ok(mut cache) = self.slices.write()
+            && cache.len() < MAX_CACHED_SLICES
+        {
+            cache.insert(matching.into_boxed_slice(), slice.clone());
         }
         Selected::Sliced(slice)
     }

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub entities: Entities,
     pub policy_count: usize,
     pub template_count: usize,
+    /// The Envoy ext_authz mapping (`ext_authz.toml`), when the directory has one.
+    pub ext_authz: Option<std::sync::Arc<crate::envoy::Mapping>>,
     pub(crate) authorizer: Authorizer,
     /// Unique per snapshot in this process: a cheap key for what is derived from it.
     pub(crate) generation: u64,
@@ -68,6 +70,7 @@ impl Snapshot {
             mode,
             policy_count: policies.policies().count(),
             template_count: policies.templates().count(),
+            ext_authz: None,
             policies,
             schema,
             entities,
@@ -192,10 +195,9 @@ pub(crate) fn collect_uids(value: &serde_json::Value, out: &mut Vec<EntityUid>) 
             }
             if let (Some(ty), Some(id)) =
                 (map.get("type").and_then(|v| v.as_str()), map.get("id").and_then(|v| v.as_str()))
+                && let Ok(ty) = EntityTypeName::from_str(ty)
             {
-                if let Ok(ty) = EntityTypeName::from_str(ty) {
-                    out.push(EntityUid::from_type_name_and_id(ty, EntityId::new(id)));
-                }
+                out.push(EntityUid::from_type_name_and_id(ty, EntityId::new(id)));
             }
             map.values().for_each(|v| collect_uids(v, out));
         }

@@ -122,10 +122,10 @@ async fn connect_client(
         if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
             let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
-            if let Ok(resp) = health.check(req).await {
-                if resp.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                    return Some(AuthorizationServiceClient::new(channel));
-                }
+            if let Ok(resp) = health.check(req).await
+                && resp.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return Some(AuthorizationServiceClient::new(channel));
             }
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,0 +1,408 @@
+//! The HTTP → Cedar mapping for Envoy's ext_authz, read from `ext_authz.toml` in the policy directory
+//! and loaded, validated and swapped with the policies. Pure: no protobuf (see `grpc/ext_authz.rs`).
+//!
+//! Architecture invariant: a request that matches no route, or that is not HTTP, is denied unless the
+//! mapping says otherwise in so many words; nothing is allowed by accident.
+
+use std::collections::HashSet;
+
+use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use serde::Deserialize;
+
+/// The file's name, at the top of the policy directory.
+pub const FILE: &str = "ext_authz.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Fallback {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MappingFile {
+    /// A request that matches no route.
+    #[serde(default)]
+    unmatched: Fallback,
+    /// A check without HTTP attributes (Envoy's network filter).
+    #[serde(default)]
+    non_http: Fallback,
+    /// Decide and log, but let every request through.
+    #[serde(default)]
+    dry_run: bool,
+    principal: PrincipalFile,
+    #[serde(default)]
+    context: ContextFile,
+    #[serde(default)]
+    response: ResponseFile,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrincipalFile {
+    /// Entity type of identified principals, e.g. `User`.
+    r#type: String,
+    /// Where the id comes from, in order; the first present wins: `jwt_authn`, `peer`.
+    from: Vec<Source>,
+    /// `jwt_authn`: the `payload_in_metadata` name Envoy's jwt_authn filter stores the payload under.
+    #[serde(default = "default_payload_key")]
+    jwt_payload: String,
+    /// `jwt_authn`: the claim holding the id.
+    #[serde(default = "default_claim")]
+    claim: String,
+    /// The principal when none is identified, e.g. `User::"anonymous"`.
+    anonymous: String,
+}
+
+fn default_payload_key() -> String {
+    "jwt_payload".into()
+}
+
+fn default_claim() -> String {
+    "sub".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Verified JWT claims forwarded by Envoy's `jwt_authn` filter in `metadata_context`.
+    JwtAuthn,
+    /// The mTLS peer identity, `source.principal` (a SPIFFE id under Istio).
+    Peer,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextFile {
+    #[serde(default)]
+    headers: Vec<String>,
+    #[serde(default)]
+    query: Vec<String>,
+    #[serde(default)]
+    source_ip: bool,
+    #[serde(default)]
+    extensions: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseFile {
+    #[serde(default = "default_principal_header")]
+    principal_header: String,
+    #[serde(default = "default_decision_header")]
+    decision_header: String,
+}
+
+impl Default for ResponseFile {
+    fn default() -> Self {
+        ResponseFile { principal_header: default_principal_header(), decision_header: default_decision_header() }
+    }
+}
+
+fn default_principal_header() -> String {
+    "x-cedar-principal".into()
+}
+
+fn default_decision_header() -> String {
+    "x-cedar-decision-id".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    name: String,
+    /// HTTP methods; empty means any.
+    #[serde(default)]
+    methods: Vec<String>,
+    /// `/docs/{id}`: literal segments and `{name}` captures of one whole segment.
+    path: String,
+    /// `Action::"view"`.
+    action: String,
+    /// `Document::"{id}"`: the type, and an id that may use the path's captures.
+    resource: String,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+/// A validated mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    pub unmatched: Fallback,
+    pub non_http: Fallback,
+    pub dry_run: bool,
+    pub principal_type: EntityTypeName,
+    pub sources: Vec<Source>,
+    pub jwt_payload: String,
+    pub claim: String,
+    /// The anonymous principal's type and id.
+    pub anonymous_type: String,
+    pub anonymous_id: String,
+    pub context_headers: Vec<String>,
+    pub context_query: Vec<String>,
+    pub source_ip: bool,
+    pub extensions: bool,
+    pub principal_header: String,
+    pub decision_header: String,
+    routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+struct Route {
+    name: String,
+    methods: Vec<String>,
+    segments: Vec<Segment>,
+    action: EntityUid,
+    resource_type: EntityTypeName,
+    resource_id: Vec<Segment>,
+    dry_run: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Capture(String),
+}
+
+/// What a request matched.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Matched<'m> {
+    pub route: &'m str,
+    pub action: &'m EntityUid,
+    pub resource: EntityUid,
+    pub dry_run: bool,
+}
+
+impl Mapping {
+    /// Parses and validates the file; `actions` are the schema's actions, when there is a schema.
+    pub fn parse(text: &str, actions: Option<&HashSet<EntityUid>>) -> Result<Self, String> {
+        let file: MappingFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let ty = |text: &str, what: &str| -> Result<EntityTypeName, String> {
+            text.parse().map_err(|e| format!("{what}: `{text}` is not an entity type: {e}"))
+        };
+        let uid = |text: &str, what: &str| -> Result<EntityUid, String> {
+            text.parse().map_err(|e| format!("{what}: `{text}` is not an entity uid like `Action::\"view\"`: {e}"))
+        };
+        if file.principal.from.is_empty() {
+            return Err("principal.from: name at least one source (`jwt_authn`, `peer`)".into());
+        }
+        let mut names = HashSet::new();
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (i, r) in file.routes.iter().enumerate() {
+            let what = format!("route[{i}] `{}`", r.name);
+            if !names.insert(r.name.clone()) {
+                return Err(format!("{what}: a route of that name is already defined"));
+            }
+            let segments = parse_path(&r.path).map_err(|e| format!("{what}.path: {e}"))?;
+            let captures: HashSet<&str> = segments
+                .iter()
+                .filter_map(|s| match s {
+                    Segment::Capture(name) => Some(name.as_str()),
+                    Segment::Literal(_) => None,
+                })
+                .collect();
+            let action = uid(&r.action, &format!("{what}.action"))?;
+            if let Some(actions) = actions
+                && !actions.contains(&action)
+            {
+                return Err(format!("{what}.action: `{action}` is not an action the schema declares"));
+            }
+            let (resource_type, resource_id) = r
+                .resource
+                .split_once("::\"")
+                .and_then(|(t, rest)| rest.strip_suffix('"').map(|id| (t, id)))
+                .ok_or_else(|| format!("{what}.resource: expected `Type::\"id\"`, got `{}`", r.resource))?;
+            let resource_type = ty(resource_type, &format!("{what}.resource"))?;
+            let resource_id = parse_template(resource_id).map_err(|e| format!("{what}.resource: {e}"))?;
+            for part in &resource_id {
+                if let Segment::Capture(name) = part
+                    && !captures.contains(name.as_str())
+                {
+                    return Err(format!("{what}.resource: `{{{name}}}` is not captured by the path"));
+                }
+            }
+            routes.push(Route {
+                name: r.name.clone(),
+                methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                segments,
+                action,
+                resource_type,
+                resource_id,
+                dry_run: r.dry_run,
+            });
+        }
+        let anonymous = uid(&file.principal.anonymous, "principal.anonymous")?;
+        Ok(Mapping {
+            unmatched: file.unmatched,
+            non_http: file.non_http,
+            dry_run: file.dry_run,
+            principal_type: ty(&file.principal.r#type, "principal.type")?,
+            sources: file.principal.from,
+            jwt_payload: file.principal.jwt_payload,
+            claim: file.principal.claim,
+            anonymous_type: anonymous.type_name().to_string(),
+            anonymous_id: anonymous.id().unescaped().to_string(),
+            context_headers: file.context.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            context_query: file.context.query,
+            source_ip: file.context.source_ip,
+            extensions: file.context.extensions,
+            principal_header: file.response.principal_header.to_ascii_lowercase(),
+            decision_header: file.response.decision_header.to_ascii_lowercase(),
+            routes,
+        })
+    }
+
+    /// The first route matching `method` and `path` (query string ignored), in file order.
+    pub fn route(&self, method: &str, path: &str) -> Option<Matched<'_>> {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        self.routes.iter().find_map(|route| {
+            if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
+                return None;
+            }
+            if route.segments.len() != parts.len() {
+                return None;
+            }
+            let mut captured: Vec<(&str, String)> = Vec::new();
+            for (segment, part) in route.segments.iter().zip(&parts) {
+                let part = percent_decode(part)?;
+                match segment {
+                    Segment::Literal(lit) if *lit == part => {}
+                    Segment::Literal(_) => return None,
+                    // A capture is one whole, non-empty segment.
+                    Segment::Capture(_) if part.is_empty() => return None,
+                    Segment::Capture(name) => captured.push((name, part)),
+                }
+            }
+            let id: String = route
+                .resource_id
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => l.clone(),
+                    Segment::Capture(name) => {
+                        captured.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
+                    }
+                })
+                .collect();
+            Some(Matched {
+                route: &route.name,
+                action: &route.action,
+                resource: EntityUid::from_type_name_and_id(route.resource_type.clone(), EntityId::new(id)),
+                dry_run: route.dry_run.unwrap_or(self.dry_run),
+            })
+        })
+    }
+}
+
+fn parse_path(path: &str) -> Result<Vec<Segment>, String> {
+    let rest = path.strip_prefix('/').ok_or("must start with `/`")?;
+    rest.split('/')
+        .map(|part| match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(name) if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                Ok(Segment::Capture(name.into()))
+            }
+            Some(_) => Err(format!("`{part}` is not a capture like `{{id}}`")),
+            None if part.contains(['{', '}']) => Err(format!("`{part}`: a capture must be a whole segment")),
+            None => Ok(Segment::Literal(part.into())),
+        })
+        .collect()
+}
+
+/// `doc-{id}` → literal `doc-`, capture `id`.
+fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find('{') {
+        if start > 0 {
+            out.push(Segment::Literal(rest[..start].into()));
+        }
+        let end = rest[start..].find('}').ok_or_else(|| format!("unclosed `{{` in `{text}`"))? + start;
+        out.push(Segment::Capture(rest[start + 1..end].into()));
+        rest = &rest[end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Segment::Literal(rest.into()));
+    }
+    Ok(out)
+}
+
+/// Decodes `%XX` escapes; None for a malformed escape or bytes that are not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPPING: &str = r#"
+        [principal]
+        type = "User"
+        from = ["jwt_authn", "peer"]
+        anonymous = 'User::"anonymous"'
+
+        [[route]]
+        name = "read-doc"
+        methods = ["GET", "head"]
+        path = "/docs/{id}"
+        action = 'Action::"view"'
+        resource = 'Document::"{id}"'
+
+        [[route]]
+        name = "edit-doc"
+        methods = ["PUT"]
+        path = "/docs/{id}"
+        action = 'Action::"edit"'
+        resource = 'Document::"{id}"'
+        dry_run = true
+    "#;
+
+    #[test]
+    fn routes_match_method_and_path_and_capture_the_resource() {
+        let m = Mapping::parse(MAPPING, None).unwrap();
+        let hit = m.route("GET", "/docs/design%20doc?x=1").unwrap();
+        assert_eq!(hit.route, "read-doc");
+        assert_eq!(hit.resource.to_string(), r#"Document::"design doc""#);
+        assert!(!hit.dry_run);
+        assert!(m.route("HEAD", "/docs/d").is_some());
+        assert!(m.route("PUT", "/docs/d").unwrap().dry_run);
+        for (method, path) in
+            [("POST", "/docs/d"), ("GET", "/docs/"), ("GET", "/docs/a/b"), ("GET", "/docs"), ("GET", "/docs/%zz")]
+        {
+            assert!(m.route(method, path).is_none(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn bad_mappings_are_explained() {
+        let bad = |from: &str, to: &str, needle: &str| {
+            let err = Mapping::parse(&MAPPING.replacen(from, to, 1), None).unwrap_err();
+            assert!(err.contains(needle), "{needle}: {err}");
+        };
+        bad(r#"resource = 'Document::"{id}"'"#, r#"resource = 'Document::"{doc}"'"#, "`{doc}` is not captured");
+        bad(r#"path = "/docs/{id}""#, r#"path = "docs/{id}""#, "must start with `/`");
+        bad(r#"path = "/docs/{id}""#, r#"path = "/docs/x{id}""#, "whole segment");
+        bad(r#"action = 'Action::"view"'"#, r#"action = 'view'"#, "not an entity uid");
+        bad(r#"name = "edit-doc""#, r#"name = "read-doc""#, "already defined");
+        bad("[principal]", "[principal]\nsurprise = 1", "unknown field");
+        let actions: HashSet<EntityUid> = [r#"Action::"view""#.parse().unwrap()].into();
+        let err = Mapping::parse(MAPPING, Some(&actions)).unwrap_err();
+        assert!(err.contains(r#"`Action::"edit"` is not an action the schema declares"#), "{err}");
+    }
+}

@@ -1,0 +1,230 @@
+//! Envoy's ext_authz v3 Check against the real server, through the envoy-types client, with the
+//! `tests/fixtures/mesh` mapping.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+
+#[derive(Default)]
+struct Call<'a> {
+    method: &'a str,
+    path: &'a str,
+    /// `sub` of a jwt_authn-verified payload.
+    jwt_sub: Option<&'a str>,
+    /// mTLS peer identity.
+    peer: Option<&'a str>,
+    headers: &'a [(&'a str, &'a str)],
+    source_ip: Option<&'a str>,
+}
+
+fn check_request(call: &Call<'_>) -> CheckRequest {
+    let mut headers: HashMap<String, String> =
+        call.headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    headers.insert(":method".into(), call.method.into());
+    headers.insert(":path".into(), call.path.into());
+    let metadata_context = call.jwt_sub.map(|sub| {
+        let string = |s: &str| Value { kind: Some(Kind::StringValue(s.into())) };
+        let payload = Struct { fields: [("sub".to_string(), string(sub))].into() };
+        let namespace =
+            Struct { fields: [("jwt_payload".to_string(), Value { kind: Some(Kind::StructValue(payload)) })].into() };
+        Metadata {
+            filter_metadata: [("envoy.filters.http.jwt_authn".to_string(), namespace)].into(),
+            ..Default::default()
+        }
+    });
+    let address = call.source_ip.map(|ip| Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
+            ..Default::default()
+        })),
+    });
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer { address, principal: call.peer.unwrap_or_default().into(), ..Default::default() }),
+            request: (!call.method.is_empty()).then(|| Request {
+                http: Some(HttpRequest {
+                    method: call.method.into(),
+                    path: call.path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            metadata_context,
+            ..Default::default()
+        }),
+    }
+}
+
+async fn ext_authz(server: &TestServer, call: Call<'_>) -> CheckResponse {
+    let mut client = AuthorizationClient::new(server.channel().await);
+    client.check(check_request(&call)).await.unwrap().into_inner()
+}
+
+fn code(r: &CheckResponse) -> i32 {
+    r.status.as_ref().expect("status is always set").code
+}
+
+/// Upstream headers of an allow, by name.
+fn upstream_headers(r: &CheckResponse) -> HashMap<String, (String, i32)> {
+    match &r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => ok
+            .headers
+            .iter()
+            .map(|h| {
+                let hv = h.header.as_ref().unwrap();
+                (hv.key.clone(), (hv.value.clone(), h.append_action))
+            })
+            .collect(),
+        other => panic!("not an allow: {other:?}"),
+    }
+}
+
+/// (HTTP status, JSON body) of a deny.
+fn denial(r: &CheckResponse) -> (i32, serde_json::Value) {
+    match &r.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            (d.status.as_ref().unwrap().code, serde_json::from_str(&d.body).unwrap())
+        }
+        other => panic!("not a deny: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn identified_callers_are_decided_by_the_policies() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    // A jwt_authn-verified alice reads a document: allowed, identity and decision id overwrite
+    // anything the client sent.
+    let r =
+        ext_authz(&server, Call { method: "GET", path: "/docs/plan", jwt_sub: Some("alice"), ..Default::default() })
+            .await;
+    assert_eq!(code(&r), 0);
+    let headers = upstream_headers(&r);
+    let overwrite = envoy_types::ext_authz::v3::pb::HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+    assert_eq!(headers["x-cedar-principal"], (r#"User::"alice""#.to_string(), overwrite));
+    assert_eq!(headers["x-cedar-decision-id"].0.len(), 36);
+    assert_eq!(headers["x-cedar-decision-id"].1, overwrite);
+
+    // bob is identified (mTLS peer) but not staff: 403 with a JSON body carrying the decision id.
+    let r =
+        ext_authz(&server, Call { method: "GET", path: "/docs/plan", peer: Some("bob"), ..Default::default() }).await;
+    assert_eq!(code(&r), 7);
+    let (status, body) = denial(&r);
+    assert_eq!(status, 403);
+    assert_eq!(body["decision"], "deny");
+    assert_eq!(body["decision_id"].as_str().unwrap().len(), 36);
+
+    // jwt_authn comes first in `from`: the verified claim wins over the peer identity.
+    let r = ext_authz(
+        &server,
+        Call { method: "GET", path: "/docs/plan", jwt_sub: Some("alice"), peer: Some("bob"), ..Default::default() },
+    )
+    .await;
+    assert_eq!(code(&r), 0);
+}
+
+#[tokio::test]
+async fn anonymous_callers_reach_public_routes_and_get_401_elsewhere() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    let r = ext_authz(&server, Call { method: "GET", path: "/docs/handbook", ..Default::default() }).await;
+    assert_eq!(code(&r), 0);
+    assert_eq!(upstream_headers(&r)["x-cedar-principal"].0, r#"User::"anonymous""#);
+    let r = ext_authz(&server, Call { method: "GET", path: "/docs/plan", ..Default::default() }).await;
+    assert_eq!(code(&r), 16);
+    assert_eq!(denial(&r).0, 401);
+}
+
+#[tokio::test]
+async fn unmatched_and_non_http_requests_are_denied() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    for (method, path) in [("DELETE", "/docs/plan"), ("GET", "/admin"), ("GET", "/docs/plan/extra")] {
+        let r = ext_authz(&server, Call { method, path, jwt_sub: Some("alice"), ..Default::default() }).await;
+        assert_eq!(code(&r), 7, "{method} {path}");
+        assert_eq!(denial(&r).0, 403);
+    }
+    // Envoy's network filter sends no HTTP attributes.
+    let r = ext_authz(&server, Call { peer: Some("alice"), ..Default::default() }).await;
+    assert_eq!(code(&r), 7);
+}
+
+#[tokio::test]
+async fn context_carries_allowed_headers_and_the_source_address() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    let call = |headers, source_ip| Call {
+        method: "PUT",
+        path: "/docs/plan",
+        jwt_sub: Some("alice"),
+        headers,
+        source_ip,
+        ..Default::default()
+    };
+    assert_eq!(code(&ext_authz(&server, call(&[], Some("127.0.0.1"))).await), 0);
+    // Edits only from loopback; a blocked tenant never.
+    assert_eq!(code(&ext_authz(&server, call(&[], Some("10.1.2.3"))).await), 7);
+    assert_eq!(code(&ext_authz(&server, call(&[("x-tenant", "blocked")], Some("127.0.0.1"))).await), 7);
+    // Headers not in the allow-list never reach Cedar (the schema would refuse them).
+    assert_eq!(code(&ext_authz(&server, call(&[("x-other", "1")], Some("127.0.0.1"))).await), 0);
+}
+
+#[tokio::test]
+async fn dry_run_routes_allow_what_the_policies_deny() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    // bob may not edit alice's plan; on the dry-run route he passes, and the real decision is logged.
+    let r = ext_authz(
+        &server,
+        Call {
+            method: "POST",
+            path: "/docs/plan/draft",
+            peer: Some("bob"),
+            source_ip: Some("127.0.0.1"),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code(&r), 0);
+    let r = ext_authz(
+        &server,
+        Call {
+            method: "PUT",
+            path: "/docs/plan",
+            peer: Some("bob"),
+            source_ip: Some("127.0.0.1"),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(code(&r), 7);
+}
+
+#[tokio::test]
+async fn a_bad_mapping_does_not_load_and_says_where() {
+    let dir = copy_dir(&fixture("mesh"));
+    let text = std::fs::read_to_string(dir.path().join("ext_authz.toml")).unwrap();
+    std::fs::write(dir.path().join("ext_authz.toml"), text.replace(r#"Action::"edit""#, r#"Action::"delete""#))
+        .unwrap();
+    let err = match TestServer::try_start_with(dir.path(), |_| {}).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started with a bad mapping"),
+    };
+    assert!(
+        err.contains("ext_authz.toml") && err.contains(r#"`Action::"delete"` is not an action the schema declares"#),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_mapping_every_request_is_denied() {
+    let server = TestServer::start(&example_policies()).await;
+    let r = ext_authz(&server, Call { method: "GET", path: "/", jwt_sub: Some("alice"), ..Default::default() }).await;
+    assert_eq!(code(&r), 7);
+}
