@@ -34,6 +34,8 @@ struct MappingFile {
     dry_run: bool,
     principal: PrincipalFile,
     #[serde(default)]
+    jwt: Option<JwtFile>,
+    #[serde(default)]
     context: ContextFile,
     #[serde(default)]
     response: ResponseFile,
@@ -66,9 +68,32 @@ fn default_claim() -> String {
     "sub".into()
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtFile {
+    /// A JWKS file, relative to the policy directory.
+    jwks_file: String,
+    /// Required `iss`, if set.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// Accepted `aud` values; at least one must match, if any are set.
+    #[serde(default)]
+    audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    leeway_seconds: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
+    /// `authorization: Bearer <JWT>`, verified here against `[jwt]`'s keys: what Istio's CUSTOM
+    /// action needs, since it runs before Istio's own JWT authentication.
+    Bearer,
     /// Verified JWT claims forwarded by Envoy's `jwt_authn` filter in `metadata_context`.
     JwtAuthn,
     /// The mTLS peer identity, `source.principal` (a SPIFFE id under Istio).
@@ -147,7 +172,76 @@ pub struct Mapping {
     pub extensions: bool,
     pub principal_header: String,
     pub decision_header: String,
+    pub jwt: Option<JwtVerifier>,
     routes: Vec<Route>,
+}
+
+/// Verifies bearer JWTs with keys parsed once per load.
+pub struct JwtVerifier {
+    /// (kid, key, the JWK's own algorithm if it names one).
+    keys: Vec<(Option<String>, jsonwebtoken::DecodingKey, Option<jsonwebtoken::Algorithm>)>,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier").field("keys", &self.keys.len()).field("issuer", &self.issuer).finish()
+    }
+}
+
+impl JwtVerifier {
+    fn load(file: &JwtFile, dir: &std::path::Path) -> Result<Self, String> {
+        let path = dir.join(&file.jwks_file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("jwt.jwks_file: cannot read {}: {e}", path.display()))?;
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&text).map_err(|e| format!("jwt.jwks_file: not a JWKS: {e}"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| format!("jwt.jwks_file: key {i}: {e}"))?;
+            let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse().ok());
+            keys.push((jwk.common.key_id.clone(), key, alg));
+        }
+        if keys.is_empty() {
+            return Err("jwt.jwks_file: the key set is empty".into());
+        }
+        Ok(JwtVerifier {
+            keys,
+            issuer: file.issuer.clone(),
+            audiences: file.audiences.clone(),
+            leeway: file.leeway_seconds,
+        })
+    }
+
+    /// The token's claims if its signature, `exp`, `nbf`, `iss` and `aud` check out.
+    pub fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        let candidates = self.keys.iter().filter(|(kid, _, alg)| {
+            (header.kid.is_none() || kid.is_none() || *kid == header.kid) && alg.is_none_or(|a| a == header.alg)
+        });
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        if self.audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audiences);
+        }
+        let mut last = "no key matches the token's `kid` and `alg`".to_string();
+        for (_, key, _) in candidates {
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, &validation) {
+                Ok(data) => return Ok(data.claims),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(last)
+    }
 }
 
 #[derive(Debug)]
@@ -178,7 +272,8 @@ pub struct Matched<'m> {
 
 impl Mapping {
     /// Parses and validates the file; `actions` are the schema's actions, when there is a schema.
-    pub fn parse(text: &str, actions: Option<&HashSet<EntityUid>>) -> Result<Self, String> {
+    /// `dir` is where relative paths in the file (the JWKS) are found.
+    pub fn parse(text: &str, actions: Option<&HashSet<EntityUid>>, dir: &std::path::Path) -> Result<Self, String> {
         let file: MappingFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let ty = |text: &str, what: &str| -> Result<EntityTypeName, String> {
             text.parse().map_err(|e| format!("{what}: `{text}` is not an entity type: {e}"))
@@ -187,7 +282,11 @@ impl Mapping {
             text.parse().map_err(|e| format!("{what}: `{text}` is not an entity uid like `Action::\"view\"`: {e}"))
         };
         if file.principal.from.is_empty() {
-            return Err("principal.from: name at least one source (`jwt_authn`, `peer`)".into());
+            return Err("principal.from: name at least one source (`bearer`, `jwt_authn`, `peer`)".into());
+        }
+        let jwt = file.jwt.as_ref().map(|j| JwtVerifier::load(j, dir)).transpose()?;
+        if file.principal.from.contains(&Source::Bearer) && jwt.is_none() {
+            return Err("principal.from names `bearer`: configure its keys in a [jwt] table".into());
         }
         let mut names = HashSet::new();
         let mut routes = Vec::with_capacity(file.routes.len());
@@ -251,6 +350,7 @@ impl Mapping {
             extensions: file.context.extensions,
             principal_header: file.response.principal_header.to_ascii_lowercase(),
             decision_header: file.response.decision_header.to_ascii_lowercase(),
+            jwt,
             routes,
         })
     }
@@ -349,6 +449,8 @@ fn percent_decode(text: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const MAPPING: &str = r#"
@@ -375,7 +477,7 @@ mod tests {
 
     #[test]
     fn routes_match_method_and_path_and_capture_the_resource() {
-        let m = Mapping::parse(MAPPING, None).unwrap();
+        let m = Mapping::parse(MAPPING, None, Path::new(".")).unwrap();
         let hit = m.route("GET", "/docs/design%20doc?x=1").unwrap();
         assert_eq!(hit.route, "read-doc");
         assert_eq!(hit.resource.to_string(), r#"Document::"design doc""#);
@@ -392,7 +494,7 @@ mod tests {
     #[test]
     fn bad_mappings_are_explained() {
         let bad = |from: &str, to: &str, needle: &str| {
-            let err = Mapping::parse(&MAPPING.replacen(from, to, 1), None).unwrap_err();
+            let err = Mapping::parse(&MAPPING.replacen(from, to, 1), None, Path::new(".")).unwrap_err();
             assert!(err.contains(needle), "{needle}: {err}");
         };
         bad(r#"resource = 'Document::"{id}"'"#, r#"resource = 'Document::"{doc}"'"#, "`{doc}` is not captured");
@@ -402,7 +504,7 @@ mod tests {
         bad(r#"name = "edit-doc""#, r#"name = "read-doc""#, "already defined");
         bad("[principal]", "[principal]\nsurprise = 1", "unknown field");
         let actions: HashSet<EntityUid> = [r#"Action::"view""#.parse().unwrap()].into();
-        let err = Mapping::parse(MAPPING, Some(&actions)).unwrap_err();
+        let err = Mapping::parse(MAPPING, Some(&actions), Path::new(".")).unwrap_err();
         assert!(err.contains(r#"`Action::"edit"` is not an action the schema declares"#), "{err}");
     }
 }

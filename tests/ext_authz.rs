@@ -228,3 +228,46 @@ async fn without_a_mapping_every_request_is_denied() {
     let r = ext_authz(&server, Call { method: "GET", path: "/", jwt_sub: Some("alice"), ..Default::default() }).await;
     assert_eq!(code(&r), 7);
 }
+
+fn token(sub: &str, aud: &str, exp_from_now: i64, secret: &[u8]) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = serde_json::json!({"sub": sub, "iss": "https://issuer.test", "aud": aud, "exp": now + exp_from_now, "nbf": now - 5});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("test-hs256".into());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+}
+
+const SECRET: &[u8] = b"cedar-pdp-test-secret-0123456789abcdef";
+
+#[tokio::test]
+async fn bearer_tokens_are_verified_here() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    let server = &server;
+    let call = |auth: String| async move {
+        let headers = [("authorization", auth.as_str())];
+        ext_authz(server, Call { method: "GET", path: "/docs/plan", headers: &headers, ..Default::default() }).await
+    };
+    let ok = call(format!("Bearer {}", token("alice", "docs", 300, SECRET))).await;
+    assert_eq!(code(&ok), 0);
+    assert_eq!(upstream_headers(&ok)["x-cedar-principal"].0, r#"User::"alice""#);
+    // Verified but not allowed: 403, not 401.
+    let bob = call(format!("Bearer {}", token("bob", "docs", 300, SECRET))).await;
+    assert_eq!(denial(&bob).0, 403);
+    for (what, auth) in [
+        ("expired", format!("Bearer {}", token("alice", "docs", -120, SECRET))),
+        ("another audience", format!("Bearer {}", token("alice", "billing", 300, SECRET))),
+        ("another key", format!("Bearer {}", token("alice", "docs", 300, b"not-the-secret"))),
+        ("garbage", "Bearer not.a.jwt".to_string()),
+    ] {
+        let r = call(auth).await;
+        assert_eq!(code(&r), 16, "{what}");
+        let (status, body) = denial(&r);
+        assert_eq!(status, 401, "{what}");
+        assert!(body["reason"].as_str().unwrap().starts_with("invalid bearer token"), "{what}: {body}");
+    }
+    // A public route with a bad token is still a 401: a token that does not verify is never ignored.
+    let headers = [("authorization", "Bearer not.a.jwt")];
+    let r = ext_authz(server, Call { method: "GET", path: "/docs/handbook", headers: &headers, ..Default::default() })
+        .await;
+    assert_eq!(denial(&r).0, 401);
+}

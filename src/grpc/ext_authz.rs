@@ -47,10 +47,45 @@ impl ExtAuthzApi {
     }
 }
 
-/// The principal's id and whether it was identified (else the mapping's anonymous principal).
-fn principal(mapping: &Mapping, req: &CheckRequest) -> Option<String> {
-    let attrs = req.attributes.as_ref()?;
-    mapping.sources.iter().find_map(|source| match source {
+/// The principal's id, if the request identifies one (else the mapping's anonymous principal); an
+/// error for a bearer token that is presented but does not verify.
+fn principal(
+    mapping: &Mapping,
+    req: &CheckRequest,
+    headers: &HashMap<String, String>,
+) -> Result<Option<String>, String> {
+    let Some(attrs) = req.attributes.as_ref() else { return Ok(None) };
+    for source in &mapping.sources {
+        let found = match source {
+            Source::Bearer => {
+                let token = headers.get("authorization").and_then(|v| v.strip_prefix("Bearer "));
+                match (token, &mapping.jwt) {
+                    (Some(token), Some(jwt)) => {
+                        let claims = jwt.verify(token.trim())?;
+                        match claims.get(&mapping.claim) {
+                            Some(serde_json::Value::String(id)) if !id.is_empty() => Some(id.clone()),
+                            _ => return Err(format!("the token has no `{}` claim", mapping.claim)),
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            other => other_source(mapping, attrs, *other),
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+fn other_source(
+    mapping: &Mapping,
+    attrs: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+    source: Source,
+) -> Option<String> {
+    match source {
+        Source::Bearer => None,
         Source::Peer => attrs.source.as_ref().map(|p| p.principal.clone()).filter(|p| !p.is_empty()),
         Source::JwtAuthn => {
             let payload =
@@ -61,7 +96,7 @@ fn principal(mapping: &Mapping, req: &CheckRequest) -> Option<String> {
                 _ => None,
             }
         }
-    })
+    }
 }
 
 /// The Cedar context the mapping allows: only what it names, so a schema can declare it exactly.
@@ -155,7 +190,14 @@ impl Authorization for ExtAuthzApi {
             tracing::debug!(method = http.method, path = http.path, request_id, "ext_authz: no route");
             return Ok(Response::new(fallback(mapping.unmatched, "no route matches this request", mapping)));
         };
-        let identified = principal(mapping, req);
+        let identified = match principal(mapping, req, &http.headers) {
+            Ok(identified) => identified,
+            Err(why) => {
+                tracing::info!(route = route.route, request_id, "ext_authz: bearer token refused: {why}");
+                let reason = format!("invalid bearer token: {why}");
+                return Ok(Response::new(deny(UNAUTHENTICATED, 401, &reason, None, Some(mapping))));
+            }
+        };
         let principal_ty = mapping.principal_type.to_string();
         let (ty, id) = match &identified {
             Some(id) => (principal_ty.as_str(), id.as_str()),

@@ -73,7 +73,7 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
             diags.push(Diagnostic::new(&file.rel, "the ext_authz mapping belongs at the top of the directory"));
             continue;
         }
-        match crate::envoy::Mapping::parse(&file.text, actions.as_ref()) {
+        match crate::envoy::Mapping::parse(&file.text, actions.as_ref(), dir) {
             Ok(mapping) => ext_authz = Some(std::sync::Arc::new(mapping)),
             Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
         }
