@@ -1,12 +1,15 @@
 //! Benchmark helper: writes gRPC request bodies for h2load, and verifies them with a real client
 //! (h2load cannot see gRPC errors: they arrive as HTTP 200 with `grpc-status` in trailers).
 //!
-//! `bench_client body <check|batch100|health> FILE` — one length-prefixed gRPC frame.
+//! `bench_client body <check|batch100|health|ext_authz|ext_authz_jwt> FILE` — one length-prefixed gRPC frame.
 //! `bench_client verify <check|batch100|health> URL` — sends the same message, checks the answer,
 //! prints the response frame's size in bytes (h2load's DATA bytes must be a multiple of it).
 //! `bench_client provision URL FILE` — upserts a Cedar entity JSON file through the EntityService.
 
 use cedar_pdp::grpc::{AuthorizationServiceClient, EntityServiceClient, pb};
+use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3 as authz;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use prost::Message;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -18,6 +21,56 @@ fn check() -> pb::CheckRequest {
         action: uid("Action", "view"),
         resource: uid("Document", "design-doc"),
         ..Default::default()
+    }
+}
+
+/// Envoy's check for `GET /docs/plan` on the `tests/fixtures/mesh` mapping, from 127.0.0.1: the
+/// principal alice either as jwt_authn-verified claims or as a bearer JWT the PDP verifies (HS256 with
+/// the fixture's test key, valid for a day).
+fn ext_authz(bearer: bool) -> authz::CheckRequest {
+    let mut headers = std::collections::HashMap::from([(":method".to_string(), "GET".to_string())]);
+    let mut metadata_context = None;
+    if bearer {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let claims =
+            serde_json::json!({"sub": "alice", "iss": "https://issuer.test", "aud": "docs", "exp": now + 86_400});
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("test-hs256".into());
+        let key = jsonwebtoken::EncodingKey::from_secret(b"cedar-pdp-test-secret-0123456789abcdef");
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap_or_default();
+        headers.insert("authorization".into(), format!("Bearer {token}"));
+    } else {
+        let payload =
+            Struct { fields: [("sub".into(), Value { kind: Some(Kind::StringValue("alice".into())) })].into() };
+        let namespace =
+            Struct { fields: [("jwt_payload".into(), Value { kind: Some(Kind::StructValue(payload)) })].into() };
+        metadata_context = Some(Metadata {
+            filter_metadata: [("envoy.filters.http.jwt_authn".into(), namespace)].into(),
+            ..Default::default()
+        });
+    }
+    let address = Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: "127.0.0.1".into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
+            ..Default::default()
+        })),
+    };
+    authz::CheckRequest {
+        attributes: Some(authz::AttributeContext {
+            source: Some(authz::attribute_context::Peer { address: Some(address), ..Default::default() }),
+            request: Some(authz::attribute_context::Request {
+                http: Some(authz::attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/docs/plan".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            metadata_context,
+            ..Default::default()
+        }),
     }
 }
 
@@ -73,6 +126,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "check" => frame(&check()),
                 "batch100" => frame(&batch100()),
                 "health" => frame(&HealthCheckRequest { service: String::new() }),
+                "ext_authz" => frame(&ext_authz(false)),
+                "ext_authz_jwt" => frame(&ext_authz(true)),
                 _ => return Err(format!("unknown kind {kind}").into()),
             };
             std::fs::write(target, bytes)?;
@@ -91,6 +146,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         AuthorizationServiceClient::connect(target).await?.batch_check(batch100()).await?.into_inner();
                     if r.results.len() != 100 || r.results.iter().any(|c| c.decision() != pb::Decision::Allow) {
                         return Err("unexpected batch answer".into());
+                    }
+                    frame(&r).len()
+                }
+                "ext_authz" | "ext_authz_jwt" => {
+                    let mut client = authz::authorization_client::AuthorizationClient::connect(target).await?;
+                    let r = client.check(ext_authz(kind == "ext_authz_jwt")).await?.into_inner();
+                    if r.status.as_ref().map(|s| s.code) != Some(0) {
+                        return Err(format!("unexpected answer {r:?}").into());
                     }
                     frame(&r).len()
                 }

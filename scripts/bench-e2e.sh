@@ -9,6 +9,8 @@
 #             (its own redis-server; warm cache after the verification)
 #   health    cedar-pdp's gRPC health Check
 #   batch100  cedar-pdp BatchCheck with 100 checks per call
+#   ext-authz     Envoy's ext_authz Check on tests/fixtures/mesh, principal from jwt_authn metadata
+#   ext-authz-jwt the same with a bearer JWT the PDP verifies (HS256)
 # Each body is verified with a real gRPC client first; the report checks that every response h2load
 # counted was a whole, successful gRPC answer (DATA bytes = responses x verified frame size).
 #
@@ -25,7 +27,7 @@ cargo build --release --quiet --bins --examples
 BIN=target/release/cedar-pdp
 NOOP=target/release/examples/noop_server
 CLIENT=target/release/examples/bench_client
-for kind in check batch100 health; do "$CLIENT" body "$kind" "$OUT/$kind.bin"; done
+for kind in check batch100 health ext_authz ext_authz_jwt; do "$CLIENT" body "$kind" "$OUT/$kind.bin"; done
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -34,6 +36,8 @@ trap cleanup EXIT
 taskset -c 1 "$NOOP" 127.0.0.1:50161 >"$OUT/noop.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --listen 127.0.0.1:50162 --decision-log false >"$OUT/pdp.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --log-format json serve --listen 127.0.0.1:50163 >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --listen 127.0.0.1:50165 --decision-log false --policies tests/fixtures/mesh \
+  >"$OUT/pdp-mesh.out" 2>&1 & PIDS+=($!)
 # The example policies without their entity file; the entities go to Redis instead.
 mkdir -p "$OUT/no-entities" && cp policies/*.cedar policies/*.cedarschema policies/links.json "$OUT/no-entities/"
 taskset -c 1 redis-server --port 50170 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.out" 2>&1 & PIDS+=($!)
@@ -48,17 +52,19 @@ verify() { # kind url → prints the verified response frame size
   done
 }
 declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163
-                [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162 [check-redis]=http://127.0.0.1:50164)
+                [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162 [check-redis]=http://127.0.0.1:50164
+                [ext-authz]=http://127.0.0.1:50165 [ext-authz-jwt]=http://127.0.0.1:50165)
 declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100
-                 [check-redis]=check)
+                 [check-redis]=check [ext-authz]=ext_authz [ext-authz-jwt]=ext_authz_jwt)
 declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/cedar_pdp.v1.AuthorizationService/BatchCheck
-                [health]=/grpc.health.v1.Health/Check)
+                [health]=/grpc.health.v1.Health/Check [ext_authz]=/envoy.service.auth.v3.Authorization/Check
+                [ext_authz_jwt]=/envoy.service.auth.v3.Authorization/Check)
 deadline=$((SECONDS + 30))
 until "$CLIENT" provision "${URL[check-redis]}" policies/entities.json >/dev/null 2>&1; do
   [ $SECONDS -lt $deadline ] || { echo "provisioning the Redis-backed server failed" >&2; exit 1; }
   sleep 0.2
 done
-for target in noop check check-log health batch100 check-redis; do
+for target in noop check check-log health batch100 check-redis ext-authz ext-authz-jwt; do
   verify "${KIND[$target]}" "${URL[$target]}" >"$OUT/$target.frame"
 done
 
@@ -75,8 +81,8 @@ load() { # target level(sat|lat) round
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  for target in noop check check-log health check-redis; do load "$target" sat "$round"; done
-  for target in noop check check-redis; do load "$target" lat "$round"; done
+  for target in noop check check-log health check-redis ext-authz ext-authz-jwt; do load "$target" sat "$round"; done
+  for target in noop check check-redis ext-authz ext-authz-jwt; do load "$target" lat "$round"; done
   load batch100 sat "$round"
   echo "round $round done" >&2
 done
