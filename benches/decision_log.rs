@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
                     &snapshot.version,
                     &outcome,
                     Duration::from_micros(42),
+                    None,
                 )
             })
         });

@@ -62,7 +62,7 @@ expect "context: a blocked tenant is denied" 403 -H "authorization: Bearer $alic
 expect "dry run: bob's draft passes" 200 -X POST -H "authorization: Bearer $bob" "$URL/docs/plan/draft"
 # The log is written by a background thread: poll for the record, with a deadline.
 deadline=$((SECONDS + 5))
-until grep '"route":"draft-doc"' "$WORK/pdp.log" | grep -q '"allow":false'; do
+until grep '"route":"draft-doc"' "$WORK/pdp.log" | grep -q '"decision":"deny"'; do
   [ $SECONDS -lt $deadline ] || { echo "FAIL dry run: no logged deny for draft-doc"; FAILED=1; break; }
   sleep 0.05
 done

@@ -53,11 +53,24 @@ struct PrincipalFile {
     /// `jwt_authn`: the `payload_in_metadata` name Envoy's jwt_authn filter stores the payload under.
     #[serde(default = "default_payload_key")]
     jwt_payload: String,
-    /// `jwt_authn`: the claim holding the id.
+    /// `bearer` and `jwt_authn`: the claim holding the id.
     #[serde(default = "default_claim")]
     claim: String,
+    /// A claim listing the principal's groups (an array of strings, or one space-separated string):
+    /// they become its parents, of type `group_type`, for this request.
+    #[serde(default)]
+    groups_claim: Option<String>,
+    #[serde(default)]
+    group_type: Option<String>,
+    /// Cedar attribute name → claim name: attributes of the principal for this request.
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
     /// The principal when none is identified, e.g. `User::"anonymous"`.
     anonymous: String,
+    /// Entity type of mTLS peer identities, when it should differ from `type` (recommended: a token
+    /// subject then cannot pose as a workload).
+    #[serde(default)]
+    peer_type: Option<String>,
 }
 
 fn default_payload_key() -> String {
@@ -82,6 +95,9 @@ struct JwtFile {
     /// Clock skew allowed on `exp` and `nbf`, in seconds.
     #[serde(default = "default_leeway")]
     leeway_seconds: u64,
+    /// Accepted signing algorithms (`RS256`, `ES256`, …); empty: any the keys allow.
+    #[serde(default)]
+    algorithms: Vec<String>,
 }
 
 fn default_leeway() -> u64 {
@@ -160,12 +176,18 @@ pub struct Mapping {
     pub non_http: Fallback,
     pub dry_run: bool,
     pub principal_type: EntityTypeName,
+    pub peer_type: EntityTypeName,
     pub sources: Vec<Source>,
     pub jwt_payload: String,
     pub claim: String,
-    /// The anonymous principal's type and id.
+    /// (claim, parent type): the principal's groups from a token's claims.
+    pub groups: Option<(String, EntityTypeName)>,
+    /// (Cedar attribute, claim).
+    pub attributes: Vec<(String, String)>,
+    /// The anonymous principal's type and id, and its uid in Cedar's form.
     pub anonymous_type: String,
     pub anonymous_id: String,
+    pub anonymous_uid: String,
     pub context_headers: Vec<String>,
     pub context_query: Vec<String>,
     pub source_ip: bool,
@@ -183,6 +205,9 @@ pub struct JwtVerifier {
     issuer: Option<String>,
     audiences: Vec<String>,
     leeway: u64,
+    algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// The key file's bytes, for the snapshot's version: rotating keys is a change.
+    pub(crate) source: String,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -207,24 +232,42 @@ impl JwtVerifier {
         if keys.is_empty() {
             return Err("jwt.jwks_file: the key set is empty".into());
         }
+        let algorithms = file
+            .algorithms
+            .iter()
+            .map(|a| a.parse().map_err(|_| format!("jwt.algorithms: `{a}` is not a JWS algorithm")))
+            .collect::<Result<_, String>>()?;
         Ok(JwtVerifier {
             keys,
             issuer: file.issuer.clone(),
             audiences: file.audiences.clone(),
             leeway: file.leeway_seconds,
+            algorithms,
+            source: text,
         })
     }
 
     /// The token's claims if its signature, `exp`, `nbf`, `iss` and `aud` check out.
     pub fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        if !self.algorithms.is_empty() && !self.algorithms.contains(&header.alg) {
+            return Err(format!("algorithm {:?} is not accepted", header.alg));
+        }
         let candidates = self.keys.iter().filter(|(kid, _, alg)| {
             (header.kid.is_none() || kid.is_none() || *kid == header.kid) && alg.is_none_or(|a| a == header.alg)
         });
         let mut validation = jsonwebtoken::Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience must be present, not merely not wrong.
+        let mut required = vec!["exp"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if !self.audiences.is_empty() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
         }
@@ -272,12 +315,35 @@ pub struct Matched<'m> {
 
 impl Mapping {
     /// Parses and validates the file; `actions` are the schema's actions, when there is a schema.
-    /// `dir` is where relative paths in the file (the JWKS) are found.
-    pub fn parse(text: &str, actions: Option<&HashSet<EntityUid>>, dir: &std::path::Path) -> Result<Self, String> {
+    /// `dir` is where relative paths in the file (the JWKS) are found; with a schema, types and
+    /// actions are checked against it.
+    pub fn parse(text: &str, schema: Option<&cedar_policy::Schema>, dir: &std::path::Path) -> Result<Self, String> {
         let file: MappingFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let actions: Option<HashSet<EntityUid>> = schema.map(|s| s.actions().cloned().collect());
+        let actions = actions.as_ref();
+        let types: Option<HashSet<&EntityTypeName>> = schema.map(|s| s.entity_types().collect());
         let ty = |text: &str, what: &str| -> Result<EntityTypeName, String> {
             text.parse().map_err(|e| format!("{what}: `{text}` is not an entity type: {e}"))
         };
+        let known_type = |text: &str, what: &str| -> Result<EntityTypeName, String> {
+            let parsed = ty(text, what)?;
+            match &types {
+                Some(types) if !types.contains(&parsed) => {
+                    Err(format!("{what}: `{parsed}` is not an entity type the schema declares"))
+                }
+                _ => Ok(parsed),
+            }
+        };
+        let principal_type = known_type(&file.principal.r#type, "principal.type")?;
+        let mut seen_headers = HashSet::new();
+        for h in &file.context.headers {
+            let h = h.to_ascii_lowercase();
+            if h.starts_with(':') || h == "authorization" || h == "cookie" || !seen_headers.insert(h.clone()) {
+                return Err(format!(
+                    "context.headers: `{h}` cannot be listed (pseudo-headers, credentials and duplicates are not context)"
+                ));
+            }
+        }
         let uid = |text: &str, what: &str| -> Result<EntityUid, String> {
             text.parse().map_err(|e| format!("{what}: `{text}` is not an entity uid like `Action::\"view\"`: {e}"))
         };
@@ -314,7 +380,7 @@ impl Mapping {
                 .split_once("::\"")
                 .and_then(|(t, rest)| rest.strip_suffix('"').map(|id| (t, id)))
                 .ok_or_else(|| format!("{what}.resource: expected `Type::\"id\"`, got `{}`", r.resource))?;
-            let resource_type = ty(resource_type, &format!("{what}.resource"))?;
+            let resource_type = known_type(resource_type, &format!("{what}.resource"))?;
             let resource_id = parse_template(resource_id).map_err(|e| format!("{what}.resource: {e}"))?;
             for part in &resource_id {
                 if let Segment::Capture(name) = part
@@ -334,16 +400,29 @@ impl Mapping {
             });
         }
         let anonymous = uid(&file.principal.anonymous, "principal.anonymous")?;
+        known_type(&anonymous.type_name().to_string(), "principal.anonymous")?;
+        let groups = match (&file.principal.groups_claim, &file.principal.group_type) {
+            (Some(claim), Some(group_type)) => Some((claim.clone(), known_type(group_type, "principal.group_type")?)),
+            (None, None) => None,
+            _ => return Err("principal: set both `groups_claim` and `group_type`, or neither".into()),
+        };
         Ok(Mapping {
             unmatched: file.unmatched,
             non_http: file.non_http,
             dry_run: file.dry_run,
-            principal_type: ty(&file.principal.r#type, "principal.type")?,
+            principal_type: principal_type.clone(),
+            peer_type: match &file.principal.peer_type {
+                Some(t) => known_type(t, "principal.peer_type")?,
+                None => principal_type,
+            },
             sources: file.principal.from,
             jwt_payload: file.principal.jwt_payload,
             claim: file.principal.claim,
+            groups,
+            attributes: file.principal.attributes.into_iter().collect(),
             anonymous_type: anonymous.type_name().to_string(),
             anonymous_id: anonymous.id().unescaped().to_string(),
+            anonymous_uid: anonymous.to_string(),
             context_headers: file.context.headers.iter().map(|h| h.to_ascii_lowercase()).collect(),
             context_query: file.context.query,
             source_ip: file.context.source_ip,
@@ -372,8 +451,9 @@ impl Mapping {
                 match segment {
                     Segment::Literal(lit) if *lit == part => {}
                     Segment::Literal(_) => return None,
-                    // A capture is one whole, non-empty segment.
-                    Segment::Capture(_) if part.is_empty() => return None,
+                    // A capture is one whole, non-empty segment, and nothing an upstream could read as
+                    // another path (`..`, an encoded `/`).
+                    Segment::Capture(_) if !safe_capture(&part) => return None,
                     Segment::Capture(name) => captured.push((name, part)),
                 }
             }
@@ -429,14 +509,18 @@ fn parse_template(text: &str) -> Result<Vec<Segment>, String> {
     Ok(out)
 }
 
+fn safe_capture(value: &str) -> bool {
+    !value.is_empty() && value != "." && value != ".." && !value.contains(['/', '\\', '\0'])
+}
+
 /// Decodes `%XX` escapes; None for a malformed escape or bytes that are not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
+            let hex = text.get(i + 1..i + 3).filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -478,6 +562,7 @@ mod tests {
     #[test]
     fn routes_match_method_and_path_and_capture_the_resource() {
         let m = Mapping::parse(MAPPING, None, Path::new(".")).unwrap();
+        assert_eq!(m.route("GET", "/docs/a%2Db").unwrap().resource.to_string(), r#"Document::"a-b""#);
         let hit = m.route("GET", "/docs/design%20doc?x=1").unwrap();
         assert_eq!(hit.route, "read-doc");
         assert_eq!(hit.resource.to_string(), r#"Document::"design doc""#);
@@ -503,8 +588,14 @@ mod tests {
         bad(r#"action = 'Action::"view"'"#, r#"action = 'view'"#, "not an entity uid");
         bad(r#"name = "edit-doc""#, r#"name = "read-doc""#, "already defined");
         bad("[principal]", "[principal]\nsurprise = 1", "unknown field");
-        let actions: HashSet<EntityUid> = [r#"Action::"view""#.parse().unwrap()].into();
-        let err = Mapping::parse(MAPPING, Some(&actions), Path::new(".")).unwrap_err();
+        bad("[principal]", "[context]\nheaders = [\"authorization\"]\n[principal]", "cannot be listed");
+        let (schema, _) = cedar_policy::Schema::from_cedarschema_str(
+            "entity User; entity Document; action view appliesTo { principal: User, resource: Document };",
+        )
+        .unwrap();
+        let err = Mapping::parse(MAPPING, Some(&schema), Path::new(".")).unwrap_err();
         assert!(err.contains(r#"`Action::"edit"` is not an action the schema declares"#), "{err}");
+        let err = Mapping::parse(&MAPPING.replace("Document::", "Doc::"), Some(&schema), Path::new(".")).unwrap_err();
+        assert!(err.contains("`Doc` is not an entity type the schema declares"), "{err}");
     }
 }

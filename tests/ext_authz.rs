@@ -230,8 +230,18 @@ async fn without_a_mapping_every_request_is_denied() {
 }
 
 fn token(sub: &str, aud: &str, exp_from_now: i64, secret: &[u8]) -> String {
+    token_with(serde_json::json!({"sub": sub, "aud": aud}), exp_from_now, secret)
+}
+
+fn token_with(mut claims: serde_json::Value, exp_from_now: i64, secret: &[u8]) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = serde_json::json!({"sub": sub, "iss": "https://issuer.test", "aud": aud, "exp": now + exp_from_now, "nbf": now - 5});
+    if claims.get("iss").is_none() {
+        claims["iss"] = "https://issuer.test".into();
+    }
+    claims["exp"] = (now + exp_from_now).into();
+    claims["nbf"] = (now - 5).into();
+    // A null claim is left out: how a test drops `iss`.
+    claims.as_object_mut().unwrap().retain(|_, v| !v.is_null());
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some("test-hs256".into());
     jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
@@ -270,4 +280,164 @@ async fn bearer_tokens_are_verified_here() {
     let r = ext_authz(server, Call { method: "GET", path: "/docs/handbook", headers: &headers, ..Default::default() })
         .await;
     assert_eq!(denial(&r).0, 401);
+}
+
+/// With `groups_claim` and `attributes`, a token's groups become the principal's parents and its
+/// claims its attributes, for that request; a stored principal cannot be redefined that way.
+#[tokio::test]
+async fn token_claims_can_carry_groups_and_attributes() {
+    let dir = copy_dir(&fixture("mesh"));
+    let path = dir.path().join("ext_authz.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace(
+        "anonymous = 'User::\"anonymous\"'",
+        "anonymous = 'User::\"anonymous\"'\ngroups_claim = \"groups\"\ngroup_type = \"Group\"\nattributes = { email = \"email\" }",
+    );
+    std::fs::write(&path, text).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let read = |claims: serde_json::Value| {
+        let auth = format!("Bearer {}", token_with(claims, 300, SECRET));
+        let server = &server;
+        async move {
+            let headers = [("authorization", auth.as_str())];
+            ext_authz(server, Call { method: "GET", path: "/docs/plan", headers: &headers, ..Default::default() }).await
+        }
+    };
+    // carol is not a stored user: her token's groups and email decide.
+    assert_eq!(code(&read(serde_json::json!({"sub": "carol", "aud": "docs", "groups": ["staff"]})).await), 0);
+    assert_eq!(code(&read(serde_json::json!({"sub": "carol", "aud": "docs", "groups": "eng staff"})).await), 0);
+    assert_eq!(code(&read(serde_json::json!({"sub": "carol", "aud": "docs", "groups": ["eng"]})).await), 7);
+    assert_eq!(code(&read(serde_json::json!({"sub": "carol", "aud": "docs", "email": "carol@example.com"})).await), 0);
+    // A claim cannot smuggle in an entity reference.
+    let smuggled =
+        serde_json::json!({"sub": "carol", "aud": "docs", "email": {"__entity": {"type": "User", "id": "alice"}}});
+    assert_eq!(code(&read(smuggled).await), 7);
+    // alice is stored: a token cannot redefine her, so the request is refused, never allowed.
+    let r = read(serde_json::json!({"sub": "alice", "aud": "docs", "groups": ["staff"]})).await;
+    assert_eq!(code(&r), 3);
+    assert_eq!(denial(&r).0, 403);
+}
+
+#[tokio::test]
+async fn credentials_that_do_not_verify_are_never_ignored() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    let server = &server;
+    let get = |auth: String| async move {
+        let headers = [("authorization", auth.as_str())];
+        ext_authz(server, Call { method: "GET", path: "/docs/handbook", headers: &headers, ..Default::default() }).await
+    };
+    let expired = token("alice", "docs", -300, SECRET);
+    for (what, auth) in [
+        ("lower-case scheme", format!("bearer {expired}")),
+        ("another scheme", "Basic YWxpY2U6c2VjcmV0".to_string()),
+        ("no audience", format!("Bearer {}", token_with(serde_json::json!({"sub": "alice"}), 300, SECRET))),
+        (
+            "no issuer",
+            format!(
+                "Bearer {}",
+                token_with(serde_json::json!({"sub": "alice", "aud": "docs", "iss": null}), 300, SECRET)
+            ),
+        ),
+        ("no subject", format!("Bearer {}", token_with(serde_json::json!({"aud": "docs"}), 300, SECRET))),
+    ] {
+        let r = get(auth).await;
+        assert_eq!(code(&r), 16, "{what}");
+        let Some(HttpResponse::DeniedResponse(d)) = &r.http_response else { panic!("{what}: not denied") };
+        assert!(d.headers.iter().any(|h| h.header.as_ref().unwrap().key == "www-authenticate"), "{what}");
+    }
+    assert_eq!(code(&get(format!("bearer {}", token("alice", "docs", 300, SECRET))).await), 0);
+}
+
+#[tokio::test]
+async fn raw_header_maps_are_read_like_headers() {
+    let server = TestServer::start(&fixture("mesh")).await;
+    let raw = |pairs: &[(&str, &str)]| {
+        let mut req = check_request(&Call {
+            method: "GET",
+            path: "/docs/plan",
+            source_ip: Some("127.0.0.1"),
+            ..Default::default()
+        });
+        let http = req.attributes.as_mut().unwrap().request.as_mut().unwrap().http.as_mut().unwrap();
+        http.headers.clear();
+        http.header_map = Some(envoy_types::pb::envoy::config::core::v3::HeaderMap {
+            headers: pairs
+                .iter()
+                .map(|(k, v)| envoy_types::pb::envoy::config::core::v3::HeaderValue {
+                    key: k.to_string(),
+                    raw_value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+        req
+    };
+    let mut client = AuthorizationClient::new(server.channel().await);
+    let alice = format!("Bearer {}", token("alice", "docs", 300, SECRET));
+    let ok = client.check(raw(&[("authorization", &alice)])).await.unwrap().into_inner();
+    assert_eq!(code(&ok), 0);
+    let blocked = client.check(raw(&[("authorization", &alice), ("x-tenant", "blocked")])).await.unwrap().into_inner();
+    assert_eq!(code(&blocked), 7);
+}
+
+#[tokio::test]
+async fn fallback_allows_still_overwrite_identity_headers_and_repeated_query_keys_are_refused() {
+    let dir = copy_dir(&fixture("mesh"));
+    let path = dir.path().join("ext_authz.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("unmatched = \"deny\"", "unmatched = \"allow\"");
+    std::fs::write(&path, text.replace("[context]\n", "[context]\nquery = [\"v\"]\n")).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let forged = [("x-cedar-principal", r#"User::"admin""#)];
+    let r = ext_authz(&server, Call { method: "GET", path: "/somewhere/else", headers: &forged, ..Default::default() })
+        .await;
+    assert_eq!(code(&r), 0);
+    let headers = upstream_headers(&r);
+    assert_eq!(headers["x-cedar-principal"].0, r#"User::"anonymous""#);
+    assert_eq!(
+        headers["x-cedar-principal"].1,
+        envoy_types::ext_authz::v3::pb::HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+    );
+    let r = ext_authz(&server, Call { method: "GET", path: "/docs/handbook?v=1&v=2", ..Default::default() }).await;
+    assert_eq!(code(&r), 3);
+    assert_eq!(denial(&r).0, 400);
+}
+
+#[tokio::test]
+async fn rotated_keys_take_effect_on_reload() {
+    let dir = copy_dir(&fixture("mesh"));
+    let server = TestServer::start(dir.path()).await;
+    let new_secret = b"a-rotated-secret-for-the-test-0123456789";
+    let new_key = serde_json::json!({"keys": [{"kty": "oct", "kid": "test-hs256", "alg": "HS256",
+        "k": base64_url(new_secret)}]});
+    let before = server.status().await.policy_version;
+    write_atomic(&dir.path().join("jwks.json"), &new_key.to_string());
+    eventually("the new key set is loaded", std::time::Duration::from_secs(10), || async {
+        server.status().await.policy_version != before
+    })
+    .await;
+    let with = |secret: &'static [u8]| {
+        let auth = format!("Bearer {}", token("alice", "docs", 300, secret));
+        let server = &server;
+        async move {
+            let headers = [("authorization", auth.as_str())];
+            code(
+                &ext_authz(server, Call { method: "GET", path: "/docs/plan", headers: &headers, ..Default::default() })
+                    .await,
+            )
+        }
+    };
+    assert_eq!(with(new_secret).await, 0);
+    assert_eq!(with(SECRET).await, 16);
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }

@@ -47,6 +47,7 @@ impl AuthorizationApi {
             &snapshot.version,
             &outcome,
             started.elapsed(),
+            None,
         );
         Ok(convert::check_response(outcome, &snapshot.version, decision_id))
     }

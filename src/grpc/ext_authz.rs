@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::authz::{CheckInput, Limits, UidRef};
 use crate::entities::{self, EntityStore};
-use crate::envoy::{Fallback, Mapping, Source};
+use crate::envoy::{Fallback, Mapping, Source, percent_decode};
 use crate::error::{DecideError, ServiceError};
 use crate::policy::PolicyStore;
 use crate::telemetry;
@@ -47,30 +47,53 @@ impl ExtAuthzApi {
     }
 }
 
-/// The principal's id, if the request identifies one (else the mapping's anonymous principal); an
-/// error for a bearer token that is presented but does not verify.
+type Claims = serde_json::Map<String, serde_json::Value>;
+
+/// An identified principal: its type, id and the verified claims it came with (none for a peer).
+struct Identified {
+    ty: String,
+    id: String,
+    claims: Option<Claims>,
+}
+
+/// The principal, if the request identifies one (else the mapping's anonymous principal); an error
+/// for credentials that are presented but do not verify. With the `bearer` source configured, an
+/// `authorization` header is checked whatever the order of sources: a bad token is never ignored.
 fn principal(
     mapping: &Mapping,
     req: &CheckRequest,
     headers: &HashMap<String, String>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<Identified>, String> {
     let Some(attrs) = req.attributes.as_ref() else { return Ok(None) };
+    let principal_type = mapping.principal_type.to_string();
+    let id_in = |claims: Claims| match claims.get(&mapping.claim) {
+        Some(serde_json::Value::String(id)) if !id.is_empty() => {
+            Some(Identified { ty: principal_type.clone(), id: id.clone(), claims: Some(claims) })
+        }
+        _ => None,
+    };
+    let mut bearer = None;
+    if let (true, Some(value)) = (mapping.sources.contains(&Source::Bearer), headers.get("authorization")) {
+        let (scheme, token) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err("the authorization header is not a bearer token".into());
+        }
+        let jwt = mapping.jwt.as_ref().ok_or("no keys are configured")?;
+        match id_in(jwt.verify(token.trim())?) {
+            Some(found) => bearer = Some(found),
+            None => return Err(format!("the token has no `{}` claim", mapping.claim)),
+        }
+    }
     for source in &mapping.sources {
         let found = match source {
-            Source::Bearer => {
-                let token = headers.get("authorization").and_then(|v| v.strip_prefix("Bearer "));
-                match (token, &mapping.jwt) {
-                    (Some(token), Some(jwt)) => {
-                        let claims = jwt.verify(token.trim())?;
-                        match claims.get(&mapping.claim) {
-                            Some(serde_json::Value::String(id)) if !id.is_empty() => Some(id.clone()),
-                            _ => return Err(format!("the token has no `{}` claim", mapping.claim)),
-                        }
-                    }
-                    _ => None,
-                }
-            }
-            other => other_source(mapping, attrs, *other),
+            Source::Bearer => bearer.take(),
+            Source::Peer => attrs
+                .source
+                .as_ref()
+                .map(|p| p.principal.clone())
+                .filter(|p| !p.is_empty())
+                .map(|id| Identified { ty: mapping.peer_type.to_string(), id, claims: None }),
+            Source::JwtAuthn => jwt_authn_claims(mapping, attrs).and_then(id_in),
         };
         if found.is_some() {
             return Ok(found);
@@ -79,28 +102,90 @@ fn principal(
     Ok(None)
 }
 
-fn other_source(
+fn jwt_authn_claims(
     mapping: &Mapping,
     attrs: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
-    source: Source,
-) -> Option<String> {
-    match source {
-        Source::Bearer => None,
-        Source::Peer => attrs.source.as_ref().map(|p| p.principal.clone()).filter(|p| !p.is_empty()),
-        Source::JwtAuthn => {
-            let payload =
-                attrs.metadata_context.as_ref()?.filter_metadata.get(JWT_AUTHN)?.fields.get(&mapping.jwt_payload)?;
-            let Some(Kind::StructValue(payload)) = &payload.kind else { return None };
-            match &payload.fields.get(&mapping.claim)?.kind {
-                Some(Kind::StringValue(id)) if !id.is_empty() => Some(id.clone()),
-                _ => None,
-            }
-        }
+) -> Option<Claims> {
+    let payload = attrs.metadata_context.as_ref()?.filter_metadata.get(JWT_AUTHN)?.fields.get(&mapping.jwt_payload)?;
+    match json_of(payload) {
+        serde_json::Value::Object(claims) => Some(claims),
+        _ => None,
     }
 }
 
-/// The Cedar context the mapping allows: only what it names, so a schema can declare it exactly.
-fn context(mapping: &Mapping, req: &CheckRequest, headers: &HashMap<String, String>, path: &str) -> String {
+/// A protobuf `Value` (Envoy metadata) as JSON.
+fn json_of(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+    match &value.kind {
+        Some(Kind::StringValue(s)) => s.clone().into(),
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
+        Some(Kind::BoolValue(b)) => (*b).into(),
+        Some(Kind::StructValue(s)) => s.fields.iter().map(|(k, v)| (k.clone(), json_of(v))).collect(),
+        Some(Kind::ListValue(l)) => l.values.iter().map(json_of).collect(),
+        Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+    }
+}
+
+/// The principal as a request-scoped entity carrying the claims the mapping names: its groups as
+/// parents and mapped attributes. None when the mapping names none.
+fn principal_entity(mapping: &Mapping, ty: &str, id: &str, claims: &Claims) -> Option<String> {
+    if mapping.groups.is_none() && mapping.attributes.is_empty() {
+        return None;
+    }
+    let mut parents = Vec::new();
+    if let Some((claim, group_type)) = &mapping.groups {
+        let names: Vec<String> = match claims.get(claim) {
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()
+            }
+            Some(serde_json::Value::String(list)) => list.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        let group_type = group_type.to_string();
+        parents = names.into_iter().map(|g| serde_json::json!({"type": group_type, "id": g})).collect();
+    }
+    // Plain strings, integers and booleans only: a claim cannot smuggle in an entity reference or an
+    // extension value.
+    let attrs: serde_json::Map<String, serde_json::Value> = mapping
+        .attributes
+        .iter()
+        .filter_map(|(attr, claim)| match claims.get(claim)? {
+            v @ (serde_json::Value::String(_) | serde_json::Value::Bool(_)) => Some((attr.clone(), v.clone())),
+            serde_json::Value::Number(n) => n.as_i64().map(|n| (attr.clone(), n.into())),
+            _ => None,
+        })
+        .collect();
+    Some(serde_json::json!([{"uid": {"type": ty, "id": id}, "attrs": attrs, "parents": parents}]).to_string())
+}
+
+/// The request's headers: Envoy sends either `headers` or, with `encode_raw_headers`, `header_map`
+/// (duplicates joined with `,`, as Envoy joins them in `headers`).
+fn request_headers(
+    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+) -> HashMap<String, String> {
+    let Some(map) = http.header_map.as_ref().filter(|m| !m.headers.is_empty()) else { return http.headers.clone() };
+    let mut out: HashMap<String, String> = HashMap::new();
+    for h in &map.headers {
+        let value =
+            if h.raw_value.is_empty() { h.value.clone() } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
+        out.entry(h.key.to_ascii_lowercase())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.clone());
+    }
+    out
+}
+
+/// The Cedar context the mapping allows: only what it names, so a schema can declare it exactly. An
+/// error for a listed query parameter that repeats or does not decode: an upstream might read
+/// another value than the policies saw.
+fn context(
+    mapping: &Mapping,
+    req: &CheckRequest,
+    headers: &HashMap<String, String>,
+    path: &str,
+) -> Result<String, String> {
     let mut context = serde_json::Map::new();
     if !mapping.context_headers.is_empty() {
         let picked: serde_json::Map<String, serde_json::Value> = mapping
@@ -112,12 +197,17 @@ fn context(mapping: &Mapping, req: &CheckRequest, headers: &HashMap<String, Stri
     }
     if !mapping.context_query.is_empty() {
         let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        let picked: serde_json::Map<String, serde_json::Value> = query
-            .split('&')
-            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-            .filter(|(k, _)| mapping.context_query.iter().any(|q| q == k))
-            .map(|(k, v)| (k.to_string(), v.into()))
-            .collect();
+        let query = query.split('#').next().unwrap_or_default();
+        let mut picked = serde_json::Map::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode =
+                |t: &str| percent_decode(&t.replace('+', " ")).ok_or(format!("query parameter `{k}` does not decode"));
+            let key = decode(k)?;
+            if mapping.context_query.contains(&key) && picked.insert(key.clone(), decode(v)?.into()).is_some() {
+                return Err(format!("query parameter `{key}` is repeated"));
+            }
+        }
         context.insert("query".into(), picked.into());
     }
     if mapping.source_ip
@@ -129,7 +219,7 @@ fn context(mapping: &Mapping, req: &CheckRequest, headers: &HashMap<String, Stri
         let extensions = req.attributes.as_ref().map(|a| a.context_extensions.clone()).unwrap_or_default();
         context.insert("extensions".into(), serde_json::to_value(extensions).unwrap_or_default());
     }
-    serde_json::Value::Object(context).to_string()
+    Ok(serde_json::Value::Object(context).to_string())
 }
 
 fn header(name: &str, value: &str) -> HeaderValueOption {
@@ -152,6 +242,9 @@ fn allow(headers: Vec<HeaderValueOption>) -> CheckResponse {
 fn deny(code: i32, http: u16, reason: &str, decision_id: Option<&str>, mapping: Option<&Mapping>) -> CheckResponse {
     let body = serde_json::json!({"decision": "deny", "reason": reason, "decision_id": decision_id}).to_string();
     let mut headers = vec![header("content-type", "application/json")];
+    if http == 401 {
+        headers.push(header("www-authenticate", "Bearer"));
+    }
     if let (Some(id), Some(m)) = (decision_id, mapping) {
         headers.push(header(&m.decision_header, id));
     }
@@ -166,10 +259,41 @@ fn deny(code: i32, http: u16, reason: &str, decision_id: Option<&str>, mapping: 
     }
 }
 
-fn fallback(choice: Fallback, reason: &str, mapping: &Mapping) -> CheckResponse {
-    match choice {
-        Fallback::Allow => allow(Vec::new()),
-        Fallback::Deny => deny(PERMISSION_DENIED, 403, reason, None, Some(mapping)),
+/// An answer made without a policy decision (no route, not HTTP, bad credentials, a request the schema
+/// refuses). It gets a decision id and a log line too; it allows only when the mapping says so, or in
+/// global dry run, and then the upstream still gets identity headers of our making, never the client's.
+fn fallback(
+    log: bool,
+    choice: Fallback,
+    code: i32,
+    http: u16,
+    reason: &str,
+    mapping: &Mapping,
+    request_id: &str,
+) -> CheckResponse {
+    let decision_id = uuid::Uuid::now_v7().to_string();
+    let allowed = choice == Fallback::Allow || mapping.dry_run;
+    metrics::counter!("cedar_pdp_decisions_total", "decision" => if allowed { "allow" } else { "deny" }, "api" => "ext_authz")
+        .increment(1);
+    if log {
+        tracing::info!(
+        target: "cedar_pdp::decision",
+        decision_id,
+        api = "ext_authz",
+        decision = if allowed { "allow" } else { "deny" },
+        reason,
+        request_id,
+        dry_run = mapping.dry_run,
+        "decision without policies"
+        );
+    }
+    if allowed {
+        allow(vec![
+            header(&mapping.principal_header, &mapping.anonymous_uid),
+            header(&mapping.decision_header, &decision_id),
+        ])
+    } else {
+        deny(code, http, reason, Some(&decision_id), Some(mapping))
     }
 }
 
@@ -183,49 +307,102 @@ impl Authorization for ExtAuthzApi {
             return Ok(Response::new(deny(PERMISSION_DENIED, 403, "no ext_authz mapping is configured", None, None)));
         };
         let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
-            return Ok(Response::new(fallback(mapping.non_http, "not an HTTP request", mapping)));
+            return Ok(Response::new(fallback(
+                self.decision_log,
+                mapping.non_http,
+                PERMISSION_DENIED,
+                403,
+                "not an HTTP request",
+                mapping,
+                "",
+            )));
         };
-        let request_id = http.headers.get("x-request-id").cloned().unwrap_or_default();
+        let headers = request_headers(http);
+        let request_id = headers.get("x-request-id").cloned().unwrap_or_default();
         let Some(route) = mapping.route(&http.method, &http.path) else {
-            tracing::debug!(method = http.method, path = http.path, request_id, "ext_authz: no route");
-            return Ok(Response::new(fallback(mapping.unmatched, "no route matches this request", mapping)));
+            let reason = "no route matches this request";
+            return Ok(Response::new(fallback(
+                self.decision_log,
+                mapping.unmatched,
+                PERMISSION_DENIED,
+                403,
+                reason,
+                mapping,
+                &request_id,
+            )));
         };
-        let identified = match principal(mapping, req, &http.headers) {
+        let identified = match principal(mapping, req, &headers) {
             Ok(identified) => identified,
             Err(why) => {
-                tracing::info!(route = route.route, request_id, "ext_authz: bearer token refused: {why}");
-                let reason = format!("invalid bearer token: {why}");
-                return Ok(Response::new(deny(UNAUTHENTICATED, 401, &reason, None, Some(mapping))));
+                // The details go to the log, not to the client.
+                tracing::info!(route = route.route, request_id, "ext_authz: credentials refused: {why}");
+                let reason = "invalid bearer token";
+                return Ok(Response::new(fallback(
+                    self.decision_log,
+                    Fallback::Deny,
+                    UNAUTHENTICATED,
+                    401,
+                    reason,
+                    mapping,
+                    &request_id,
+                )));
             }
         };
-        let principal_ty = mapping.principal_type.to_string();
         let (ty, id) = match &identified {
-            Some(id) => (principal_ty.as_str(), id.as_str()),
+            Some(p) => (p.ty.as_str(), p.id.as_str()),
             None => (mapping.anonymous_type.as_str(), mapping.anonymous_id.as_str()),
+        };
+        let own_entities = match &identified {
+            Some(Identified { ty, id, claims: Some(claims) }) => principal_entity(mapping, ty, id, claims),
+            _ => None,
         };
         let action_ty = route.action.type_name().to_string();
         let action_id = route.action.id().unescaped().to_string();
         let resource_ty = route.resource.type_name().to_string();
         let resource_id = route.resource.id().unescaped().to_string();
-        let context_json = context(mapping, req, &http.headers, &http.path);
+        let context_json = match context(mapping, req, &headers, &http.path) {
+            Ok(context) => context,
+            Err(why) => {
+                tracing::info!(route = route.route, request_id, "ext_authz: {why}");
+                return Ok(Response::new(fallback(
+                    self.decision_log,
+                    Fallback::Deny,
+                    INVALID_ARGUMENT,
+                    400,
+                    &why,
+                    mapping,
+                    &request_id,
+                )));
+            }
+        };
         let input = CheckInput {
             principal: Some(UidRef { ty, id }),
             action: Some(UidRef { ty: &action_ty, id: &action_id }),
             resource: Some(UidRef { ty: &resource_ty, id: &resource_id }),
             context_json: &context_json,
-            entities_json: "",
+            entities_json: own_entities.as_deref().unwrap_or_default(),
         };
         let outcome = match entities::decide(&self.entities, &snapshot, &input, &self.limits, 0).await {
             Ok(outcome) => outcome,
             // The mapping produced a request the schema refuses: a deny the operator must fix.
             Err(DecideError::Request(e)) => {
                 tracing::warn!(route = route.route, request_id, "ext_authz: request not decidable: {e}");
-                return Ok(Response::new(deny(INVALID_ARGUMENT, 403, &e.to_string(), None, Some(mapping))));
+                let reason = "the request cannot be decided (see the PDP's log)";
+                return Ok(Response::new(fallback(
+                    self.decision_log,
+                    Fallback::Deny,
+                    INVALID_ARGUMENT,
+                    403,
+                    reason,
+                    mapping,
+                    &request_id,
+                )));
             }
             // The store cannot answer: an error, which Envoy turns into `status_on_error`.
             Err(DecideError::Store(e)) => return Err(e.into()),
         };
         let decision_id = uuid::Uuid::now_v7().to_string();
+        let http_info = telemetry::HttpInfo { route: route.route, request_id: &request_id, dry_run: route.dry_run };
         telemetry::record_decision(
             self.decision_log,
             "ext_authz",
@@ -233,18 +410,7 @@ impl Authorization for ExtAuthzApi {
             &snapshot.version,
             &outcome,
             started.elapsed(),
-        );
-        tracing::info!(
-            target: "cedar_pdp::ext_authz",
-            decision_id,
-            request_id,
-            route = route.route,
-            principal = %outcome.principal,
-            action = %outcome.action,
-            resource = %outcome.resource,
-            allow = outcome.allow,
-            dry_run = route.dry_run,
-            "ext_authz decision"
+            Some(http_info),
         );
         let principal_text = outcome.principal.to_string();
         let response = if outcome.allow || route.dry_run {

@@ -65,15 +65,13 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
     if let Some(schema) = &schema {
         validate(&policies, schema, mode, &files, &origins, &mut diags);
     }
-    let actions: Option<std::collections::HashSet<cedar_policy::EntityUid>> =
-        schema.as_ref().map(|s| s.actions().cloned().collect());
     let mut ext_authz = None;
     for file in by_kind(Kind::ExtAuthz) {
         if file.rel != crate::envoy::FILE {
             diags.push(Diagnostic::new(&file.rel, "the ext_authz mapping belongs at the top of the directory"));
             continue;
         }
-        match crate::envoy::Mapping::parse(&file.text, actions.as_ref(), dir) {
+        match crate::envoy::Mapping::parse(&file.text, schema.as_ref(), dir) {
             Ok(mapping) => ext_authz = Some(std::sync::Arc::new(mapping)),
             Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
         }
@@ -86,6 +84,13 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
         Snapshot::new(version, SystemTime::now(), mode, policies, schema, entities).map_err(|message| {
             PolicyLoadError { diagnostics: vec![Diagnostic::new(dir.display().to_string(), message)] }
         })?;
+    // The key file is read through the mapping: its bytes join the version, so rotating keys is a reload.
+    if let Some(jwt) = ext_authz.as_ref().and_then(|m: &std::sync::Arc<crate::envoy::Mapping>| m.jwt.as_ref()) {
+        let mut hash = Sha256::new();
+        hash.update(snapshot.version.as_bytes());
+        hash.update(jwt.source.as_bytes());
+        snapshot.version = hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    }
     snapshot.ext_authz = ext_authz;
     Ok(snapshot)
 }

@@ -38,6 +38,15 @@ pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
 }
 
 /// Counts one decision and, when enabled, writes its decision-log record.
+/// What an ext_authz decision adds to its decision-log entry.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpInfo<'a> {
+    pub route: &'a str,
+    /// Envoy's `x-request-id`, for correlation with its access log.
+    pub request_id: &'a str,
+    pub dry_run: bool,
+}
+
 pub fn record_decision(
     log: bool,
     front_door: &'static str,
@@ -45,6 +54,7 @@ pub fn record_decision(
     policy_version: &str,
     outcome: &Outcome,
     latency: Duration,
+    http: Option<HttpInfo<'_>>,
 ) {
     let decision = if outcome.allow { "allow" } else { "deny" };
     metrics::counter!("cedar_pdp_decisions_total", "decision" => decision, "api" => front_door).increment(1);
@@ -65,6 +75,9 @@ pub fn record_decision(
         errors = ?errors,
         policy_version,
         latency_us = latency.as_micros() as u64,
+        route = http.map(|h| h.route),
+        request_id = http.map(|h| h.request_id),
+        dry_run = http.map(|h| h.dry_run),
         "decision"
     );
 }
