@@ -15,6 +15,7 @@
 # counted was a whole, successful gRPC answer (DATA bytes = responses x verified frame size).
 #
 # Usage: scripts/bench-e2e.sh            (DURATION=10 ROUNDS=3 by default)
+#        SAT="noop check ext-authz" LAT="noop check" BATCH=0 scripts/bench-e2e.sh   (a subset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -81,9 +82,9 @@ load() { # target level(sat|lat) round
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-  for target in noop check check-log health check-redis ext-authz ext-authz-jwt; do load "$target" sat "$round"; done
-  for target in noop check check-redis ext-authz ext-authz-jwt; do load "$target" lat "$round"; done
-  load batch100 sat "$round"
+  for target in ${SAT:-noop check check-log health check-redis ext-authz ext-authz-jwt}; do load "$target" sat "$round"; done
+  for target in ${LAT:-noop check check-redis ext-authz ext-authz-jwt}; do load "$target" lat "$round"; done
+  [ "${BATCH:-1}" = 0 ] || load batch100 sat "$round"
   echo "round $round done" >&2
 done
 python3 scripts/bench_report.py "$OUT"
