@@ -9,9 +9,12 @@ FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin pdp
 COPY --from=build /src/target/release/cedar-pdp /usr/local/bin/cedar-pdp
 COPY policies /etc/cedar-pdp/policies
+# The in-process entity store's audit trail (unused with --redis-url); mount a volume to keep it.
+RUN mkdir -p /var/lib/cedar-pdp && chown 10001 /var/lib/cedar-pdp
 USER 10001
 ENV CEDAR_PDP_LISTEN=0.0.0.0:50051 \
     CEDAR_PDP_POLICIES=/etc/cedar-pdp/policies \
+    CEDAR_PDP_AUDIT_FILE=/var/lib/cedar-pdp/audit.jsonl \
     CEDAR_PDP_LOG_FORMAT=json
 EXPOSE 50051
 ENTRYPOINT ["cedar-pdp"]
