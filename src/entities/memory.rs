@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -19,6 +20,10 @@ pub struct MemoryStore {
     /// Opened at the first write, so a server that provisions nothing writes no file.
     audit: Mutex<Option<File>>,
     audit_path: PathBuf,
+    /// `state.revision` and whether `state.entities` is empty, mirrored under the write lock: every
+    /// decision reads them, and needs no lock for that.
+    published: AtomicU64,
+    empty: AtomicBool,
 }
 
 #[derive(Default)]
@@ -34,17 +39,19 @@ impl MemoryStore {
         let revision = if audit_path.exists() { read_records(audit_path)?.last().map_or(0, |r| r.revision) } else { 0 };
         Ok(MemoryStore {
             state: RwLock::new(State { revision, ..State::default() }),
+            published: AtomicU64::new(revision),
+            empty: AtomicBool::new(true),
             audit: Mutex::new(None),
             audit_path: audit_path.to_path_buf(),
         })
     }
 
     pub fn revision(&self) -> u64 {
-        self.read().revision
+        self.published.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.read().entities.is_empty()
+        self.empty.load(Ordering::SeqCst)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -117,6 +124,8 @@ impl MemoryStore {
             };
         }
         state.revision = revision;
+        self.published.store(revision, Ordering::SeqCst);
+        self.empty.store(state.entities.is_empty(), Ordering::SeqCst);
         Ok(revision)
     }
 

@@ -108,14 +108,16 @@ pub struct StoreConfig {
 
 enum Backend {
     Memory(Arc<memory::MemoryStore>),
-    Redis(Box<redis::RedisStore>),
+    /// Redis always comes with this replica's cache in front of it.
+    Redis {
+        store: Box<redis::RedisStore>,
+        cache: Arc<cache::EntityCache>,
+    },
 }
 
 /// The provisioned-entity store of one replica.
 pub struct EntityStore {
     backend: Backend,
-    /// In front of Redis only: the in-process store needs none.
-    cache: Option<Arc<cache::EntityCache>>,
     pub(crate) max_decision_entities: usize,
     /// Built entity slices by request, valid for one snapshot and one store epoch: a warm decision
     /// costs a lookup, not a rebuild of Cedar's entity set.
@@ -126,19 +128,18 @@ impl EntityStore {
     /// Opens the store; with Redis, connects lazily so the server starts while Redis is down (decisions
     /// that need it fail closed until it is back). Background tasks end with `stop`.
     pub fn open(config: &StoreConfig, stop: tokio_util::sync::CancellationToken) -> Result<Arc<Self>, StoreError> {
-        let (backend, cache) = match &config.redis_url {
+        let backend = match &config.redis_url {
             Some(url) => {
                 let store = redis::RedisStore::connect(url, &config.redis_prefix, config.redis_timeout)?;
                 let cache =
                     Arc::new(cache::EntityCache::new(config.cache_capacity, config.cache_ttl, config.stale_for));
                 store.spawn_subscriber(cache.clone(), stop)?;
-                (Backend::Redis(Box::new(store)), Some(cache))
+                Backend::Redis { store: Box::new(store), cache }
             }
-            None => (Backend::Memory(Arc::new(memory::MemoryStore::open(&config.audit_file)?)), None),
+            None => Backend::Memory(Arc::new(memory::MemoryStore::open(&config.audit_file)?)),
         };
         Ok(Arc::new(EntityStore {
             backend,
-            cache,
             max_decision_entities: config.max_decision_entities,
             // Weighed by entities, not slices: one slice may hold thousands.
             slices: moka::sync::Cache::builder()
@@ -152,27 +153,25 @@ impl EntityStore {
     /// With Redis: waits (at most `within`) for the invalidation subscription, so that a replica
     /// starts serving with a coherent cache. A Redis that is down does not hold up the start.
     pub async fn wait_ready(&self, within: Duration) -> bool {
-        match &self.cache {
-            Some(cache) => cache.wait_subscribed(within).await,
-            None => true,
+        match &self.backend {
+            Backend::Redis { cache, .. } => cache.wait_subscribed(within).await,
+            Backend::Memory(_) => true,
         }
     }
 
     /// Whether invalidations are flowing (always true in process), and the last revision applied.
     pub fn coherence(&self) -> (bool, u64) {
-        match (&self.backend, &self.cache) {
-            (Backend::Memory(m), _) => (true, m.revision()),
-            (_, Some(cache)) => (cache.is_subscribed(), cache.seen_revision()),
-            (_, None) => (false, 0),
+        match &self.backend {
+            Backend::Memory(m) => (true, m.revision()),
+            Backend::Redis { cache, .. } => (cache.is_subscribed(), cache.seen_revision()),
         }
     }
 
     /// Changes whenever any provisioned entity may have changed; None when slices must not be cached.
     pub(crate) fn epoch(&self) -> Option<u64> {
-        match (&self.backend, &self.cache) {
-            (Backend::Memory(m), _) => Some(m.revision()),
-            (_, Some(cache)) => cache.epoch(),
-            (_, None) => None,
+        match &self.backend {
+            Backend::Memory(m) => Some(m.revision()),
+            Backend::Redis { cache, .. } => cache.epoch(),
         }
     }
 
@@ -188,7 +187,7 @@ impl EntityStore {
 
     /// Drops every cached entity (the next decisions read Redis); for benchmarks and operators.
     pub fn clear_cache(&self) {
-        if let Some(cache) = &self.cache {
+        if let Backend::Redis { cache, .. } = &self.backend {
             cache.clear();
         }
         self.slices.invalidate_all();
@@ -197,7 +196,7 @@ impl EntityStore {
     pub fn kind(&self) -> &'static str {
         match self.backend {
             Backend::Memory(_) => "memory",
-            Backend::Redis(_) => "redis",
+            Backend::Redis { .. } => "redis",
         }
     }
 
@@ -205,22 +204,22 @@ impl EntityStore {
     pub(crate) fn known_empty(&self) -> bool {
         match &self.backend {
             Backend::Memory(m) => m.is_empty(),
-            Backend::Redis(_) => false,
+            Backend::Redis { .. } => false,
         }
     }
 
     /// Applies a validated batch with its audit records, all or nothing; returns the new revision.
     pub async fn apply(&self, changes: Vec<Change>, actor: &str) -> Result<u64, StoreError> {
-        let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
-        let revision = match &self.backend {
-            Backend::Memory(m) => m.apply(changes, actor).await?,
-            Backend::Redis(r) => r.apply(&changes, actor).await?,
-        };
-        // This replica reads its own write at once; the others hear of it through the subscription.
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&uids);
+        match &self.backend {
+            Backend::Memory(m) => m.apply(changes, actor).await,
+            Backend::Redis { store, cache } => {
+                let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
+                let revision = store.apply(&changes, actor).await?;
+                // This replica reads its own write at once; the others hear of it through the subscription.
+                cache.invalidate(&uids);
+                Ok(revision)
+            }
         }
-        Ok(revision)
     }
 
     /// The records of `uids` (None where absent), never older than `min_revision`, and the store
@@ -233,10 +232,9 @@ impl EntityStore {
         min_revision: u64,
         fresh: bool,
     ) -> Result<(Vec<Option<Arc<Record>>>, Option<u64>), StoreError> {
-        match (&self.backend, &self.cache) {
-            (Backend::Memory(m), _) => m.fetch(uids, min_revision).map(|(r, rev)| (r, Some(rev))),
-            (Backend::Redis(r), Some(cache)) => cache.fetch(r, uids, min_revision, fresh).await,
-            (Backend::Redis(r), None) => r.fetch(uids, min_revision).await.map(|(r, rev)| (r, Some(rev))),
+        match &self.backend {
+            Backend::Memory(m) => m.fetch(uids, min_revision).map(|(r, rev)| (r, Some(rev))),
+            Backend::Redis { store, cache } => cache.fetch(store, uids, min_revision, fresh).await,
         }
     }
 
@@ -244,7 +242,7 @@ impl EntityStore {
         let uids = std::slice::from_ref(uid);
         let (mut records, _) = match &self.backend {
             Backend::Memory(m) => m.fetch(uids, 0)?,
-            Backend::Redis(r) => r.fetch(uids, 0).await?,
+            Backend::Redis { store: r, .. } => r.fetch(uids, 0).await?,
         };
         Ok(records.pop().flatten())
     }
@@ -253,14 +251,14 @@ impl EntityStore {
     pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.list(ty, after, limit)),
-            Backend::Redis(r) => r.list(ty, after, limit).await,
+            Backend::Redis { store: r, .. } => r.list(ty, after, limit).await,
         }
     }
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         match &self.backend {
             Backend::Memory(m) => m.audit(filter).await,
-            Backend::Redis(r) => r.audit(filter).await,
+            Backend::Redis { store: r, .. } => r.audit(filter).await,
         }
     }
 }
