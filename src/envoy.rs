@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
+use cedar_policy::{EntityTypeName, EntityUid};
 use serde::Deserialize;
 
 /// The file's name, at the top of the policy directory.
@@ -175,8 +175,8 @@ pub struct Mapping {
     pub unmatched: Fallback,
     pub non_http: Fallback,
     pub dry_run: bool,
-    pub principal_type: EntityTypeName,
-    pub peer_type: EntityTypeName,
+    pub principal_type: String,
+    pub peer_type: String,
     pub sources: Vec<Source>,
     pub jwt_payload: String,
     pub claim: String,
@@ -292,8 +292,10 @@ struct Route {
     name: String,
     methods: Vec<String>,
     segments: Vec<Segment>,
-    action: EntityUid,
-    resource_type: EntityTypeName,
+    // Kept as the text a check carries: the request path parses each once, in `authz`.
+    action_type: String,
+    action_id: String,
+    resource_type: String,
     resource_id: Vec<Segment>,
     dry_run: Option<bool>,
 }
@@ -308,8 +310,11 @@ enum Segment {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Matched<'m> {
     pub route: &'m str,
-    pub action: &'m EntityUid,
-    pub resource: EntityUid,
+    pub action_type: &'m str,
+    pub action_id: &'m str,
+    pub resource_type: &'m str,
+    /// The resource id, captures filled in.
+    pub resource_id: String,
     pub dry_run: bool,
 }
 
@@ -393,8 +398,9 @@ impl Mapping {
                 name: r.name.clone(),
                 methods: r.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
                 segments,
-                action,
-                resource_type,
+                action_type: action.type_name().to_string(),
+                action_id: action.id().unescaped().to_string(),
+                resource_type: resource_type.to_string(),
                 resource_id,
                 dry_run: r.dry_run,
             });
@@ -410,10 +416,10 @@ impl Mapping {
             unmatched: file.unmatched,
             non_http: file.non_http,
             dry_run: file.dry_run,
-            principal_type: principal_type.clone(),
+            principal_type: principal_type.to_string(),
             peer_type: match &file.principal.peer_type {
-                Some(t) => known_type(t, "principal.peer_type")?,
-                None => principal_type,
+                Some(t) => known_type(t, "principal.peer_type")?.to_string(),
+                None => principal_type.to_string(),
             },
             sources: file.principal.from,
             jwt_payload: file.principal.jwt_payload,
@@ -469,8 +475,10 @@ impl Mapping {
                 .collect();
             Some(Matched {
                 route: &route.name,
-                action: &route.action,
-                resource: EntityUid::from_type_name_and_id(route.resource_type.clone(), EntityId::new(id)),
+                action_type: &route.action_type,
+                action_id: &route.action_id,
+                resource_type: &route.resource_type,
+                resource_id: id,
                 dry_run: route.dry_run.unwrap_or(self.dry_run),
             })
         })
@@ -562,10 +570,11 @@ mod tests {
     #[test]
     fn routes_match_method_and_path_and_capture_the_resource() {
         let m = Mapping::parse(MAPPING, None, Path::new(".")).unwrap();
-        assert_eq!(m.route("GET", "/docs/a%2Db").unwrap().resource.to_string(), r#"Document::"a-b""#);
+        assert_eq!(m.route("GET", "/docs/a%2Db").unwrap().resource_id, "a-b");
         let hit = m.route("GET", "/docs/design%20doc?x=1").unwrap();
         assert_eq!(hit.route, "read-doc");
-        assert_eq!(hit.resource.to_string(), r#"Document::"design doc""#);
+        assert_eq!((hit.resource_type, hit.resource_id.as_str()), ("Document", "design doc"));
+        assert_eq!((hit.action_type, hit.action_id), ("Action", "view"));
         assert!(!hit.dry_run);
         assert!(m.route("HEAD", "/docs/d").is_some());
         assert!(m.route("PUT", "/docs/d").unwrap().dry_run);

@@ -65,10 +65,9 @@ fn principal(
     headers: &HashMap<String, String>,
 ) -> Result<Option<Identified>, String> {
     let Some(attrs) = req.attributes.as_ref() else { return Ok(None) };
-    let principal_type = mapping.principal_type.to_string();
     let id_in = |claims: Claims| match claims.get(&mapping.claim) {
         Some(serde_json::Value::String(id)) if !id.is_empty() => {
-            Some(Identified { ty: principal_type.clone(), id: id.clone(), claims: Some(claims) })
+            Some(Identified { ty: mapping.principal_type.clone(), id: id.clone(), claims: Some(claims) })
         }
         _ => None,
     };
@@ -92,7 +91,7 @@ fn principal(
                 .as_ref()
                 .map(|p| p.principal.clone())
                 .filter(|p| !p.is_empty())
-                .map(|id| Identified { ty: mapping.peer_type.to_string(), id, claims: None }),
+                .map(|id| Identified { ty: mapping.peer_type.clone(), id, claims: None }),
             Source::JwtAuthn => jwt_authn_claims(mapping, attrs).and_then(id_in),
         };
         if found.is_some() {
@@ -356,10 +355,6 @@ impl Authorization for ExtAuthzApi {
             Some(Identified { ty, id, claims: Some(claims) }) => principal_entity(mapping, ty, id, claims),
             _ => None,
         };
-        let action_ty = route.action.type_name().to_string();
-        let action_id = route.action.id().unescaped().to_string();
-        let resource_ty = route.resource.type_name().to_string();
-        let resource_id = route.resource.id().unescaped().to_string();
         let context_json = match context(mapping, req, &headers, &http.path) {
             Ok(context) => context,
             Err(why) => {
@@ -377,8 +372,8 @@ impl Authorization for ExtAuthzApi {
         };
         let input = CheckInput {
             principal: Some(UidRef { ty, id }),
-            action: Some(UidRef { ty: &action_ty, id: &action_id }),
-            resource: Some(UidRef { ty: &resource_ty, id: &resource_id }),
+            action: Some(UidRef { ty: route.action_type, id: route.action_id }),
+            resource: Some(UidRef { ty: route.resource_type, id: &route.resource_id }),
             context_json: &context_json,
             entities_json: own_entities.as_deref().unwrap_or_default(),
         };
