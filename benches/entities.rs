@@ -1,6 +1,8 @@
 //! One check whose decision needs a principal in nested groups and a document whose owner has a
-//! manager, with its entities (a) in the policy files, (m) provisioned in process, (b) provisioned
-//! in Redis with a warm local cache, (c) in Redis with a cold cache (every level read from Redis).
+//! manager, with its entities (a) in the policy files, (m) provisioned in the in-memory store, (e)
+//! in the embedded store on disk with a warm cache, (f) embedded with a cold cache (every level read
+//! from the database), (b) provisioned in Redis with a warm local cache, (c) in Redis with a cold
+//! cache (every level read from Redis).
 //!
 //! `taskset -c 1 cargo bench --bench entities` (figures in docs/benchmarks.md). Starts its own
 //! redis-server on a free loopback port.
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use cedar_pdp::authz::{CheckInput, Limits, UidRef};
 use cedar_pdp::config::ValidationMode;
-use cedar_pdp::entities::{self, Change, EntityStore, StoreConfig};
+use cedar_pdp::entities::{self, Change, EntityStore, StoreConfig, StoreKind};
 use cedar_pdp::policy::{Snapshot, load_dir};
 use cedar_policy::EntityUid;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
@@ -90,20 +92,15 @@ fn changes() -> Vec<Change> {
         .collect()
 }
 
-fn store(
-    runtime: &tokio::runtime::Runtime,
-    redis_url: Option<String>,
-    scratch: &Path,
-    provision: bool,
-) -> Arc<EntityStore> {
+fn store(runtime: &tokio::runtime::Runtime, kind: StoreKind, scratch: &Path, provision: bool) -> Arc<EntityStore> {
     let config = StoreConfig {
-        redis_url,
-        redis_prefix: "bench:".into(),
+        kind,
         redis_timeout: Duration::from_secs(1),
         cache_capacity: 100_000,
         cache_ttl: Duration::from_secs(600),
         stale_for: Duration::from_secs(5),
-        audit_file: scratch.join("audit.jsonl"),
+        legacy_audit_file: scratch.join("audit.jsonl"),
+        audit_retention: None,
         max_decision_entities: 10_000,
         slice_cache_size: 10_000,
     };
@@ -135,12 +132,14 @@ fn bench(c: &mut Criterion) {
     let bare_dir = policy_dir(false);
     let bare: Snapshot = load_dir(bare_dir.path(), ValidationMode::Strict).unwrap();
     let empty_scratch = tempfile::tempdir().unwrap();
-    let empty = store(&runtime, None, empty_scratch.path(), false);
-    let memory = store(&runtime, None, scratch.path(), true);
-    let shared = store(&runtime, Some(redis.url()), scratch.path(), true);
+    let empty = store(&runtime, StoreKind::Memory, empty_scratch.path(), false);
+    let memory = store(&runtime, StoreKind::Memory, scratch.path(), true);
+    let embedded = store(&runtime, StoreKind::Embedded { data_dir: scratch.path().join("data") }, scratch.path(), true);
+    let redis_kind = StoreKind::Redis { url: redis.url(), prefix: "bench:".into() };
+    let shared = store(&runtime, redis_kind, scratch.path(), true);
 
     // Every variant must decide the same way: allowed through team → dept → readers.
-    for (store, snapshot) in [(&empty, &files), (&memory, &bare), (&shared, &bare)] {
+    for (store, snapshot) in [(&empty, &files), (&memory, &bare), (&embedded, &bare), (&shared, &bare)] {
         let outcome = runtime.block_on(entities::decide(store, snapshot, &INPUT, &limits, 0)).unwrap();
         assert!(outcome.allow && outcome.determining == ["readers-view"], "{outcome:?}");
     }
@@ -151,6 +150,16 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("m_in_process_store", |b| {
         b.iter(|| runtime.block_on(entities::decide(&memory, black_box(&bare), &INPUT, &limits, 0)).unwrap())
+    });
+    group.bench_function("e_embedded_warm_cache", |b| {
+        b.iter(|| runtime.block_on(entities::decide(&embedded, black_box(&bare), &INPUT, &limits, 0)).unwrap())
+    });
+    group.bench_function("f_embedded_cold_cache", |b| {
+        b.iter_batched(
+            || embedded.clear_cache(),
+            |()| runtime.block_on(entities::decide(&embedded, black_box(&bare), &INPUT, &limits, 0)).unwrap(),
+            BatchSize::PerIteration,
+        )
     });
     group.bench_function("b_redis_warm_cache", |b| {
         b.iter(|| runtime.block_on(entities::decide(&shared, black_box(&bare), &INPUT, &limits, 0)).unwrap())

@@ -28,8 +28,14 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Ask a running server for one decision.
     Check(CheckArgs),
-    /// Show a running server's active policy set and its last reload error.
-    Status(StatusArgs),
+    /// Show a running server's active policy set, entity store and last reload error.
+    Status(AdminArgs),
+    /// Reload a running server's policy directory now; prints the version serving afterwards.
+    Reload(AdminArgs),
+    /// Provisioned entities of a running server: import, export, get, delete.
+    Entities(EntitiesArgs),
+    /// Read a running server's audit trail of provisioning changes.
+    Audit(AuditArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -117,11 +123,27 @@ pub struct ServeConfig {
     pub entities: EntityConfig,
 }
 
+/// Where provisioned entities live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreChoice {
+    /// A database in `--data-dir`: durable, this replica only.
+    Embedded,
+    /// In this process only: everything is lost on restart (tests, throwaway runs).
+    Memory,
+    /// Redis at `--redis-url`, shared by every replica.
+    Redis,
+}
+
 /// The provisioned-entity store and the EntityService.
 #[derive(Debug, Clone, Args)]
 pub struct EntityConfig {
+    /// Where provisioned entities live. Default: `redis` when `--redis-url` is set, else `embedded`.
+    #[arg(long, env = "CEDAR_PDP_STORE", value_enum)]
+    pub store: Option<StoreChoice>,
+    /// Directory of the embedded store's database (created if missing; one server at a time).
+    #[arg(long, env = "CEDAR_PDP_DATA_DIR", default_value = "./cedar-pdp-data")]
+    pub data_dir: PathBuf,
     /// Redis URL (`redis://host:6379/0`): the entity store and cache shared by all replicas.
-    /// Unset: entities are provisioned in process and lost on restart.
     #[arg(long, env = "CEDAR_PDP_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel, so that deployments can share one Redis.
@@ -147,10 +169,13 @@ pub struct EntityConfig {
     /// (RESOURCE_EXHAUSTED).
     #[arg(long, env = "CEDAR_PDP_MAX_DECISION_ENTITIES", default_value_t = 2_000)]
     pub max_decision_entities: usize,
-    /// Append-only JSON-lines audit trail of provisioning changes, used without Redis (with Redis the
-    /// trail is the `<prefix>audit` stream).
+    /// The JSON-lines audit trail of the former in-process store: replayed into a new data directory
+    /// at its first start (entities, records, revision), then renamed `*.migrated`.
     #[arg(long, env = "CEDAR_PDP_AUDIT_FILE", default_value = "./cedar-pdp-audit.jsonl")]
     pub audit_file: PathBuf,
+    /// Audit records older than this are removed in the background. Unset: kept forever.
+    #[arg(long, env = "CEDAR_PDP_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
+    pub audit_retention: Option<Duration>,
     /// EntityService credential `NAME=TOKEN`, repeatable (comma-separated in the variable). A caller
     /// presents `authorization: Bearer TOKEN` and is audited as NAME. None: loopback callers only.
     #[arg(long = "provisioning-token", env = "CEDAR_PDP_PROVISIONING_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
@@ -170,18 +195,31 @@ fn parse_named_token(text: &str) -> Result<(String, String), String> {
 }
 
 impl EntityConfig {
-    pub fn store(&self) -> crate::entities::StoreConfig {
-        crate::entities::StoreConfig {
-            redis_url: self.redis_url.clone(),
-            redis_prefix: self.redis_prefix.clone(),
+    /// The store settings; a `--store` that contradicts `--redis-url` is an error.
+    pub fn store(&self) -> Result<crate::entities::StoreConfig, String> {
+        use crate::entities::StoreKind;
+        let kind = match (self.store, &self.redis_url) {
+            (Some(StoreChoice::Redis) | None, Some(url)) => {
+                StoreKind::Redis { url: url.clone(), prefix: self.redis_prefix.clone() }
+            }
+            (Some(StoreChoice::Redis), None) => return Err("--store redis needs --redis-url".into()),
+            (Some(choice), Some(_)) => {
+                return Err(format!("--redis-url is set, but --store is {choice:?}; drop one of them"));
+            }
+            (Some(StoreChoice::Memory), None) => StoreKind::Memory,
+            (Some(StoreChoice::Embedded) | None, None) => StoreKind::Embedded { data_dir: self.data_dir.clone() },
+        };
+        Ok(crate::entities::StoreConfig {
+            kind,
             redis_timeout: self.redis_timeout,
             cache_capacity: self.entity_cache_size,
             cache_ttl: self.entity_cache_ttl,
             stale_for: self.entity_stale_for,
-            audit_file: self.audit_file.clone(),
+            legacy_audit_file: self.audit_file.clone(),
+            audit_retention: self.audit_retention,
             max_decision_entities: self.max_decision_entities,
             slice_cache_size: self.slice_cache_size,
-        }
+        })
     }
 }
 
@@ -221,13 +259,83 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct StatusArgs {
-    /// Server address.
+pub struct AdminArgs {
+    /// Server address (the `--provisioning-listen` one, if the server has it).
     #[arg(long, env = "CEDAR_PDP_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Admin bearer token, needed when the server has one configured.
     #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// File holding the admin token (kept out of the process list and shell history).
+    #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// How the provisioning commands reach the server's EntityService.
+#[derive(Debug, Clone, Args)]
+pub struct ProvisioningClient {
+    /// Server address (the `--provisioning-listen` one, if the server has it).
+    #[arg(long, env = "CEDAR_PDP_ADDR", default_value = "http://127.0.0.1:50051", global = true)]
+    pub addr: String,
+    /// A provisioning token of the server (`--provisioning-token NAME=TOKEN`: the TOKEN part).
+    #[arg(long, env = "CEDAR_PDP_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the provisioning token (kept out of the process list and shell history).
+    #[arg(long, env = "CEDAR_PDP_TOKEN_FILE", conflicts_with = "token", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EntitiesArgs {
+    #[command(flatten)]
+    pub client: ProvisioningClient,
+    #[command(subcommand)]
+    pub command: EntitiesCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum EntitiesCommand {
+    /// Upsert Cedar entity JSON (an array, or one entity per line) from FILE or `-` (stdin).
+    Import {
+        file: PathBuf,
+        /// Entities per UpsertEntities call (at most the server's `--max-batch`).
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+    },
+    /// Every provisioned entity (or those of one type) as JSON lines, read at one revision.
+    Export {
+        /// Only entities of this type.
+        #[arg(long = "type")]
+        ty: Option<String>,
+    },
+    /// One entity as Cedar JSON, with where it comes from and its revision.
+    Get { uid: String },
+    /// Delete entities, in one all-or-nothing batch.
+    Delete {
+        #[arg(required = true)]
+        uids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ProvisioningClient,
+    /// Only records about this entity, e.g. `User::"alice"`.
+    #[arg(long)]
+    pub uid: Option<String>,
+    /// Only records at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// At most this many records (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl ServeConfig {

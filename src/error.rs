@@ -81,6 +81,9 @@ pub enum ServiceError {
     Unauthenticated(&'static str),
     #[error("not found: {0}")]
     NotFound(String),
+    /// Details go to the log; the caller gets a generic message.
+    #[error("internal error")]
+    Internal(String),
 }
 
 /// Failures of the provisioned-entity store. None of them is ever turned into a decision.
@@ -94,8 +97,16 @@ pub enum StoreError {
     Audit(String),
     #[error("a stored entity cannot be read: {0}")]
     Corrupt(String),
+    #[error(
+        "min_revision {requested} is from before this in-memory entity store started (at revision {origin}): its entities were lost at restart"
+    )]
+    LostRevision { requested: u64, origin: u64 },
+    #[error("{0}")]
+    Changed(String),
     #[error("invalid entity store configuration: {0}")]
     Config(String),
+    #[error("cannot open the entity store: {0}")]
+    Open(String),
     #[error("the decision needs more than {0} entities (--max-decision-entities)")]
     TooManyEntities(usize),
 }
@@ -136,14 +147,24 @@ impl From<RequestError> for Status {
     }
 }
 
+impl From<PolicyLoadError> for Status {
+    fn from(err: PolicyLoadError) -> Self {
+        // Asked for by an operator: the directory, not the call, needs fixing; the last good set serves.
+        Status::failed_precondition(err.to_string())
+    }
+}
+
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             // Fail closed and say so: the caller may retry, and must not treat this as a Deny it can cache.
             StoreError::Unavailable(_) | StoreError::Audit(_) => Status::unavailable(err.to_string()),
-            StoreError::AheadOfStore { .. } => Status::failed_precondition(err.to_string()),
+            StoreError::AheadOfStore { .. } | StoreError::LostRevision { .. } => {
+                Status::failed_precondition(err.to_string())
+            }
+            StoreError::Changed(_) => Status::aborted(err.to_string()),
             StoreError::TooManyEntities(_) => Status::resource_exhausted(err.to_string()),
-            StoreError::Corrupt(_) | StoreError::Config(_) => Status::internal(err.to_string()),
+            StoreError::Corrupt(_) | StoreError::Config(_) | StoreError::Open(_) => Status::internal(err.to_string()),
         }
     }
 }
@@ -163,6 +184,10 @@ impl From<ServiceError> for Status {
             ServiceError::NotReady => Status::unavailable(err.to_string()),
             ServiceError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
             ServiceError::NotFound(_) => Status::not_found(err.to_string()),
+            ServiceError::Internal(detail) => {
+                tracing::error!("internal error: {detail}");
+                Status::internal("internal error")
+            }
         }
     }
 }

@@ -28,10 +28,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match args.command {
-        Command::Serve(config) => runtime.block_on(cli::serve(config)),
+    let result = match args.command {
+        Command::Serve(config) => return runtime.block_on(cli::serve(config)),
         Command::Validate(args) => cli::validate(&args),
         Command::Check(args) => runtime.block_on(cli::check(&args)),
         Command::Status(args) => runtime.block_on(cli::status(&args)),
-    }
+        Command::Reload(args) => runtime.block_on(cli::reload(&args)),
+        Command::Entities(args) => runtime.block_on(cli::entities(&args)),
+        Command::Audit(args) => runtime.block_on(cli::audit(&args)),
+    };
+    cli::exit(result)
 }

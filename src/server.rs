@@ -61,7 +61,8 @@ pub async fn serve(
         return Err(e.into());
     }
 
-    let entities = match EntityStore::open(&config.entities.store(), background.clone()) {
+    let store_config = config.entities.store().map_err(crate::error::StoreError::Config);
+    let entities = match store_config.and_then(|c| EntityStore::open(&c, background.clone())) {
         Ok(entities) => entities,
         Err(e) => {
             background.cancel();
@@ -72,7 +73,8 @@ pub async fn serve(
     if !entities.wait_ready(config.entities.redis_timeout * 4).await {
         tracing::warn!("entity invalidations not subscribed yet; decisions needing Redis fail closed until it answers");
     }
-    tracing::info!(store = entities.kind(), "entity store open");
+    let (_, revision) = entities.coherence();
+    tracing::info!(store = entities.kind(), location = %entities.location(), revision, "entity store open");
     if config.entities.provisioning_tokens.is_empty() {
         tracing::warn!(
             "no --provisioning-token: EntityService serves loopback callers only, which includes \

@@ -108,13 +108,38 @@ async fn membership_scenario(server: &TestServer) {
 }
 
 #[tokio::test]
-async fn in_process_store_provisions_and_revokes() {
-    let server = start(None).await;
+async fn embedded_store_provisions_and_revokes_and_keeps_it_across_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let on = |c: &mut cedar_pdp::config::ServeConfig| c.entities.data_dir = data.path().to_path_buf();
+    let server = start_adjusted(None, on).await;
     membership_scenario(&server).await;
-    // The embedded store's trail is a JSON-lines file.
-    let lines = std::fs::read_to_string(server.scratch.path().join("audit.jsonl")).unwrap();
-    assert_eq!(lines.lines().count(), 8);
-    assert!(lines.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    let revision = server.status().await.entity_revision;
+    let mut client = server.entities(None).await;
+    let plan = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"Document::"plan""#)) }).await.unwrap();
+    server.stop().await.unwrap();
+
+    let again = start_adjusted(None, on).await;
+    let status = again.status().await;
+    assert_eq!((status.entity_store.as_str(), status.entity_revision), ("embedded", revision));
+    assert!(status.entity_store_location.ends_with("entities.redb"), "{status:?}");
+    let mut client = again.entities(None).await;
+    let after = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"Document::"plan""#)) }).await.unwrap();
+    assert_eq!(after.into_inner(), plan.into_inner());
+    let all = client.read_audit(pb::ReadAuditRequest::default()).await.unwrap().into_inner().records;
+    assert_eq!(all.len(), 8);
+    // The deleted user stays deleted, and revisions go on from where they were.
+    let alice = req(r#"User::"alice""#, r#"Action::"view""#, r#"Document::"plan""#);
+    assert!(!is_allow(&again.check(pb::CheckRequest { min_revision: revision, ..alice }).await.unwrap()));
+    assert_eq!(upsert(&again, vec![entity(r#"User::"zed""#, json!({}), &[])]).await, revision + 1);
+}
+
+#[tokio::test]
+async fn memory_store_provisions_and_revokes() {
+    let server = start_adjusted(None, |c| c.entities.store = Some(cedar_pdp::config::StoreChoice::Memory)).await;
+    membership_scenario(&server).await;
+    let status = server.status().await;
+    assert_eq!((status.entity_store.as_str(), status.entity_store_location.as_str()), ("memory", "memory"));
+    assert!(!server.scratch.path().join("data").exists(), "the memory store writes no files");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! The bounded in-process cache in front of Redis, kept coherent by the invalidation subscription.
+//! The bounded in-process cache in front of a store: Redis, kept coherent by the invalidation
+//! subscription, or the embedded database, kept coherent by its own writer (always "subscribed").
 //!
 //! Invariants:
 //! - While subscribed, a cached entry is current: every write's invalidation is applied on arrival.
@@ -16,9 +17,13 @@ use std::time::{Duration, Instant};
 use cedar_policy::EntityUid;
 use moka::sync::Cache;
 
-use super::redis::RedisStore;
-use super::{Record, uid_of_key};
+use super::{Fetched, Record, uid_of_key};
 use crate::error::StoreError;
+
+/// Where cache misses are read: one round trip for many uids, with the store revision read at.
+pub trait Source {
+    fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> impl Future<Output = Result<Fetched, StoreError>> + Send;
+}
 
 #[derive(Clone)]
 struct Cached {
@@ -76,7 +81,7 @@ impl EntityCache {
 
     pub async fn fetch(
         &self,
-        store: &RedisStore,
+        store: &impl Source,
         uids: &[EntityUid],
         min_revision: u64,
         fresh: bool,
@@ -130,6 +135,11 @@ impl EntityCache {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
         self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The writer of the embedded store has applied `revision` (after invalidating what it changed).
+    pub fn advance(&self, revision: u64) {
+        self.seen_revision.fetch_max(revision, Ordering::SeqCst);
     }
 
     /// Applies one message `<rev>\n<uid>\n…` from the invalidation channel.

@@ -1,10 +1,11 @@
-//! Provisioned entities: the store that the EntityService writes and decisions read, in process or in
-//! Redis, with the in-process cache, invalidation and the audit trail.
+//! Provisioned entities: the store that the EntityService writes and decisions read — an embedded
+//! database on disk (the default), in memory, or Redis — with the in-process cache, invalidation and
+//! the audit trail.
 //!
 //! Architecture invariants:
 //! - A write is validated whole before anything is written, is applied all or nothing, and is applied
-//!   only together with its audit records (one Lua script in Redis; the audit file is synced first in
-//!   process).
+//!   only together with its audit records (one Lua script in Redis; one synced redb transaction
+//!   embedded).
 //! - Entities defined in the policy directory's files win: a write to such a uid is refused, and if a
 //!   reload later defines a provisioned uid, decisions use the file's entity.
 //! - A decision never treats an entity it could not read as absent: a store error is an error
@@ -12,10 +13,12 @@
 
 mod audit;
 mod cache;
-mod memory;
+mod legacy;
+mod local;
 mod redis;
 mod resolve;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -23,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use cedar_policy::{Entities, Entity, EntityUid};
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use local::DB_FILE;
 pub use resolve::decide;
 
 use crate::authz::{UidRef, parse_uid};
@@ -92,32 +96,52 @@ pub struct EntityInput<'a> {
     pub tags_json: &'a str,
 }
 
+/// Where provisioned entities live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A redb database in this directory: durable, this replica only.
+    Embedded { data_dir: PathBuf },
+    /// A redb database in memory: lost on restart.
+    Memory,
+    /// Redis, shared by every replica.
+    Redis { url: String, prefix: String },
+}
+
 /// Store settings from the configuration.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    pub redis_url: Option<String>,
-    pub redis_prefix: String,
+    pub kind: StoreKind,
     pub redis_timeout: Duration,
     pub cache_capacity: u64,
     pub cache_ttl: Duration,
     pub stale_for: Duration,
-    pub audit_file: std::path::PathBuf,
+    /// The former in-process store's JSON-lines audit trail, replayed into a new data directory.
+    pub legacy_audit_file: PathBuf,
+    /// Audit records older than this are removed in the background; None keeps everything.
+    pub audit_retention: Option<Duration>,
     pub max_decision_entities: usize,
     pub slice_cache_size: u64,
 }
 
+/// Records (None where absent) and the store revision they were read at.
+pub(crate) type Fetched = (Vec<Option<Arc<Record>>>, u64);
+
+/// One chunk of an export, with the revision it was read at.
+pub struct ExportChunk {
+    pub records: Vec<Arc<Record>>,
+    pub revision: u64,
+}
+
+/// Every backend comes with this replica's cache in front of it.
 enum Backend {
-    Memory(Arc<memory::MemoryStore>),
-    /// Redis always comes with this replica's cache in front of it.
-    Redis {
-        store: Box<redis::RedisStore>,
-        cache: Arc<cache::EntityCache>,
-    },
+    Local { store: Arc<local::LocalStore>, cache: Arc<cache::EntityCache> },
+    Redis { store: Box<redis::RedisStore>, cache: Arc<cache::EntityCache> },
 }
 
 /// The provisioned-entity store of one replica.
 pub struct EntityStore {
     backend: Backend,
+    kind: StoreKind,
     pub(crate) max_decision_entities: usize,
     /// Built entity slices by request, valid for one snapshot and one store epoch: a warm decision
     /// costs a lookup, not a rebuild of Cedar's entity set.
@@ -125,21 +149,34 @@ pub struct EntityStore {
 }
 
 impl EntityStore {
-    /// Opens the store; with Redis, connects lazily so the server starts while Redis is down (decisions
-    /// that need it fail closed until it is back). Background tasks end with `stop`.
+    /// Opens the store. The embedded store opens (or creates) its database now: a locked or damaged
+    /// one fails the start. Redis connects lazily, so the server starts while Redis is down
+    /// (decisions that need it fail closed until it is back). Background tasks end with `stop`.
     pub fn open(config: &StoreConfig, stop: tokio_util::sync::CancellationToken) -> Result<Arc<Self>, StoreError> {
-        let backend = match &config.redis_url {
-            Some(url) => {
-                let store = redis::RedisStore::connect(url, &config.redis_prefix, config.redis_timeout)?;
-                let cache =
-                    Arc::new(cache::EntityCache::new(config.cache_capacity, config.cache_ttl, config.stale_for));
-                store.spawn_subscriber(cache.clone(), stop)?;
+        let cache = Arc::new(cache::EntityCache::new(config.cache_capacity, config.cache_ttl, config.stale_for));
+        let backend = match &config.kind {
+            StoreKind::Redis { url, prefix } => {
+                let store = redis::RedisStore::connect(url, prefix, config.redis_timeout)?;
+                store.spawn_subscriber(cache.clone(), stop.clone())?;
                 Backend::Redis { store: Box::new(store), cache }
             }
-            None => Backend::Memory(Arc::new(memory::MemoryStore::open(&config.audit_file)?)),
+            StoreKind::Embedded { data_dir } => {
+                let (store, created) = local::LocalStore::open_dir(data_dir)?;
+                if created {
+                    legacy::migrate(&store, &config.legacy_audit_file)?;
+                }
+                cache.subscribed(store.revision());
+                Backend::Local { store: Arc::new(store), cache }
+            }
+            StoreKind::Memory => {
+                let store = local::LocalStore::in_memory()?;
+                cache.subscribed(store.revision());
+                Backend::Local { store: Arc::new(store), cache }
+            }
         };
-        Ok(Arc::new(EntityStore {
+        let store = Arc::new(EntityStore {
             backend,
+            kind: config.kind.clone(),
             max_decision_entities: config.max_decision_entities,
             // Weighed by entities, not slices: one slice may hold thousands.
             slices: moka::sync::Cache::builder()
@@ -147,7 +184,11 @@ impl EntityStore {
                 .weigher(|_, slice: &Arc<Entities>| u32::try_from(slice.len()).unwrap_or(u32::MAX).max(1))
                 .time_to_live(config.cache_ttl)
                 .build(),
-        }))
+        });
+        if let Some(retention) = config.audit_retention {
+            tokio::spawn(trim_audit_forever(Arc::downgrade(&store), retention, stop));
+        }
+        Ok(store)
     }
 
     /// With Redis: waits (at most `within`) for the invalidation subscription, so that a replica
@@ -155,24 +196,24 @@ impl EntityStore {
     pub async fn wait_ready(&self, within: Duration) -> bool {
         match &self.backend {
             Backend::Redis { cache, .. } => cache.wait_subscribed(within).await,
-            Backend::Memory(_) => true,
+            Backend::Local { .. } => true,
         }
     }
 
-    /// Whether invalidations are flowing (always true in process), and the last revision applied.
-    pub fn coherence(&self) -> (bool, u64) {
+    fn cache(&self) -> &cache::EntityCache {
         match &self.backend {
-            Backend::Memory(m) => (true, m.revision()),
-            Backend::Redis { cache, .. } => (cache.is_subscribed(), cache.seen_revision()),
+            Backend::Local { cache, .. } | Backend::Redis { cache, .. } => cache,
         }
+    }
+
+    /// Whether invalidations are flowing (always true embedded), and the last revision applied.
+    pub fn coherence(&self) -> (bool, u64) {
+        (self.cache().is_subscribed(), self.cache().seen_revision())
     }
 
     /// Changes whenever any provisioned entity may have changed; None when slices must not be cached.
     pub(crate) fn epoch(&self) -> Option<u64> {
-        match &self.backend {
-            Backend::Memory(m) => Some(m.revision()),
-            Backend::Redis { cache, .. } => cache.epoch(),
-        }
+        self.cache().epoch()
     }
 
     /// Whether a decision at `min_revision` can use what this replica already has.
@@ -185,25 +226,33 @@ impl EntityStore {
         self.coherence().1
     }
 
-    /// Drops every cached entity (the next decisions read Redis); for benchmarks and operators.
+    /// Drops every cached entity (the next decisions read the store); for benchmarks and operators.
     pub fn clear_cache(&self) {
-        if let Backend::Redis { cache, .. } = &self.backend {
-            cache.clear();
-        }
+        self.cache().clear();
         self.slices.invalidate_all();
     }
 
     pub fn kind(&self) -> &'static str {
-        match self.backend {
-            Backend::Memory(_) => "memory",
-            Backend::Redis { .. } => "redis",
+        match self.kind {
+            StoreKind::Embedded { .. } => "embedded",
+            StoreKind::Memory => "memory",
+            StoreKind::Redis { .. } => "redis",
         }
     }
 
-    /// True when nothing is provisioned in process, so decisions can use the files' entities alone.
+    /// Where the entities are: the database file, `memory`, or the Redis address without credentials.
+    pub fn location(&self) -> String {
+        match (&self.kind, &self.backend) {
+            (_, Backend::Local { store, .. }) => store.path().map_or("memory".into(), |p| p.display().to_string()),
+            (StoreKind::Redis { url, prefix }, _) => format!("{} (prefix `{prefix}`)", redact_url(url)),
+            _ => String::new(),
+        }
+    }
+
+    /// True when nothing is provisioned locally, so decisions can use the files' entities alone.
     pub(crate) fn known_empty(&self) -> bool {
         match &self.backend {
-            Backend::Memory(m) => m.is_empty(),
+            Backend::Local { store, .. } => store.is_empty(),
             Backend::Redis { .. } => false,
         }
     }
@@ -211,7 +260,7 @@ impl EntityStore {
     /// Applies a validated batch with its audit records, all or nothing; returns the new revision.
     pub async fn apply(&self, changes: Vec<Change>, actor: &str) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => m.apply(changes, actor).await,
+            Backend::Local { store, cache } => store.apply(changes, actor, cache).await,
             Backend::Redis { store, cache } => {
                 let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
                 let revision = store.apply(&changes, actor).await?;
@@ -233,16 +282,16 @@ impl EntityStore {
         fresh: bool,
     ) -> Result<(Vec<Option<Arc<Record>>>, Option<u64>), StoreError> {
         match &self.backend {
-            Backend::Memory(m) => m.fetch(uids, min_revision).map(|(r, rev)| (r, Some(rev))),
-            Backend::Redis { store, cache } => cache.fetch(store, uids, min_revision, fresh).await,
+            Backend::Local { store, cache } => cache.fetch(&**store, uids, min_revision, fresh).await,
+            Backend::Redis { store, cache } => cache.fetch(&**store, uids, min_revision, fresh).await,
         }
     }
 
     pub async fn get(&self, uid: &EntityUid) -> Result<Option<Arc<Record>>, StoreError> {
         let uids = std::slice::from_ref(uid);
         let (mut records, _) = match &self.backend {
-            Backend::Memory(m) => m.fetch(uids, 0)?,
-            Backend::Redis { store: r, .. } => r.fetch(uids, 0).await?,
+            Backend::Local { store, .. } => store.fetch_now(uids, 0)?,
+            Backend::Redis { store, .. } => store.read(uids, 0).await?,
         };
         Ok(records.pop().flatten())
     }
@@ -250,17 +299,101 @@ impl EntityStore {
     /// Up to `limit` entities of type `ty` whose uid sorts after `after`, in uid order.
     pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.list(ty, after, limit)),
-            Backend::Redis { store: r, .. } => r.list(ty, after, limit).await,
+            Backend::Local { store, .. } => store.list(ty, after, limit),
+            Backend::Redis { store, .. } => store.list(ty, after, limit).await,
+        }
+    }
+
+    /// Streams every entity (of `ty`, if given) into `out`, `chunk` at a time, all read at one
+    /// revision; a store that cannot promise that ends the stream with an error instead.
+    pub async fn export(
+        &self,
+        ty: Option<String>,
+        chunk: usize,
+        out: tokio::sync::mpsc::Sender<Result<ExportChunk, StoreError>>,
+    ) {
+        let result = match &self.backend {
+            Backend::Local { store, .. } => {
+                let (store, sender) = (store.clone(), out.clone());
+                tokio::task::spawn_blocking(move || {
+                    store.export(ty.as_deref(), chunk, |records, revision| {
+                        sender.blocking_send(Ok(ExportChunk { records, revision })).is_ok()
+                    })
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+                .and_then(|r| r.map(|_| ()))
+            }
+            Backend::Redis { store, .. } => store.export(ty.as_deref(), chunk, &out).await,
+        };
+        if let Err(e) = result {
+            let _ = out.send(Err(e)).await;
         }
     }
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         match &self.backend {
-            Backend::Memory(m) => m.audit(filter).await,
-            Backend::Redis { store: r, .. } => r.audit(filter).await,
+            Backend::Local { store, .. } => {
+                let (store, filter) = (store.clone(), filter.clone());
+                tokio::task::spawn_blocking(move || store.audit(&filter))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            }
+            Backend::Redis { store, .. } => store.audit(filter).await,
         }
     }
+
+    async fn trim_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Local { store, .. } => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.trim_audit(before))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+            }
+            Backend::Redis { store, .. } => store.trim_audit(before).await,
+        }
+    }
+}
+
+/// Removes audit records older than `retention`, now and then, until the store is dropped or the
+/// server stops.
+async fn trim_audit_forever(
+    store: std::sync::Weak<EntityStore>,
+    retention: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(local::trim_interval(retention));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let Some(store) = store.upgrade() else { return };
+        let before = SystemTime::now() - retention;
+        match store.trim_audit(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, ?retention, "audit records past their retention removed"),
+            Err(e) => tracing::warn!("audit retention: {e}"),
+        }
+    }
+}
+
+/// A Redis URL without its password, for logs and status.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Parses a stored value `{"rev": N, "entity": …}`, as both stores keep it.
+pub(crate) fn parse_stored(bytes: &[u8]) -> Result<Record, StoreError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("stored entity: {e}")))?;
+    let revision = value.get("rev").and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let entity = value.get_mut("entity").map(serde_json::Value::take).unwrap_or_default();
+    Record::parse(entity, revision).map_err(StoreError::Corrupt)
 }
 
 /// Validates an upsert batch against the snapshot (schema, file entities) into changes; the first

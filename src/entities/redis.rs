@@ -18,8 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::cache::EntityCache;
-use super::{AuditFilter, AuditRecord, Change, Record, key_of, rfc3339};
+use super::cache::{EntityCache, Source};
+use super::{AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Record, key_of, parse_stored, rfc3339};
 use crate::error::StoreError;
 
 /// Applies one batch. ARGV: prefix, channel, actor, then (op, uid, type, entity JSON or "") per change.
@@ -116,12 +116,7 @@ impl RedisStore {
     }
 
     /// One round trip: the records of `uids` and the store's revision they were read at.
-    #[allow(clippy::type_complexity)]
-    pub async fn fetch(
-        &self,
-        uids: &[EntityUid],
-        min_revision: u64,
-    ) -> Result<(Vec<Option<Arc<Record>>>, u64), StoreError> {
+    pub async fn read(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
         let keys: Vec<String> = uids.iter().map(|u| self.entity_key(&key_of(u))).collect();
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(format!("{}rev", self.prefix));
@@ -141,7 +136,7 @@ impl RedisStore {
         }
         let records = values
             .into_iter()
-            .map(|v| v.map(|text| parse_stored(&text).map(Arc::new)).transpose())
+            .map(|v| v.map(|text| parse_stored(text.as_bytes()).map(Arc::new)).transpose())
             .collect::<Result<_, _>>()?;
         Ok((records, current))
     }
@@ -157,7 +152,98 @@ impl RedisStore {
         let keys: Vec<String> = uids.iter().map(|u| self.entity_key(u)).collect();
         let values: Vec<Option<String>> = self.bounded(conn.mget(&keys)).await?;
         // An entity deleted between the two calls is simply not listed.
-        values.into_iter().flatten().map(|text| parse_stored(&text).map(Arc::new)).collect()
+        values.into_iter().flatten().map(|text| parse_stored(text.as_bytes()).map(Arc::new)).collect()
+    }
+
+    /// Every entity (of `ty`, if given), a chunk at a time. Redis has no snapshot reads, so each
+    /// chunk is read with the revision, and a write during the export ends it with
+    /// [`StoreError::Changed`] rather than mix two states.
+    pub async fn export(
+        &self,
+        ty: Option<&str>,
+        chunk: usize,
+        out: &tokio::sync::mpsc::Sender<Result<ExportChunk, StoreError>>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let rev_key = format!("{}rev", self.prefix);
+        let start: Option<u64> = self.bounded(conn.get(&rev_key)).await?;
+        let start = start.unwrap_or(0);
+        let types = match ty {
+            Some(ty) => vec![ty.to_string()],
+            None => self.types().await?,
+        };
+        for ty in types {
+            let index = format!("{}t:{ty}", self.prefix);
+            let mut after = "-".to_string();
+            loop {
+                let uids: Vec<String> =
+                    self.bounded(conn.zrangebylex_limit(&index, &after, "+", 0, chunk as isize)).await?;
+                let Some(last) = uids.last() else { break };
+                after = format!("({last}");
+                let keys: Vec<String> = uids.iter().map(|u| self.entity_key(u)).collect();
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&rev_key).cmd("MGET").arg(&keys);
+                let (revision, values): (Option<u64>, Vec<Option<String>>) =
+                    self.bounded(pipe.query_async(&mut conn)).await?;
+                let revision = revision.unwrap_or(0);
+                if revision != start {
+                    return Err(StoreError::Changed(format!(
+                        "entities were written during the export (revision {start} → {revision}); export again"
+                    )));
+                }
+                let records = values
+                    .into_iter()
+                    .flatten()
+                    .map(|text| parse_stored(text.as_bytes()).map(Arc::new))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if out.send(Ok(ExportChunk { records, revision })).await.is_err() {
+                    return Ok(());
+                }
+                if uids.len() < chunk {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entity types that have an index key, in name order.
+    async fn types(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let pattern = format!("{}t:*", self.prefix);
+        let mut cursor = 0u64;
+        let mut types = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            types.extend(
+                keys.into_iter().filter_map(|k| k.strip_prefix(&format!("{}t:", self.prefix)).map(str::to_string)),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        types.sort();
+        types.dedup();
+        Ok(types)
+    }
+
+    /// Removes audit entries older than `before` (stream ids are their times).
+    pub async fn trim_audit(&self, before: std::time::SystemTime) -> Result<u64, StoreError> {
+        let ms = before.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let mut conn = self.conn.clone();
+        let key = format!("{}audit", self.prefix);
+        self.bounded(redis::cmd("XTRIM").arg(&key).arg("MINID").arg(format!("{ms}-0")).query_async(&mut conn)).await
     }
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
@@ -266,20 +352,18 @@ impl RedisStore {
     }
 }
 
+impl Source for RedisStore {
+    async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
+        self.read(uids, min_revision).await
+    }
+}
+
 struct LostOnDrop(Arc<EntityCache>);
 
 impl Drop for LostOnDrop {
     fn drop(&mut self) {
         self.0.lost(std::time::Instant::now());
     }
-}
-
-fn parse_stored(text: &str) -> Result<Record, StoreError> {
-    let mut value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("stored entity: {e}")))?;
-    let revision = value.get("rev").and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let entity = value.get_mut("entity").map(serde_json::Value::take).unwrap_or_default();
-    Record::parse(entity, revision).map_err(StoreError::Corrupt)
 }
 
 /// The entity JSON inside a stored value, for the audit trail; None where there was none.

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::auth::TokenGate;
 use super::{convert, pb};
 use crate::entities::EntityStore;
-use crate::policy::PolicyStore;
+use crate::policy::{PolicyStore, ReloadOutcome};
 
 pub struct AdminApi {
     store: Arc<PolicyStore>,
@@ -38,6 +38,15 @@ impl pb::admin_service_server::AdminService for AdminApi {
         status.entity_store = self.entities.kind().to_string();
         status.entity_invalidations_live = subscribed;
         status.entity_revision = revision;
+        status.entity_store_location = self.entities.location();
         Ok(Response::new(status))
+    }
+
+    async fn reload(&self, request: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadResponse>, Status> {
+        self.gate.identify(&request)?;
+        let outcome = self.store.reload().await?;
+        let policy_version = self.store.current().map(|s| s.version.clone()).unwrap_or_default();
+        let changed = matches!(outcome, ReloadOutcome::Swapped { .. });
+        Ok(Response::new(pb::ReloadResponse { policy_version, changed }))
     }
 }

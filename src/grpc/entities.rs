@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::auth::TokenGate;
@@ -11,6 +12,10 @@ use crate::authz::parse_uid;
 use crate::entities::{self, AuditFilter, EntityStore};
 use crate::error::{RequestError, ServiceError};
 use crate::policy::{PolicyStore, Snapshot};
+
+/// The ExportEntities answer: chunks as the store reads them.
+pub type ExportStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ExportEntitiesResponse, Status>> + Send>>;
 
 /// Default and largest page of ListEntities and ReadAudit.
 const PAGE: (u32, u32) = (100, 1000);
@@ -96,11 +101,44 @@ impl pb::entity_service_server::EntityService for EntityApi {
         self.gate.identify(&request)?;
         let snapshot = self.snapshot()?;
         let uid = parse_uid(&snapshot, request.get_ref().uid.as_ref().map(convert::uid_ref), "uid")?;
+        // Files win in decisions, so they win here too.
+        if let Some(entity) = snapshot.entities.get(&uid) {
+            let json = entity.to_json_value().map_err(|e| ServiceError::Internal(e.to_string()))?;
+            return Ok(Response::new(pb::GetEntityResponse {
+                entity: Some(convert::entity_message(&json)),
+                revision: 0,
+                source: "files".into(),
+            }));
+        }
         let record = self.store.get(&uid).await?.ok_or_else(|| ServiceError::NotFound(format!("`{uid}`")))?;
         Ok(Response::new(pb::GetEntityResponse {
             entity: Some(convert::entity_message(&record.json)),
             revision: record.revision,
+            source: "provisioned".into(),
         }))
+    }
+
+    type ExportEntitiesStream = ExportStream;
+
+    async fn export_entities(
+        &self,
+        request: Request<pb::ExportEntitiesRequest>,
+    ) -> Result<Response<Self::ExportEntitiesStream>, Status> {
+        self.gate.identify(&request)?;
+        let ty = match request.get_ref().r#type.as_str() {
+            "" => None,
+            ty => Some(self.snapshot()?.index.type_name(ty).map_err(|e| RequestError::invalid("type", e))?.to_string()),
+        };
+        // A small buffer: the store reads no faster than the client takes the chunks.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let store = self.store.clone();
+        tokio::spawn(async move { store.export(ty, PAGE.1 as usize, tx).await });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|chunk| {
+            let chunk = chunk?;
+            let entities = chunk.records.iter().map(|r| convert::entity_message(&r.json)).collect();
+            Ok(pb::ExportEntitiesResponse { entities, revision: chunk.revision })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_entities(

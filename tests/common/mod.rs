@@ -21,7 +21,7 @@ pub mod redis;
 pub struct TestServer {
     pub addr: SocketAddr,
     pub client: AuthorizationServiceClient<Channel>,
-    /// Holds the audit file of the in-process entity store.
+    /// Holds the embedded entity store's data directory.
     pub scratch: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -47,6 +47,7 @@ impl TestServer {
         config.shutdown_grace = Duration::from_secs(5);
         let scratch = tempfile::tempdir().unwrap();
         config.entities.audit_file = scratch.path().join("audit.jsonl");
+        config.entities.data_dir = scratch.path().join("data");
         adjust(&mut config);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cedar_pdp::serve(listener, config, async move {

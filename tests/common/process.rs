@@ -18,13 +18,26 @@ pub struct Process {
     pub child: Child,
     pub addr: String,
     pub lines: mpsc::Receiver<String>,
+    /// The data directory, unless `extra` named one.
+    pub scratch: tempfile::TempDir,
 }
 
 impl Process {
+    /// Starts a server; its embedded store goes to a fresh directory unless `extra` has `--data-dir`.
     pub fn start(policies: &Path, extra: &[&str]) -> Process {
-        let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--policies"])
-            .arg(policies)
+        Self::try_start(policies, extra).unwrap_or_else(|log| panic!("the server did not start:\n{log}"))
+    }
+
+    /// Starts a server, or returns what it logged before it exited.
+    pub fn try_start(policies: &Path, extra: &[&str]) -> Result<Process, String> {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut command = Command::new(BIN);
+        command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--policies"]).arg(policies);
+        if !extra.contains(&"--data-dir") {
+            command.arg("--data-dir").arg(scratch.path().join("data"));
+        }
+        command.arg("--audit-file").arg(scratch.path().join("audit.jsonl"));
+        let mut child = command
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -39,14 +52,21 @@ impl Process {
                 }
             }
         });
+        let mut log = String::new();
         let addr = loop {
-            let line = lines.recv_timeout(Duration::from_secs(20)).expect("the server logs `serving`");
+            let Ok(line) = lines.recv_timeout(Duration::from_secs(20)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(log);
+            };
             let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if event["message"] == "serving" {
                 break event["listen"].as_str().unwrap().to_string();
             }
+            log.push_str(&line);
+            log.push('\n');
         };
-        Process { child, addr, lines }
+        Ok(Process { child, addr, lines, scratch })
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,52 @@
+//! `status` and `reload`: the AdminService, for operators and deploy scripts.
+
+use std::process::ExitCode;
+
+use super::remote::{Bearer, channel, token};
+use super::{CliError, emit};
+use crate::config::AdminArgs;
+use crate::grpc::{AdminServiceClient, pb};
+
+type Client = AdminServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
+
+async fn client(args: &AdminArgs) -> Result<Client, CliError> {
+    let bearer = Bearer::new(token(args.admin_token.as_deref(), args.admin_token_file.as_deref())?)?;
+    Ok(AdminServiceClient::with_interceptor(channel(&args.addr).await?, bearer))
+}
+
+/// Prints the status; exit 1 when the last reload failed.
+pub async fn status(args: &AdminArgs) -> Result<ExitCode, CliError> {
+    let s = client(args).await?.get_status(pb::GetStatusRequest {}).await?.into_inner();
+    let mut lines = vec![
+        format!("policy version: {}", s.policy_version),
+        format!("loaded at: {}", s.loaded_at),
+        format!("policies: {}, templates: {}, entities: {}", s.policy_count, s.template_count, s.entity_count),
+        format!("schema: {}, validation: {}", if s.schema_loaded { "yes" } else { "none" }, s.validation_mode),
+        format!(
+            "entity store: {} at {}, revision {}, invalidations {}",
+            s.entity_store,
+            s.entity_store_location,
+            s.entity_revision,
+            if s.entity_invalidations_live { "live" } else { "DOWN" }
+        ),
+        format!("reloads: {} succeeded, {} failed", s.reloads_succeeded, s.reloads_failed),
+    ];
+    let code = match &s.last_error {
+        Some(err) => {
+            lines.push(format!("last reload failed at {} (the version above is still serving):", err.at));
+            lines.extend(err.diagnostics.iter().map(|d| format!("  {d}")));
+            ExitCode::FAILURE
+        }
+        None => ExitCode::SUCCESS,
+    };
+    emit(&lines)?;
+    Ok(code)
+}
+
+/// Reloads now; exit 1 (with every problem) when the directory does not load.
+pub async fn reload(args: &AdminArgs) -> Result<ExitCode, CliError> {
+    let r = client(args).await?.reload(pb::ReloadRequest {}).await?.into_inner();
+    let what = if r.changed { "reloaded" } else { "unchanged" };
+    emit(&[format!("{what}: policy version {}", r.policy_version)])?;
+    Ok(ExitCode::SUCCESS)
+}

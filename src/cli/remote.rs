@@ -1,0 +1,51 @@
+//! Reaching a running server: the channel, and the bearer token from a flag, a variable or a file.
+
+use std::path::Path;
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use super::CliError;
+
+pub async fn channel(addr: &str) -> Result<Channel, CliError> {
+    let endpoint =
+        Channel::from_shared(addr.to_string()).map_err(|e| format!("--addr `{addr}` is not a server address: {e}"))?;
+    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))?)
+}
+
+/// The token given inline or in a file (first line, surrounding whitespace dropped).
+pub fn token(inline: Option<&str>, file: Option<&Path>) -> Result<Option<String>, CliError> {
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim().to_string();
+        if token.is_empty() {
+            return Err(format!("the token file {} is empty", path.display()).into());
+        }
+        return Ok(Some(token));
+    }
+    Ok(inline.map(str::to_string))
+}
+
+/// Adds `authorization: Bearer <token>` to every call, when there is a token.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<String>) -> Result<Self, CliError> {
+        let value = token
+            .map(|t| MetadataValue::try_from(format!("Bearer {t}")))
+            .transpose()
+            .map_err(|_| "the token has characters not allowed in a header")?;
+        Ok(Bearer(value))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

@@ -1,0 +1,487 @@
+//! The embedded store: one redb database, in the data directory (`--store embedded`, the default) or
+//! in memory (`--store memory`, lost on restart). Tables:
+//! - `entities`: uid key text (`User::"alice"`) → `{"rev": N, "entity": <Cedar entity JSON>}`; key
+//!   order keeps one type's entities together, so listing a type is a range;
+//! - `audit`: (revision, index in the batch) → an [`AuditRecord`] as JSON;
+//! - `audit_by_uid`: (uid key, revision, index) → (), for reading one entity's history;
+//! - `audit_time`: revision → its time in ms since the epoch, for time ranges and retention;
+//! - `meta`: `revision`, `entities` (count), `origin` (see [`LocalStore::origin`]).
+//!
+//! A write batch is one redb transaction: the entities, the revision and the audit records commit
+//! together, and the commit is synced to disk before the write is acknowledged.
+
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cedar_policy::EntityUid;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::cache::{EntityCache, Source};
+use super::{AuditFilter, AuditRecord, Change, Fetched, Record, key_of, parse_stored, rfc3339};
+use crate::error::StoreError;
+
+const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
+const AUDIT: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("audit");
+const AUDIT_BY_UID: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("audit_by_uid");
+const AUDIT_TIME: TableDefinition<u64, u64> = TableDefinition::new("audit_time");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "entities.redb";
+
+/// redb's page cache; the entity cache in front of it holds what decisions use.
+const DB_CACHE_BYTES: usize = 64 << 20;
+
+pub struct LocalStore {
+    db: Database,
+    /// The database file; None in memory.
+    path: Option<PathBuf>,
+    /// Revisions at or below it were issued by an earlier life of an in-memory store (0 on disk).
+    origin: u64,
+    /// The committed revision and entity count, published after each commit: decisions read them
+    /// without a transaction.
+    revision: AtomicU64,
+    count: AtomicU64,
+    /// Held from the commit until the cache has dropped what it changed: a later write must not
+    /// publish its revision while an earlier one's entries are still cached.
+    writer: Mutex<()>,
+}
+
+/// What `audit_time` and `meta` hold, read at open.
+struct Meta {
+    revision: u64,
+    count: u64,
+    origin: u64,
+}
+
+impl LocalStore {
+    /// Opens (or creates) the database in `dir`. A file that exists is opened and checked, never
+    /// replaced: a damaged one is an error naming it. A new one is built under a temporary name and
+    /// renamed into place, so a file at the real name is always a whole, initialised database.
+    pub fn open_dir(dir: &Path) -> Result<(Self, bool), StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Open(format!("cannot create the data directory {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let created = !path.exists();
+        if created {
+            let fresh = dir.join(format!("{DB_FILE}.new"));
+            let _ = std::fs::remove_file(&fresh);
+            let db = builder().create(&fresh).map_err(|e| open_error(&fresh, e))?;
+            init(&db, 0)?;
+            drop(db);
+            std::fs::rename(&fresh, &path)
+                .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let db = open_checked(&path)?;
+        let meta = read_meta(&db).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
+        Ok((LocalStore::new(db, Some(path), meta), created))
+    }
+
+    /// A store in memory. Its revisions start at the time in microseconds, so that they keep
+    /// increasing across restarts and a revision from an earlier life is recognised (see `origin`).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| StoreError::Open(format!("in-memory store: {e}")))?;
+        let origin = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        init(&db, origin)?;
+        let meta = read_meta(&db).map_err(|e| StoreError::Open(format!("in-memory store: {e}")))?;
+        Ok(LocalStore::new(db, None, meta))
+    }
+
+    fn new(db: Database, path: Option<PathBuf>, meta: Meta) -> Self {
+        LocalStore {
+            db,
+            path,
+            origin: meta.origin,
+            revision: AtomicU64::new(meta.revision),
+            count: AtomicU64::new(meta.count),
+            writer: Mutex::new(()),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count.load(Ordering::SeqCst) == 0
+    }
+
+    /// Applies a batch in one transaction, then drops what it changed from `cache` before the new
+    /// revision is published.
+    pub async fn apply(
+        self: &Arc<Self>,
+        changes: Vec<Change>,
+        actor: &str,
+        cache: &Arc<EntityCache>,
+    ) -> Result<u64, StoreError> {
+        let (store, actor, cache) = (self.clone(), actor.to_string(), cache.clone());
+        // The commit syncs the file: off the runtime's workers.
+        tokio::task::spawn_blocking(move || store.apply_blocking(&changes, &actor, &cache))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+    }
+
+    fn apply_blocking(&self, changes: &[Change], actor: &str, cache: &EntityCache) -> Result<u64, StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = SystemTime::now();
+        let (revision, count) = self.commit(changes, actor, now).map_err(write_error)?;
+        let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
+        cache.invalidate(&uids);
+        cache.advance(revision);
+        self.count.store(count, Ordering::SeqCst);
+        self.revision.store(revision, Ordering::SeqCst);
+        Ok(revision)
+    }
+
+    fn commit(&self, changes: &[Change], actor: &str, now: SystemTime) -> Result<(u64, u64), redb::Error> {
+        let txn = self.db.begin_write()?;
+        let revision;
+        let count;
+        {
+            let mut meta = txn.open_table(META)?;
+            revision = meta.get("revision")?.map_or(0, |v| v.value()) + 1;
+            let mut entities = txn.open_table(ENTITIES)?;
+            let mut audit = txn.open_table(AUDIT)?;
+            let mut by_uid = txn.open_table(AUDIT_BY_UID)?;
+            let at = rfc3339(now);
+            for (i, change) in changes.iter().enumerate() {
+                let key = key_of(change.uid());
+                let before = match change {
+                    Change::Upsert { json, .. } => {
+                        let stored = serde_json::json!({"rev": revision, "entity": json}).to_string();
+                        entities.insert(key.as_str(), stored.as_bytes())?.map(|old| old.value().to_vec())
+                    }
+                    Change::Delete { .. } => entities.remove(key.as_str())?.map(|old| old.value().to_vec()),
+                };
+                let record = AuditRecord {
+                    revision,
+                    at: at.clone(),
+                    actor: actor.to_string(),
+                    operation: change.operation().to_string(),
+                    uid: key.clone(),
+                    before: before.and_then(|b| stored_entity(&b)),
+                    after: match change {
+                        Change::Upsert { json, .. } => Some(json.clone()),
+                        Change::Delete { .. } => None,
+                    },
+                };
+                let index = u32::try_from(i).unwrap_or(u32::MAX);
+                let line = serde_json::to_vec(&record).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                audit.insert((revision, index), line.as_slice())?;
+                by_uid.insert((key.as_str(), revision, index), ())?;
+            }
+            txn.open_table(AUDIT_TIME)?.insert(revision, millis(now))?;
+            count = entities.len()?;
+            meta.insert("revision", revision)?;
+            meta.insert("entities", count)?;
+        }
+        txn.commit()?;
+        Ok((revision, count))
+    }
+
+    /// Refuses a `min_revision` this store cannot honour: ahead of it, or from an earlier life of
+    /// an in-memory store, whose entities were lost at restart.
+    fn check_min_revision(&self, min_revision: u64, current: u64) -> Result<(), StoreError> {
+        if min_revision > current {
+            return Err(StoreError::AheadOfStore { requested: min_revision, current });
+        }
+        if min_revision > 0 && min_revision <= self.origin {
+            return Err(StoreError::LostRevision { requested: min_revision, origin: self.origin });
+        }
+        Ok(())
+    }
+
+    /// The records of `uids` and the revision they were read at, from one read transaction.
+    pub fn fetch_now(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let current =
+            txn.open_table(META).map_err(read_error)?.get("revision").map_err(read_error)?.map_or(0, |v| v.value());
+        self.check_min_revision(min_revision, current)?;
+        let table = txn.open_table(ENTITIES).map_err(read_error)?;
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let value = table.get(key_of(uid).as_str()).map_err(read_error)?;
+            out.push(value.map(|v| parse_stored(v.value()).map(Arc::new)).transpose()?);
+        }
+        Ok((out, current))
+    }
+
+    /// Up to `limit` entities of type `ty` whose key sorts after `after`, in key order.
+    pub fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+        let prefix = format!("{ty}::\"");
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(ENTITIES).map_err(read_error)?;
+        let start = if after.is_empty() { Bound::Included(prefix.as_str()) } else { Bound::Excluded(after) };
+        let mut out = Vec::new();
+        for entry in table.range::<&str>((start, Bound::Unbounded)).map_err(read_error)? {
+            let (key, value) = entry.map_err(read_error)?;
+            if !key.value().starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(Arc::new(parse_stored(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every entity (of `ty`, if given) as stored, read in one snapshot, passed to `each` in chunks;
+    /// returns the revision of that snapshot. `each` returning false stops the read.
+    pub fn export(
+        &self,
+        ty: Option<&str>,
+        chunk: usize,
+        mut each: impl FnMut(Vec<Arc<Record>>, u64) -> bool,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let revision =
+            txn.open_table(META).map_err(read_error)?.get("revision").map_err(read_error)?.map_or(0, |v| v.value());
+        let table = txn.open_table(ENTITIES).map_err(read_error)?;
+        let prefix = ty.map(|t| format!("{t}::\"")).unwrap_or_default();
+        let mut batch = Vec::with_capacity(chunk);
+        for entry in table.range::<&str>(prefix.as_str()..).map_err(read_error)? {
+            let (key, value) = entry.map_err(read_error)?;
+            if !key.value().starts_with(&prefix) {
+                break;
+            }
+            batch.push(Arc::new(parse_stored(value.value())?));
+            if batch.len() == chunk && !each(std::mem::take(&mut batch), revision) {
+                return Ok(revision);
+            }
+        }
+        if !batch.is_empty() {
+            each(batch, revision);
+        }
+        Ok(revision)
+    }
+
+    /// Audit records matching `filter`, oldest first.
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let audit = txn.open_table(AUDIT).map_err(read_error)?;
+        let mut out = Vec::new();
+        let mut take = |value: &[u8]| -> Result<bool, StoreError> {
+            let record: AuditRecord =
+                serde_json::from_slice(value).map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
+            if filter.matches(&record) {
+                out.push(record);
+            }
+            Ok(out.len() < filter.limit)
+        };
+        match &filter.uid {
+            Some(uid) => {
+                let index = txn.open_table(AUDIT_BY_UID).map_err(read_error)?;
+                let range = (uid.as_str(), 0, 0)..=(uid.as_str(), u64::MAX, u32::MAX);
+                for entry in index.range(range).map_err(read_error)? {
+                    let (key, ()) = entry.map(|(k, _)| (k, ())).map_err(read_error)?;
+                    let (_, revision, i) = key.value();
+                    let Some(value) = audit.get((revision, i)).map_err(read_error)? else { continue };
+                    if !take(value.value())? {
+                        break;
+                    }
+                }
+            }
+            None => {
+                let first = match filter.since {
+                    Some(since) => first_revision_at(&txn, millis(since))?,
+                    None => 0,
+                };
+                for entry in audit.range((first, 0)..).map_err(read_error)? {
+                    let (_, value) = entry.map_err(read_error)?;
+                    if !take(value.value())? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes audit records older than `before`, a bounded number per transaction so that writes
+    /// are not held up; returns how many were removed.
+    pub fn trim_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
+        const REVISIONS_PER_TXN: usize = 1000;
+        let cutoff = millis(before);
+        let mut removed = 0;
+        loop {
+            let txn = self.db.begin_write().map_err(write_error)?;
+            let mut done = true;
+            {
+                let mut times = txn.open_table(AUDIT_TIME).map_err(write_error)?;
+                let mut audit = txn.open_table(AUDIT).map_err(write_error)?;
+                let mut by_uid = txn.open_table(AUDIT_BY_UID).map_err(write_error)?;
+                let old: Vec<u64> = times
+                    .range(0..)
+                    .map_err(write_error)?
+                    .map_while(|e| e.ok().filter(|(_, at)| at.value() < cutoff).map(|(rev, _)| rev.value()))
+                    .take(REVISIONS_PER_TXN + 1)
+                    .collect();
+                done = done && old.len() <= REVISIONS_PER_TXN;
+                for &revision in old.iter().take(REVISIONS_PER_TXN) {
+                    let records: Vec<(u32, Vec<u8>)> = audit
+                        .range((revision, 0)..=(revision, u32::MAX))
+                        .map_err(write_error)?
+                        .filter_map(Result::ok)
+                        .map(|(k, v)| (k.value().1, v.value().to_vec()))
+                        .collect();
+                    for (i, value) in records {
+                        if let Ok(record) = serde_json::from_slice::<AuditRecord>(&value) {
+                            by_uid.remove((record.uid.as_str(), revision, i)).map_err(write_error)?;
+                        }
+                        audit.remove((revision, i)).map_err(write_error)?;
+                        removed += 1;
+                    }
+                    times.remove(revision).map_err(write_error)?;
+                }
+            }
+            txn.commit().map_err(write_error)?;
+            if done {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Replays the JSON-lines audit trail of the former in-process store into this (new, empty)
+    /// store: the entities as its last records left them, the records themselves, the revision.
+    pub fn import_legacy_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(write_error)?;
+        {
+            let mut entities = txn.open_table(ENTITIES).map_err(write_error)?;
+            let mut audit = txn.open_table(AUDIT).map_err(write_error)?;
+            let mut by_uid = txn.open_table(AUDIT_BY_UID).map_err(write_error)?;
+            let mut times = txn.open_table(AUDIT_TIME).map_err(write_error)?;
+            let (mut last, mut index) = (0, 0u32);
+            for record in records {
+                index = if record.revision == last { index + 1 } else { 0 };
+                last = record.revision;
+                match &record.after {
+                    Some(after) => {
+                        let stored = serde_json::json!({"rev": record.revision, "entity": after}).to_string();
+                        entities.insert(record.uid.as_str(), stored.as_bytes()).map_err(write_error)?;
+                    }
+                    None => {
+                        entities.remove(record.uid.as_str()).map_err(write_error)?;
+                    }
+                }
+                let line = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                audit.insert((record.revision, index), line.as_slice()).map_err(write_error)?;
+                by_uid.insert((record.uid.as_str(), record.revision, index), ()).map_err(write_error)?;
+                let at = humantime::parse_rfc3339_weak(&record.at).map_or(0, millis);
+                times.insert(record.revision, at).map_err(write_error)?;
+            }
+            let count = entities.len().map_err(write_error)?;
+            let mut meta = txn.open_table(META).map_err(write_error)?;
+            meta.insert("revision", last).map_err(write_error)?;
+            meta.insert("entities", count).map_err(write_error)?;
+            self.count.store(count, Ordering::SeqCst);
+            self.revision.store(last, Ordering::SeqCst);
+        }
+        txn.commit().map_err(write_error)
+    }
+}
+
+impl Source for LocalStore {
+    async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
+        // A lookup is served from redb's page cache or the OS's: microseconds, less than a hop to
+        // the blocking pool would cost.
+        self.fetch_now(uids, min_revision)
+    }
+}
+
+fn builder() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(DB_CACHE_BYTES);
+    builder
+}
+
+/// Opens an existing database, verifying every page: a damaged file is an error, never trusted.
+fn open_checked(path: &Path) -> Result<Database, StoreError> {
+    // redb documents that some damage can make an unchecked open panic; never let a file crash us.
+    let open = || {
+        let mut builder = builder();
+        builder.set_check_integrity_on_open(true);
+        builder.open(path)
+    };
+    match std::panic::catch_unwind(open) {
+        Ok(result) => result.map_err(|e| open_error(path, e)),
+        Err(_) => Err(StoreError::Open(format!("{}: the database file is damaged", path.display()))),
+    }
+}
+
+fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
+    let init = || -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("revision", origin)?;
+            meta.insert("origin", origin)?;
+            meta.insert("entities", 0)?;
+            txn.open_table(ENTITIES)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_BY_UID)?;
+            txn.open_table(AUDIT_TIME)?;
+        }
+        txn.commit()?;
+        Ok(())
+    };
+    init().map_err(|e| StoreError::Open(format!("cannot initialise the entity database: {e}")))
+}
+
+fn read_meta(db: &Database) -> Result<Meta, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let get = |key: &str| -> Result<u64, redb::Error> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
+    Ok(Meta { revision: get("revision")?, count: get("entities")?, origin: get("origin")? })
+}
+
+/// The first revision recorded at or after `at_ms` (0 when none is older).
+fn first_revision_at(txn: &redb::ReadTransaction, at_ms: u64) -> Result<u64, StoreError> {
+    let times = txn.open_table(AUDIT_TIME).map_err(read_error)?;
+    for entry in times.range(0..).map_err(read_error)? {
+        let (revision, at) = entry.map_err(read_error)?;
+        if at.value() >= at_ms {
+            return Ok(revision.value());
+        }
+    }
+    Ok(u64::MAX)
+}
+
+fn stored_entity(bytes: &[u8]) -> Option<serde_json::Value> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    value.get_mut("entity").map(serde_json::Value::take)
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn open_error(path: &Path, e: redb::DatabaseError) -> StoreError {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Open(format!(
+            "{} is in use by another process (another cedar-pdp on the same --data-dir?)",
+            path.display()
+        )),
+        e => StoreError::Open(format!("{}: cannot open the entity database: {e}", path.display())),
+    }
+}
+
+/// A failed write transaction commits nothing.
+fn write_error(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(format!("the entity database refused the write, so nothing was changed: {}", e.into()))
+}
+
+fn read_error(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(format!("the entity database cannot be read: {}", e.into()))
+}
+
+/// How long the trimming task waits between passes for a retention period.
+pub fn trim_interval(retention: Duration) -> Duration {
+    (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
