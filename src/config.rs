@@ -330,9 +330,9 @@ pub struct AuditArgs {
     /// Only records before this time (RFC 3339).
     #[arg(long)]
     pub until: Option<String>,
-    /// At most this many records (1 to 1000).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub limit: u32,
+    /// At most this many records.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
     /// JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -223,13 +223,29 @@ async fn delete(args: &EntitiesArgs, uids: &[String]) -> Result<ExitCode, CliErr
 }
 
 pub async fn audit(args: &AuditArgs) -> Result<ExitCode, CliError> {
-    let request = pb::ReadAuditRequest {
+    let mut request = pb::ReadAuditRequest {
         uid: args.uid.as_deref().map(|u| parse_uid("--uid", u)).transpose()?,
         since: args.since.clone().unwrap_or_default(),
         until: args.until.clone().unwrap_or_default(),
-        limit: args.limit,
+        limit: 0,
+        page_token: String::new(),
     };
-    let records = client(&args.client).await?.read_audit(request).await?.into_inner().records;
+    let mut client = client(&args.client).await?;
+    let mut records = Vec::new();
+    // A page at a time (the server sends at most 1000), following the cursor.
+    loop {
+        let wanted = args.limit.saturating_sub(records.len());
+        if wanted == 0 {
+            break;
+        }
+        request.limit = u32::try_from(wanted.min(1000)).unwrap_or(1000);
+        let page = client.read_audit(request.clone()).await?.into_inner();
+        records.extend(page.records);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
     let uid = |r: &pb::AuditRecord| {
         r.uid.as_ref().map(|u| format!("{}::{}", u.r#type, Value::String(u.id.clone()))).unwrap_or_default()
     };

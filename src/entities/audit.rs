@@ -19,6 +19,9 @@ pub struct AuditRecord {
     /// The entity as Cedar JSON before the change; null where it did not exist.
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
+    /// Where the next page starts after this record (`<n>-<n>`); not stored.
+    #[serde(skip)]
+    pub cursor: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -28,6 +31,14 @@ pub struct AuditFilter {
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
     pub limit: usize,
+    /// Only records after this cursor (a record's `cursor`: the previous page's last).
+    pub after: Option<(u64, u64)>,
+}
+
+/// Parses a page token, `<n>-<n>` as every store writes its cursors.
+pub fn parse_cursor(token: &str) -> Option<(u64, u64)> {
+    let (a, b) = token.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 impl AuditFilter {

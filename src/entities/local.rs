@@ -173,6 +173,7 @@ impl LocalStore {
                         Change::Upsert { json, .. } => Some(json.clone()),
                         Change::Delete { .. } => None,
                     },
+                    cursor: String::new(),
                 };
                 let index = u32::try_from(i).unwrap_or(u32::MAX);
                 let line = serde_json::to_vec(&record).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
@@ -190,7 +191,7 @@ impl LocalStore {
 
     /// Refuses a `min_revision` this store cannot honour: ahead of it, or from an earlier life of
     /// an in-memory store, whose entities were lost at restart.
-    fn check_min_revision(&self, min_revision: u64, current: u64) -> Result<(), StoreError> {
+    pub fn check_min_revision(&self, min_revision: u64, current: u64) -> Result<(), StoreError> {
         if min_revision > current {
             return Err(StoreError::AheadOfStore { requested: min_revision, current });
         }
@@ -267,9 +268,10 @@ impl LocalStore {
         let txn = self.db.begin_read().map_err(read_error)?;
         let audit = txn.open_table(AUDIT).map_err(read_error)?;
         let mut out = Vec::new();
-        let mut take = |value: &[u8]| -> Result<bool, StoreError> {
-            let record: AuditRecord =
+        let mut take = |(revision, i): (u64, u32), value: &[u8]| -> Result<bool, StoreError> {
+            let mut record: AuditRecord =
                 serde_json::from_slice(value).map_err(|e| StoreError::Corrupt(format!("audit record: {e}")))?;
+            record.cursor = format!("{revision}-{i}");
             if filter.matches(&record) {
                 out.push(record);
             }
@@ -278,24 +280,29 @@ impl LocalStore {
         match &filter.uid {
             Some(uid) => {
                 let index = txn.open_table(AUDIT_BY_UID).map_err(read_error)?;
-                let range = (uid.as_str(), 0, 0)..=(uid.as_str(), u64::MAX, u32::MAX);
-                for entry in index.range(range).map_err(read_error)? {
-                    let (key, ()) = entry.map(|(k, _)| (k, ())).map_err(read_error)?;
+                let start = match filter.after {
+                    Some((revision, i)) => Bound::Excluded((uid.as_str(), revision, cursor_index(i))),
+                    None => Bound::Included((uid.as_str(), 0, 0)),
+                };
+                let end = Bound::Included((uid.as_str(), u64::MAX, u32::MAX));
+                for entry in index.range::<(&str, u64, u32)>((start, end)).map_err(read_error)? {
+                    let (key, _) = entry.map_err(read_error)?;
                     let (_, revision, i) = key.value();
                     let Some(value) = audit.get((revision, i)).map_err(read_error)? else { continue };
-                    if !take(value.value())? {
+                    if !take((revision, i), value.value())? {
                         break;
                     }
                 }
             }
             None => {
-                let first = match filter.since {
-                    Some(since) => first_revision_at(&txn, millis(since))?,
-                    None => 0,
+                let start = match (filter.after, filter.since) {
+                    (Some((revision, i)), _) => Bound::Excluded((revision, cursor_index(i))),
+                    (None, Some(since)) => Bound::Included((first_revision_at(&txn, millis(since))?, 0)),
+                    (None, None) => Bound::Unbounded,
                 };
-                for entry in audit.range((first, 0)..).map_err(read_error)? {
-                    let (_, value) = entry.map_err(read_error)?;
-                    if !take(value.value())? {
+                for entry in audit.range::<(u64, u32)>((start, Bound::Unbounded)).map_err(read_error)? {
+                    let (key, value) = entry.map_err(read_error)?;
+                    if !take(key.value(), value.value())? {
                         break;
                     }
                 }
@@ -451,6 +458,10 @@ fn first_revision_at(txn: &redb::ReadTransaction, at_ms: u64) -> Result<u64, Sto
         }
     }
     Ok(u64::MAX)
+}
+
+fn cursor_index(i: u64) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 fn stored_entity(bytes: &[u8]) -> Option<serde_json::Value> {

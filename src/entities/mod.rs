@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use cedar_policy::{Entities, Entity, EntityUid};
 
-pub use audit::{AuditFilter, AuditRecord};
+pub use audit::{AuditFilter, AuditRecord, parse_cursor};
 pub use local::DB_FILE;
 pub use resolve::decide;
 
@@ -284,6 +284,19 @@ impl EntityStore {
         match &self.backend {
             Backend::Local { store, cache } => cache.fetch(&**store, uids, min_revision, fresh).await,
             Backend::Redis { store, cache } => cache.fetch(&**store, uids, min_revision, fresh).await,
+        }
+    }
+
+    /// Refuses a `min_revision` the store cannot honour: ahead of it, or (in memory) lost at a
+    /// restart. Asks the store only when this replica has not seen that revision itself.
+    pub(crate) async fn ensure_revision(&self, min_revision: u64) -> Result<(), StoreError> {
+        if min_revision == 0 {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Local { store, .. } => store.check_min_revision(min_revision, store.revision()),
+            Backend::Redis { .. } if self.has_seen(min_revision) => Ok(()),
+            Backend::Redis { store, .. } => store.read(&[], min_revision).await.map(|_| ()),
         }
     }
 

@@ -248,7 +248,10 @@ impl RedisStore {
 
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let ms = |t: std::time::SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        let mut start = filter.since.map_or_else(|| "-".to_string(), |t| format!("{}-0", ms(t)));
+        let mut start = match filter.after {
+            Some((ms, seq)) => format!("({ms}-{seq}"),
+            None => filter.since.map_or_else(|| "-".to_string(), |t| format!("{}-0", ms(t))),
+        };
         // `until` is exclusive: the last id of the millisecond before it.
         let end = filter.until.map_or_else(|| "+".to_string(), |t| format!("{}-{}", ms(t).saturating_sub(1), u64::MAX));
         let key = format!("{}audit", self.prefix);
@@ -383,5 +386,6 @@ fn audit_record(entry: &redis::streams::StreamId) -> Result<AuditRecord, StoreEr
         uid: field("uid"),
         before: stored_entity(&field("before")),
         after: stored_entity(&field("after")),
+        cursor: entry.id.clone(),
     })
 }

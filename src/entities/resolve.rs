@@ -27,10 +27,8 @@ pub async fn decide(
     limits: &Limits,
     min_revision: u64,
 ) -> Result<Outcome, DecideError> {
+    store.ensure_revision(min_revision).await?;
     if store.known_empty() {
-        if min_revision > 0 {
-            store.fetch(&[], min_revision, true).await?;
-        }
         return Ok(authz::decide(snapshot, input, limits)?);
     }
     let prepared = authz::prepare(snapshot, input, limits)?;

@@ -181,13 +181,26 @@ impl pb::entity_service_server::EntityService for EntityApi {
             Some(uid) => Some(entities::key_of(&parse_uid(&*self.snapshot()?, Some(convert::uid_ref(uid)), "uid")?)),
             None => None,
         };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(
+                entities::parse_cursor(token)
+                    .ok_or_else(|| RequestError::invalid("page_token", "not a page token of ReadAudit"))?,
+            ),
+        };
         let filter = AuditFilter {
             uid,
             since: time("since", &req.since)?,
             until: time("until", &req.until)?,
             limit: page_size(req.limit),
+            after,
         };
         let records = self.store.audit(&filter).await?;
-        Ok(Response::new(pb::ReadAuditResponse { records: records.into_iter().map(convert::audit_message).collect() }))
+        let next_page_token = match records.last() {
+            Some(last) if records.len() == filter.limit => last.cursor.clone(),
+            _ => String::new(),
+        };
+        let records = records.into_iter().map(convert::audit_message).collect();
+        Ok(Response::new(pb::ReadAuditResponse { records, next_page_token }))
     }
 }

@@ -37,12 +37,7 @@ impl Process {
             command.arg("--data-dir").arg(scratch.path().join("data"));
         }
         command.arg("--audit-file").arg(scratch.path().join("audit.jsonl"));
-        let mut child = command
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = command.args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
