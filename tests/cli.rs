@@ -1,0 +1,231 @@
+//! The operator CLI against a real server process: `entities import|export|get|delete`, `audit`,
+//! `reload`, and output into a pipe that closes.
+#![cfg(unix)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::process::{BIN, Process, run};
+use common::*;
+use serde_json::{Value, json};
+
+fn cli(server: &Process, args: &[&str]) -> Output {
+    let url = server.url();
+    let mut all = args.to_vec();
+    all.extend(["--addr", &url]);
+    run(&all)
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `n` users as JSON lines, in 40 teams; `bad` (if any) has an attribute of the wrong type.
+fn users(n: usize, bad: Option<usize>) -> String {
+    (0..n)
+        .map(|i| {
+            let suspended = if Some(i) == bad { json!("yes") } else { json!(i % 13 == 0) };
+            json!({"uid": {"type": "User", "id": format!("u{i}")},
+                   "attrs": {"suspended": suspended, "manager": {"__entity": {"type": "User", "id": format!("u{}", (i + 1) % n)}}},
+                   "parents": [{"type": "Group", "id": format!("team{}", i % 40)}]})
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn import_stops_at_a_bad_entity_naming_it_and_a_fixed_file_completes() {
+    let server = Process::start(&fixture("org"), &[]);
+    let file = server.scratch.path().join("users.jsonl");
+    std::fs::write(&file, users(3000, Some(1499))).unwrap();
+    let path = file.to_str().unwrap();
+
+    let out = cli(&server, &["entities", "import", path]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("line 1500"), "{err}");
+    assert!(err.contains("suspended"), "{err}");
+    assert!(err.contains("1000 entities before it were written"), "{err}");
+
+    std::fs::write(&file, users(3000, None)).unwrap();
+    let out = cli(&server, &["entities", "import", path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("imported 3000 entities"), "{}", stdout(&out));
+    // Idempotent: the same file again leaves the same entities.
+    let first = stdout(&cli(&server, &["entities", "export"]));
+    assert!(cli(&server, &["entities", "import", path]).status.success());
+    assert_eq!(stdout(&cli(&server, &["entities", "export"])), first);
+    assert_eq!(first.lines().count(), 3000);
+}
+
+#[test]
+fn export_imports_elsewhere_to_the_same_lines() {
+    let a = Process::start(&fixture("org"), &[]);
+    let file = a.scratch.path().join("users.json");
+    // A JSON array this time, with a document that points at a user and a group.
+    let mut entities: Vec<Value> = serde_json::from_str(&format!("[{}]", users(700, None).replace('\n', ","))).unwrap();
+    let owner = json!({"__entity": {"type": "User", "id": "u1"}});
+    entities.push(json!({"uid": {"type": "Document", "id": "plan"}, "attrs": {"owner": owner, "team": {"type": "Group", "id": "team1"}}}));
+    std::fs::write(&file, serde_json::to_string(&entities).unwrap()).unwrap();
+    let out = cli(&a, &["entities", "import", file.to_str().unwrap(), "--batch-size", "128"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let exported = cli(&a, &["entities", "export"]);
+    assert!(stderr(&exported).contains("exported 701 entities at revision 6"), "{}", stderr(&exported));
+
+    let b = Process::start(&fixture("org"), &[]);
+    let dump = b.scratch.path().join("dump.jsonl");
+    std::fs::write(&dump, &exported.stdout).unwrap();
+    assert!(cli(&b, &["entities", "import", dump.to_str().unwrap()]).status.success());
+    assert_eq!(stdout(&cli(&b, &["entities", "export"])), stdout(&exported));
+    // One type only.
+    let documents = stdout(&cli(&b, &["entities", "export", "--type", "Document"]));
+    let expected = r#"{"uid":{"type":"Document","id":"plan"},"attrs":{"owner":{"__entity":{"type":"User","id":"u1"}},"team":{"__entity":{"type":"Group","id":"team1"}}},"parents":[]}"#;
+    assert_eq!(documents.lines().collect::<Vec<_>>(), [expected]);
+}
+
+#[test]
+fn get_delete_and_the_audit_trail() {
+    let server = Process::start(&fixture("org"), &[]);
+    let file = server.scratch.path().join("users.jsonl");
+    std::fs::write(&file, users(10, None)).unwrap();
+    assert!(cli(&server, &["entities", "import", file.to_str().unwrap()]).status.success());
+
+    let got = cli(&server, &["entities", "get", r#"User::"u3""#]);
+    let entity: Value = serde_json::from_str(&stdout(&got)).unwrap();
+    assert_eq!(entity["parents"], json!([{"type": "Group", "id": "team3"}]));
+    assert!(stderr(&got).contains("provisioned, last written at revision 1"), "{}", stderr(&got));
+    // An entity of the policy files is answered too, marked read-only.
+    let staff = cli(&server, &["entities", "get", r#"Group::"staff""#]);
+    assert!(staff.status.success(), "{}", stderr(&staff));
+    assert!(stderr(&staff).contains("policy directory's files"), "{}", stderr(&staff));
+
+    let deleted = cli(&server, &["entities", "delete", r#"User::"u1""#, r#"User::"u2""#]);
+    assert_eq!(stdout(&deleted).trim(), "deleted 2 entities; revision 2");
+    let gone = cli(&server, &["entities", "get", r#"User::"u1""#]);
+    assert!(!gone.status.success() && stderr(&gone).contains("NotFound"), "{}", stderr(&gone));
+
+    let history = cli(&server, &["audit", "--uid", r#"User::"u1""#, "--json"]);
+    let ops: Vec<(u64, String)> = stdout(&history)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| (r["revision"].as_u64().unwrap(), r["operation"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(ops, [(1, "upsert".to_string()), (2, "delete".to_string())]);
+    let table = stdout(&cli(&server, &["audit", "--limit", "3"]));
+    assert_eq!(table.lines().count(), 1 + 3, "{table}");
+    assert!(table.lines().next().unwrap().contains("REVISION"));
+    let everything = stdout(&cli(&server, &["audit", "--json", "--limit", "5000"]));
+    assert_eq!(everything.lines().count(), 12);
+    let future = stdout(&cli(&server, &["audit", "--json", "--since", "2999-01-01T00:00:00Z"]));
+    assert!(future.is_empty(), "{future}");
+    let bad = cli(&server, &["audit", "--since", "yesterday"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("`since`"), "{}", stderr(&bad));
+}
+
+#[test]
+fn import_refuses_malformed_input_before_writing() {
+    let server = Process::start(&fixture("org"), &[]);
+    let file = server.scratch.path().join("bad.jsonl");
+    for (text, expected) in [
+        ("{\"uid\": {\"type\": \"User\", \"id\": \"a\"}}\n{oops}\n", "line 2: not JSON"),
+        ("{\"uid\": {\"type\": \"User\"}}\n", "line 1: `uid` must be"),
+        ("{\"uid\": {\"type\": \"User\", \"id\": \"a\"}, \"atrs\": {}}\n", "unknown key `atrs`"),
+        (
+            "[{\"uid\": {\"type\": \"User\", \"id\": \"a\"}}, {\"uid\": {\"type\": \"User\", \"id\": \"a\"}}]",
+            "entity [1]: the same uid as entity [0]",
+        ),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = cli(&server, &["entities", "import", file.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
+    let export = cli(&server, &["entities", "export"]);
+    assert!(stdout(&export).is_empty(), "nothing was written");
+}
+
+#[test]
+fn import_reads_standard_input() {
+    let server = Process::start(&fixture("org"), &[]);
+    let mut child = Command::new(BIN)
+        .args(["entities", "import", "-", "--addr", &server.url()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(users(5, None).as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(stdout(&out).starts_with("imported 5 entities from -"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let server = Process::start(&example_policies(), &[]);
+    let commands: [&[&str]; 3] = [
+        &["status"],
+        &[
+            "check",
+            "--principal",
+            r#"User::"alice""#,
+            "--action",
+            r#"Action::"view""#,
+            "--resource",
+            r#"Document::"design-doc""#,
+        ],
+        &["audit"],
+    ];
+    for args in commands {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .args(["--addr", &server.url()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command writes a line, as with `| head -0` or `| true`.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(!stderr(&out).contains("panicked"), "{args:?}: {}", stderr(&out));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn reload_applies_an_edit_now_and_reports_a_broken_one() {
+    let dir = copy_dir(&example_policies());
+    let server = Process::start(dir.path(), &["--watch", "false"]);
+    let bob_edits =
+        ["--principal", r#"User::"bob""#, "--action", r#"Action::"edit""#, "--resource", r#"Document::"design-doc""#];
+    let check = |server: &Process| stdout(&cli(server, &[&["check"][..], &bob_edits[..]].concat()));
+    assert!(check(&server).starts_with("decision: DENY"));
+
+    std::fs::write(
+        dir.path().join("grants.cedar"),
+        "@id(\"engineering-edits\")\npermit (principal in Group::\"engineering\", action in Action::\"write\", resource in Folder::\"engineering\");\n",
+    )
+    .unwrap();
+    let reloaded = cli(&server, &["reload"]);
+    assert!(stdout(&reloaded).starts_with("reloaded: policy version"), "{}", stderr(&reloaded));
+    assert!(check(&server).starts_with("decision: ALLOW"));
+    assert!(stdout(&cli(&server, &["reload"])).starts_with("unchanged"));
+
+    std::fs::write(dir.path().join("grants.cedar"), "permit (principal, action, resource) when { principal.name == };")
+        .unwrap();
+    let broken = cli(&server, &["reload"]);
+    assert!(!broken.status.success());
+    assert!(
+        stderr(&broken).contains("FailedPrecondition") && stderr(&broken).contains("grants.cedar:1:"),
+        "{}",
+        stderr(&broken)
+    );
+    // The last good set keeps serving.
+    assert!(check(&server).starts_with("decision: ALLOW"));
+}
