@@ -17,7 +17,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 LISTEN=$(free_port); PDP=$(free_port); UPSTREAM=$(free_port)
 
 python3 scripts/e2e/upstream.py "$UPSTREAM" & PIDS+=($!)
-"$BIN" --log-format json serve --listen "127.0.0.1:$PDP" --policies tests/fixtures/mesh >"$WORK/pdp.log" 2>&1 &
+"$BIN" --log-format json serve --listen "127.0.0.1:$PDP" --policies tests/fixtures/mesh --data-dir "$WORK/data" >"$WORK/pdp.log" 2>&1 &
 PDP_PID=$!; PIDS+=($PDP_PID)
 sed -e "s/@LISTEN@/$LISTEN/" -e "s/@PDP@/$PDP/" -e "s/@UPSTREAM@/$UPSTREAM/" scripts/e2e/envoy.yaml.in >"$WORK/envoy.yaml"
 envoy -c "$WORK/envoy.yaml" --disable-hot-restart --log-level warn >"$WORK/envoy.log" 2>&1 & PIDS+=($!)

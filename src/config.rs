@@ -407,6 +407,24 @@ mod tests {
     }
 
     #[test]
+    fn the_store_follows_the_flags_and_contradictions_are_refused() {
+        use crate::entities::StoreKind;
+        let kind = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["cedar-pdp", "serve"], args].concat()).unwrap();
+            let Command::Serve(c) = cli.command else { panic!("not serve") };
+            c.entities.store().map(|s| s.kind)
+        };
+        assert_eq!(kind(&[]).unwrap(), StoreKind::Embedded { data_dir: "./cedar-pdp-data".into() });
+        assert_eq!(kind(&["--store", "memory"]).unwrap(), StoreKind::Memory);
+        let redis = kind(&["--redis-url", "redis://127.0.0.1:1/0"]).unwrap();
+        assert!(matches!(redis, StoreKind::Redis { .. }), "{redis:?}");
+        assert!(kind(&["--store", "redis"]).unwrap_err().contains("--redis-url"));
+        assert!(kind(&["--store", "memory", "--redis-url", "redis://x"]).is_err());
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--store", "disk"]).is_err());
+        assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--audit-retention", "forever"]).is_err());
+    }
+
+    #[test]
     fn provisioning_tokens_are_named() {
         let cli = Cli::try_parse_from([
             "cedar-pdp",

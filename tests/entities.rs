@@ -603,3 +603,33 @@ async fn a_write_that_would_close_a_parent_cycle_is_refused() {
         client.upsert_entities(pb::UpsertEntitiesRequest { entities: diamond }).await.unwrap();
     }
 }
+
+/// Records older than the retention go; the entities they describe stay.
+async fn retention_scenario(server: &TestServer) {
+    let mut client = server.entities(None).await;
+    upsert(server, vec![entity(r#"User::"old""#, json!({}), &[])]).await;
+    let records = || {
+        let mut client = client.clone();
+        async move { client.read_audit(pb::ReadAuditRequest::default()).await.unwrap().into_inner().records.len() }
+    };
+    assert_eq!(records().await, 1, "a fresh record is kept");
+    eventually("the record past its retention is removed", Duration::from_secs(10), || async {
+        records().await == 0
+    })
+    .await;
+    let kept = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"User::"old""#)) }).await;
+    assert!(kept.is_ok(), "retention removes records, not entities");
+}
+
+#[tokio::test]
+async fn audit_retention_trims_the_embedded_trail() {
+    let server = start_adjusted(None, |c| c.entities.audit_retention = Some(Duration::from_millis(400))).await;
+    retention_scenario(&server).await;
+}
+
+#[tokio::test]
+async fn audit_retention_trims_the_redis_trail() {
+    let redis = RedisServer::start();
+    let server = start_adjusted(Some(&redis), |c| c.entities.audit_retention = Some(Duration::from_millis(400))).await;
+    retention_scenario(&server).await;
+}

@@ -61,12 +61,11 @@ impl LocalStore {
     /// Opens (or creates) the database in `dir`. A file that exists is opened and checked, never
     /// replaced: a damaged one is an error naming it. A new one is built under a temporary name and
     /// renamed into place, so a file at the real name is always a whole, initialised database.
-    pub fn open_dir(dir: &Path) -> Result<(Self, bool), StoreError> {
+    pub fn open_dir(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open(format!("cannot create the data directory {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let created = !path.exists();
-        if created {
+        if !path.exists() {
             let fresh = dir.join(format!("{DB_FILE}.new"));
             let _ = std::fs::remove_file(&fresh);
             let db = builder().create(&fresh).map_err(|e| open_error(&fresh, e))?;
@@ -77,7 +76,7 @@ impl LocalStore {
         }
         let db = open_checked(&path)?;
         let meta = read_meta(&db).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
-        Ok((LocalStore::new(db, Some(path), meta), created))
+        Ok(LocalStore::new(db, Some(path), meta))
     }
 
     /// A store in memory. Its revisions start at the time in microseconds, so that they keep

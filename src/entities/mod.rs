@@ -161,8 +161,10 @@ impl EntityStore {
                 Backend::Redis { store: Box::new(store), cache }
             }
             StoreKind::Embedded { data_dir } => {
-                let (store, created) = local::LocalStore::open_dir(data_dir)?;
-                if created {
+                let store = local::LocalStore::open_dir(data_dir)?;
+                // Only into a store nothing was ever written to: a crash between creating the
+                // database and replaying the file replays it at the next start.
+                if store.revision() == 0 {
                     legacy::migrate(&store, &config.legacy_audit_file)?;
                 }
                 cache.subscribed(store.revision());
