@@ -613,10 +613,8 @@ async fn retention_scenario(server: &TestServer) {
         async move { client.read_audit(pb::ReadAuditRequest::default()).await.unwrap().into_inner().records.len() }
     };
     assert_eq!(records().await, 1, "a fresh record is kept");
-    eventually("the record past its retention is removed", Duration::from_secs(10), || async {
-        records().await == 0
-    })
-    .await;
+    eventually("the record past its retention is removed", Duration::from_secs(10), || async { records().await == 0 })
+        .await;
     let kept = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"User::"old""#)) }).await;
     assert!(kept.is_ok(), "retention removes records, not entities");
 }
