@@ -16,7 +16,7 @@
 //!   user), nor anything the store or the policies refer to (it cannot give a stored user's undefined
 //!   group new parents, or define the owner a stored document names).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema};
 
@@ -190,6 +190,7 @@ fn parse_context(snapshot: &Snapshot, json: &str, action: &EntityUid) -> Result<
     }
     let schema: Option<(&Schema, &EntityUid)> =
         snapshot.schema.as_ref().filter(|_| snapshot.index.schema_actions.contains(action)).map(|s| (s, action));
+    crate::json::refuse_duplicate_keys(json).map_err(|e| RequestError::invalid("context_json", e))?;
     Context::from_json_str(json, schema).map_err(|e| RequestError::invalid("context_json", &e))
 }
 
@@ -218,10 +219,12 @@ fn request_entities(
     if input.entities_json.trim().is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
+    crate::json::refuse_duplicate_keys(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
     let json: serde_json::Value =
         serde_json::from_str(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
     let items = json.as_array().ok_or_else(|| RequestError::invalid(FIELD, "expected a JSON array of entities"))?;
     let mut own: HashSet<EntityUid> = HashSet::new();
+    let mut parents_of: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
     let mut entities = Vec::with_capacity(items.len());
     let mut mentions = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -263,9 +266,62 @@ fn request_entities(
                 collect_uids(value, &mut mentions);
             }
         }
+        let mut parents = Vec::new();
+        if let Some(value) = item.get("parents") {
+            collect_uids(value, &mut parents);
+        }
+        parents_of.insert(uid, parents);
         entities.push((i, entity));
     }
+    // Neither the store nor the files may point at a request entity (above), so a parent cycle
+    // through one runs through request entities alone.
+    if let Some(uid) = first_in_cycle(&parents_of) {
+        return Err(RequestError::invalid(FIELD, format!("`{uid}` would be its own ancestor")));
+    }
     Ok((entities, mentions))
+}
+
+/// A uid that is its own ancestor through `parents`, if any (depth first, each uid expanded once).
+fn first_in_cycle(parents: &HashMap<EntityUid, Vec<EntityUid>>) -> Option<&EntityUid> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    let mut marks: HashMap<&EntityUid, Mark> = HashMap::new();
+    for start in parents.keys() {
+        let mut stack: Vec<(&EntityUid, usize)> = vec![(start, 0)];
+        while let Some(&mut (uid, ref mut next)) = stack.last_mut() {
+            if *next == 0 {
+                match marks.get(uid) {
+                    Some(Mark::Done) => {
+                        stack.pop();
+                        continue;
+                    }
+                    Some(Mark::Open) => return Some(uid),
+                    None => {
+                        marks.insert(uid, Mark::Open);
+                    }
+                }
+            }
+            match parents.get(uid).and_then(|p| p.get(*next)) {
+                Some(parent) => {
+                    *next += 1;
+                    if marks.get(parent) == Some(&Mark::Open) {
+                        return Some(parent);
+                    }
+                    if parents.contains_key(parent) && marks.get(parent).is_none() {
+                        stack.push((parent, 0));
+                    }
+                }
+                None => {
+                    marks.insert(uid, Mark::Done);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The request's entities plus the file entities the evaluation can reach (see the module docs).

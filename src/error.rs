@@ -143,14 +143,14 @@ impl From<RequestError> for Status {
     fn from(err: RequestError) -> Self {
         // Every request error is the caller's to fix, including an oversized batch: retrying the same
         // call cannot succeed, which RESOURCE_EXHAUSTED would suggest.
-        Status::invalid_argument(err.to_string())
+        Status::invalid_argument(bounded(err.to_string()))
     }
 }
 
 impl From<PolicyLoadError> for Status {
     fn from(err: PolicyLoadError) -> Self {
         // Asked for by an operator: the directory, not the call, needs fixing; the last good set serves.
-        Status::failed_precondition(err.to_string())
+        Status::failed_precondition(bounded(err.to_string()))
     }
 }
 
@@ -158,7 +158,7 @@ impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             // Fail closed and say so: the caller may retry, and must not treat this as a Deny it can cache.
-            StoreError::Unavailable(_) | StoreError::Audit(_) => Status::unavailable(err.to_string()),
+            StoreError::Unavailable(_) | StoreError::Audit(_) => Status::unavailable(bounded(err.to_string())),
             StoreError::AheadOfStore { .. } | StoreError::LostRevision { .. } => {
                 Status::failed_precondition(err.to_string())
             }
@@ -183,13 +183,44 @@ impl From<ServiceError> for Status {
         match err {
             ServiceError::NotReady => Status::unavailable(err.to_string()),
             ServiceError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
-            ServiceError::NotFound(_) => Status::not_found(err.to_string()),
+            ServiceError::NotFound(_) => Status::not_found(bounded(err.to_string())),
             ServiceError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
                 Status::internal("internal error")
             }
         }
     }
+}
+
+/// The longest quoted input a status message repeats, in characters.
+const ECHO_LIMIT: usize = 200;
+/// The longest status message, in characters: well within what any client accepts in a header.
+const MESSAGE_LIMIT: usize = 4096;
+
+/// Caps what a status echoes. User input is quoted in backticks; a quoted span over `ECHO_LIMIT`
+/// characters is cut with a marker, so that a huge field cannot make the error itself too large to
+/// deliver (a client would then see RESOURCE_EXHAUSTED instead of the reason).
+pub fn bounded(message: String) -> String {
+    if message.len() <= ECHO_LIMIT {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len().min(MESSAGE_LIMIT));
+    for (i, part) in message.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        let chars = part.chars().count();
+        if i % 2 == 1 && chars > ECHO_LIMIT {
+            out.extend(part.chars().take(ECHO_LIMIT));
+            out.push_str(&format!("…[{} more characters]", chars - ECHO_LIMIT));
+        } else {
+            out.push_str(part);
+        }
+    }
+    if out.chars().count() > MESSAGE_LIMIT {
+        out = out.chars().take(MESSAGE_LIMIT).collect::<String>() + "…[cut]";
+    }
+    out
 }
 
 #[cfg(test)]
@@ -205,6 +236,19 @@ mod tests {
         let status = Status::from(RequestError::TooMany { field: "checks".into(), len: 9, limit: 5 });
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("limit of 5"));
+    }
+
+    #[test]
+    fn echoed_input_is_cut_with_a_marker() {
+        let huge = "T".repeat(1_000_000);
+        let status = Status::from(RequestError::invalid("principal.type", format!("`{huge}` is not a type name")));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().len() < 400, "{}", status.message().len());
+        assert!(status.message().starts_with("`principal.type` is invalid: `TTT"), "{}", status.message());
+        assert!(status.message().contains("…[999800 more characters]` is not a type name"), "{}", status.message());
+        // Short messages pass untouched.
+        let short = Status::from(RequestError::missing("principal"));
+        assert_eq!(short.message(), "`principal` is required");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod entities;
 pub mod envoy;
 pub mod error;
 pub mod grpc;
+pub mod json;
 pub mod policy;
 pub mod server;
 pub mod telemetry;

@@ -139,8 +139,7 @@ pub async fn serve(
             let _ = draining.send(());
         }
     };
-    let over_limit =
-        tower::util::MapResponseLayer::new(crate::grpc::oversized_as_resource_exhausted(config.max_message_bytes));
+    let over_limit = crate::grpc::RefusalsLayer::new(config.max_message_bytes);
     let mut router = Server::builder()
         .layer(over_limit.clone())
         .add_service(health_service)

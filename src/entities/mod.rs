@@ -577,6 +577,7 @@ fn json_record(text: &str, field: &str) -> Result<serde_json::Value, RequestErro
     if text.trim().is_empty() {
         return Ok(serde_json::json!({}));
     }
+    crate::json::refuse_duplicate_keys(text).map_err(|e| RequestError::invalid(field, e))?;
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| RequestError::invalid(field, e))?;
     if !value.is_object() {
         return Err(RequestError::invalid(field, "expected a JSON object"));

@@ -15,7 +15,7 @@ pub use admin::AdminApi;
 pub use authorization::AuthorizationApi;
 pub use entities::EntityApi;
 pub use ext_authz::ExtAuthzApi;
-pub use limits::oversized_as_resource_exhausted;
+pub use limits::RefusalsLayer;
 
 /// Generated code for `proto/cedar_pdp/v1/authorization.proto`.
 pub mod pb {
