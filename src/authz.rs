@@ -310,7 +310,7 @@ fn first_in_cycle(parents: &HashMap<EntityUid, Vec<EntityUid>>) -> Option<&Entit
                     if marks.get(parent) == Some(&Mark::Open) {
                         return Some(parent);
                     }
-                    if parents.contains_key(parent) && marks.get(parent).is_none() {
+                    if parents.contains_key(parent) && !marks.contains_key(parent) {
                         stack.push((parent, 0));
                     }
                 }

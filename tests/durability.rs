@@ -263,3 +263,25 @@ async fn a_memory_store_refuses_a_revision_from_before_its_restart() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("lost at restart"), "{}", err.message());
 }
+
+#[tokio::test]
+async fn a_revision_from_a_wiped_data_dir_is_refused_not_honoured() {
+    let data = tempfile::tempdir().unwrap();
+    let on = |c: &mut cedar_pdp::config::ServeConfig| c.entities.data_dir = data.path().join("data");
+    let first = TestServer::start_with(&fixture("org"), on).await;
+    let mut client = first.entities(None).await;
+    let written = client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(1) }).await.unwrap();
+    let revision = written.into_inner().revision;
+    first.stop().await.unwrap();
+    std::fs::remove_dir_all(data.path().join("data")).unwrap();
+
+    // A new database starts above every revision the old one issued, and refuses them.
+    let second = TestServer::start_with(&fixture("org"), on).await;
+    let fresh = second.status().await.entity_revision;
+    assert!(fresh > revision, "{fresh} <= {revision}");
+    let check = req(r#"User::"b1-0""#, r#"Action::"view""#, r#"Document::"handbook""#);
+    let err = second.check(pb::CheckRequest { min_revision: revision, ..check.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    // Its own starting revision is fine.
+    second.check(pb::CheckRequest { min_revision: fresh, ..check }).await.unwrap();
+}

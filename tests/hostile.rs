@@ -122,14 +122,18 @@ async fn duplicate_json_keys_are_refused_naming_the_key() {
     let server = TestServer::start(&example_policies()).await;
     // The confidential document needs mfa; a gateway that read the first `mfa` saw false.
     let base = req(r#"User::"alice""#, r#"Action::"view""#, r#"Document::"design-doc""#);
-    for context in [r#"{"mfa": false, "mfa": true}"#, r#"{"source_ip": "10.0.0.1", "mfa": true, "source_ip": "1.2.3.4"}"#] {
-        let err = server.check(req_ctx(r#"User::"alice""#, r#"Action::"view""#, r#"Document::"design-doc""#, context)).await;
+    for context in
+        [r#"{"mfa": false, "mfa": true}"#, r#"{"source_ip": "10.0.0.1", "mfa": true, "source_ip": "1.2.3.4"}"#]
+    {
+        let err =
+            server.check(req_ctx(r#"User::"alice""#, r#"Action::"view""#, r#"Document::"design-doc""#, context)).await;
         let err = err.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("`context_json`") && err.message().contains("duplicate key"), "{err:?}");
     }
     let mut request = base.clone();
-    request.entities_json = r#"[{"uid": {"type": "Folder", "id": "n"}, "attrs": {}, "parents": [], "parents": []}]"#.into();
+    request.entities_json =
+        r#"[{"uid": {"type": "Folder", "id": "n"}, "attrs": {}, "parents": [], "parents": []}]"#.into();
     let err = server.check(request).await.unwrap_err();
     assert!(err.message().contains("`entities_json`") && err.message().contains("duplicate key `parents`"), "{err:?}");
 

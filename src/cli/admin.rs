@@ -11,7 +11,8 @@ type Client = AdminServiceClient<tonic::service::interceptor::InterceptedService
 
 async fn client(args: &AdminArgs) -> Result<Client, CliError> {
     let bearer = Bearer::new(token(args.admin_token.as_deref(), args.admin_token_file.as_deref())?)?;
-    Ok(AdminServiceClient::with_interceptor(channel(&args.addr).await?, bearer))
+    Ok(AdminServiceClient::with_interceptor(channel(&args.addr).await?, bearer)
+        .max_decoding_message_size(super::remote::MAX_ANSWER_BYTES))
 }
 
 /// Prints the status; exit 1 when the last reload failed.

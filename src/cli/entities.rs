@@ -20,7 +20,8 @@ type Client = EntityServiceClient<tonic::service::interceptor::InterceptedServic
 
 async fn client(args: &ProvisioningClient) -> Result<Client, CliError> {
     let bearer = Bearer::new(token(args.token.as_deref(), args.token_file.as_deref())?)?;
-    Ok(EntityServiceClient::with_interceptor(channel(&args.addr).await?, bearer))
+    Ok(EntityServiceClient::with_interceptor(channel(&args.addr).await?, bearer)
+        .max_decoding_message_size(super::remote::MAX_ANSWER_BYTES))
 }
 
 pub async fn entities(args: &EntitiesArgs) -> Result<ExitCode, CliError> {
@@ -260,11 +261,11 @@ pub async fn audit(args: &AuditArgs) -> Result<ExitCode, CliError> {
             })
             .collect()
     } else {
-        let mut lines = vec![format!("{:>8}  {:<24}  {:<16}  {:<6}  UID", "REVISION", "AT", "ACTOR", "OP")];
+        let mut lines = vec![format!("{:>16}  {:<24}  {:<16}  {:<6}  UID", "REVISION", "AT", "ACTOR", "OP")];
         lines.extend(
             records
                 .iter()
-                .map(|r| format!("{:>8}  {:<24}  {:<16}  {:<6}  {}", r.revision, r.at, r.actor, r.operation, uid(r))),
+                .map(|r| format!("{:>16}  {:<24}  {:<16}  {:<6}  {}", r.revision, r.at, r.actor, r.operation, uid(r))),
         );
         lines
     };

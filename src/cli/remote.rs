@@ -7,6 +7,10 @@ use tonic::transport::Channel;
 
 use super::CliError;
 
+/// The largest answer the CLI accepts: an audit page of 1000 records carries entities before and
+/// after, which can exceed gRPC's default 4 MiB.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
 pub async fn channel(addr: &str) -> Result<Channel, CliError> {
     let endpoint =
         Channel::from_shared(addr.to_string()).map_err(|e| format!("--addr `{addr}` is not a server address: {e}"))?;

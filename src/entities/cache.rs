@@ -8,7 +8,8 @@
 //!   the decision fails closed.
 //! - On (re)subscribing the whole cache is dropped: messages may have been missed meanwhile.
 //! - A fetch that overlapped an invalidation does not leave its possibly older result cached
-//!   (the epoch check below).
+//!   (the epoch check below, made atomic with the insert by `gate`), and a fetch ahead of the
+//!   cache's revision is not cached at all.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,6 +45,8 @@ pub struct EntityCache {
     stale_for: Duration,
     /// Mirrors `subscribed`, for whoever waits for it.
     subscription: tokio::sync::watch::Sender<bool>,
+    /// Invalidations hold it exclusively; a fetch holds it shared from its epoch check to its insert.
+    gate: std::sync::RwLock<()>,
 }
 
 impl EntityCache {
@@ -56,6 +59,7 @@ impl EntityCache {
             seen_revision: AtomicU64::new(0),
             stale_for,
             subscription: tokio::sync::watch::Sender::new(false),
+            gate: std::sync::RwLock::new(()),
         }
     }
 
@@ -104,14 +108,20 @@ impl EntityCache {
         let wanted: Vec<EntityUid> = missing.iter().map(|&i| uids[i].clone()).collect();
         let (fetched, revision) = store.fetch(&wanted, min_revision).await?;
         let now = Instant::now();
+        // Cached only if no invalidation ran since the read began (it may be about what was read),
+        // and only what is not newer than the revision the cache is current at (a read ahead of it,
+        // for a min_revision, must not sit beside entries its invalidation has not reached yet).
+        // Checked and inserted under the gate that invalidations take exclusively, so an
+        // invalidation cannot land between the check and the insert.
+        let gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        let keep = self.epoch.load(Ordering::SeqCst) == epoch && revision <= self.seen_revision();
         for ((&i, uid), record) in missing.iter().zip(&wanted).zip(fetched) {
-            self.entries.insert(uid.clone(), Cached { record: record.clone(), fetched_at: now });
+            if keep {
+                self.entries.insert(uid.clone(), Cached { record: record.clone(), fetched_at: now });
+            }
             out[i] = record;
         }
-        // An invalidation that arrived during the fetch may be about what was just cached.
-        if self.epoch.load(Ordering::SeqCst) != epoch {
-            wanted.iter().for_each(|uid| self.entries.invalidate(uid));
-        }
+        drop(gate);
         Ok((out, Some(revision)))
     }
 
@@ -126,12 +136,20 @@ impl EntityCache {
     /// Bumps the epoch before (so that a fetch in flight does not keep what it read) and after (so
     /// that a slice built from an entry read before its removal is not kept either).
     pub fn invalidate(&self, uids: &[EntityUid]) {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         uids.iter().for_each(|uid| self.entries.invalidate(uid));
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// The invalidation counter, subscribed or not: a decision that read the cache compares it
+    /// before and after, so that it never combines entries from both sides of an invalidation.
+    pub fn raw_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     pub fn clear(&self) {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
         self.epoch.fetch_add(1, Ordering::SeqCst);

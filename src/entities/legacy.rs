@@ -39,6 +39,9 @@ pub fn migrate(store: &LocalStore, file: &Path) -> Result<(), StoreError> {
 pub fn parse(file: &Path, text: &[u8]) -> Result<Vec<AuditRecord>, StoreError> {
     let torn = !text.is_empty() && !text.ends_with(b"\n");
     let lines: Vec<&[u8]> = text.split(|&b| b == b'\n').collect();
+    // A batch was appended with one write: the records before a torn one that share its revision
+    // were never acknowledged either.
+    let torn_revision = lines.last().filter(|_| torn).and_then(|line| leading_revision(line));
     let mut records = Vec::new();
     for (n, line) in lines.iter().enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -58,10 +61,32 @@ pub fn parse(file: &Path, text: &[u8]) -> Result<Vec<AuditRecord>, StoreError> {
             }
         }
     }
+    if let Some(revision) = torn_revision {
+        let before = records.len();
+        records.retain(|r| r.revision != revision);
+        if records.len() < before {
+            tracing::warn!(
+                file = %file.display(),
+                revision,
+                dropped = before - records.len(),
+                "dropped the rest of the torn batch: it was never acknowledged"
+            );
+        }
+    }
     if records.windows(2).any(|w| w[1].revision < w[0].revision) {
         return Err(StoreError::Open(format!("{}: revisions go backwards", file.display())));
     }
     Ok(records)
+}
+
+/// The revision a record's line starts with (`{"revision":12,…`), readable in a torn line too.
+fn leading_revision(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(br#"{"revision":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if rest.get(digits) != Some(&b',') {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -81,6 +106,10 @@ mod tests {
         assert_eq!(parse(path, whole.as_bytes()).unwrap().len(), 2);
         let torn = format!("{}\n{}\n{}", line(1), line(2), &line(3)[..40]);
         assert_eq!(parse(path, torn.as_bytes()).unwrap().len(), 2);
+        // The torn record's batch-mates go with it.
+        let torn_batch = format!("{}\n{}\n{}\n{}", line(1), line(2), line(2), &line(2)[..30]);
+        let kept = parse(path, torn_batch.as_bytes()).unwrap();
+        assert_eq!(kept.iter().map(|r| r.revision).collect::<Vec<_>>(), [1]);
         // A bad line that is not the last is damage, not a torn append.
         let bad = format!("{}\n{{oops\n{}\n", line(1), line(3));
         let err = parse(path, bad.as_bytes()).unwrap_err().to_string();

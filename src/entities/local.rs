@@ -32,6 +32,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "entities.redb";
 
+/// The most stored JSON one export chunk carries.
+const EXPORT_CHUNK_BYTES: usize = 1 << 20;
+
 /// redb's page cache; the entity cache in front of it holds what decisions use.
 const DB_CACHE_BYTES: usize = 64 << 20;
 
@@ -39,8 +42,10 @@ pub struct LocalStore {
     db: Database,
     /// The database file; None in memory.
     path: Option<PathBuf>,
-    /// Revisions at or below it were issued by an earlier life of an in-memory store (0 on disk).
-    origin: u64,
+    /// The revision the store was created at: the time in microseconds then, so that revisions never
+    /// repeat across a lost or recreated store, and anything below it was issued by another store
+    /// (an earlier life in memory, a data directory that was wiped). 0 for a replayed legacy trail.
+    origin: AtomicU64,
     /// The committed revision and entity count, published after each commit: decisions read them
     /// without a transaction.
     revision: AtomicU64,
@@ -59,34 +64,28 @@ struct Meta {
 
 impl LocalStore {
     /// Opens (or creates) the database in `dir`. A file that exists is opened and checked, never
-    /// replaced: a damaged one is an error naming it. A new one is built under a temporary name and
-    /// renamed into place, so a file at the real name is always a whole, initialised database.
+    /// replaced: a damaged one is an error naming it. A new one is built under a temporary name,
+    /// renamed into place and the directory synced, so a file at the real name is always a whole,
+    /// initialised database, and stays there after a power loss.
     pub fn open_dir(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Open(format!("cannot create the data directory {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         if !path.exists() {
-            let fresh = dir.join(format!("{DB_FILE}.new"));
-            let _ = std::fs::remove_file(&fresh);
-            let db = builder().create(&fresh).map_err(|e| open_error(&fresh, e))?;
-            init(&db, 0)?;
-            drop(db);
-            std::fs::rename(&fresh, &path)
-                .map_err(|e| StoreError::Open(format!("cannot create {}: {e}", path.display())))?;
+            create(dir, &path)?;
         }
         let db = open_checked(&path)?;
         let meta = read_meta(&db).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         Ok(LocalStore::new(db, Some(path), meta))
     }
 
-    /// A store in memory. Its revisions start at the time in microseconds, so that they keep
-    /// increasing across restarts and a revision from an earlier life is recognised (see `origin`).
+    /// A store in memory, lost on restart. Its revisions start at the time in microseconds (as a
+    /// new database's do), so a revision from an earlier life is recognised (see `origin`).
     pub fn in_memory() -> Result<Self, StoreError> {
         let db = builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(|e| StoreError::Open(format!("in-memory store: {e}")))?;
-        let origin = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
-        init(&db, origin)?;
+        init(&db, now_micros())?;
         let meta = read_meta(&db).map_err(|e| StoreError::Open(format!("in-memory store: {e}")))?;
         Ok(LocalStore::new(db, None, meta))
     }
@@ -95,7 +94,7 @@ impl LocalStore {
         LocalStore {
             db,
             path,
-            origin: meta.origin,
+            origin: AtomicU64::new(meta.origin),
             revision: AtomicU64::new(meta.revision),
             count: AtomicU64::new(meta.count),
             writer: Mutex::new(()),
@@ -108,6 +107,10 @@ impl LocalStore {
 
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::SeqCst)
+    }
+
+    pub fn origin(&self) -> u64 {
+        self.origin.load(Ordering::SeqCst)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,12 +145,16 @@ impl LocalStore {
     }
 
     fn commit(&self, changes: &[Change], actor: &str, now: SystemTime) -> Result<(u64, u64), redb::Error> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        // Two-phase: damage to the newest commit is then an error at open, never a silent rollback
+        // to the one before it (which would undo an acknowledged write).
+        txn.set_two_phase_commit(true);
         let revision;
         let count;
         {
             let mut meta = txn.open_table(META)?;
-            revision = meta.get("revision")?.map_or(0, |v| v.value()) + 1;
+            let current = meta.get("revision")?.map_or(0, |v| v.value());
+            revision = current.checked_add(1).ok_or_else(|| redb::Error::Corrupted("revision overflow".into()))?;
             let mut entities = txn.open_table(ENTITIES)?;
             let mut audit = txn.open_table(AUDIT)?;
             let mut by_uid = txn.open_table(AUDIT_BY_UID)?;
@@ -194,8 +201,9 @@ impl LocalStore {
         if min_revision > current {
             return Err(StoreError::AheadOfStore { requested: min_revision, current });
         }
-        if min_revision > 0 && min_revision <= self.origin {
-            return Err(StoreError::LostRevision { requested: min_revision, origin: self.origin });
+        let origin = self.origin();
+        if min_revision > 0 && min_revision < origin {
+            return Err(StoreError::LostRevision { requested: min_revision, origin });
         }
         Ok(())
     }
@@ -246,14 +254,20 @@ impl LocalStore {
         let table = txn.open_table(ENTITIES).map_err(read_error)?;
         let prefix = ty.map(|t| format!("{t}::\"")).unwrap_or_default();
         let mut batch = Vec::with_capacity(chunk);
+        let mut bytes = 0;
         for entry in table.range::<&str>(prefix.as_str()..).map_err(read_error)? {
             let (key, value) = entry.map_err(read_error)?;
             if !key.value().starts_with(&prefix) {
                 break;
             }
+            bytes += value.value().len();
             batch.push(Arc::new(parse_stored(value.value())?));
-            if batch.len() == chunk && !each(std::mem::take(&mut batch), revision) {
+            // Chunks stay well under a client's default 4 MiB message limit, however large entities are.
+            if (batch.len() == chunk || bytes > EXPORT_CHUNK_BYTES) && !each(std::mem::take(&mut batch), revision) {
                 return Ok(revision);
+            }
+            if batch.is_empty() {
+                bytes = 0;
             }
         }
         if !batch.is_empty() {
@@ -357,16 +371,18 @@ impl LocalStore {
     /// Replays the JSON-lines audit trail of the former in-process store into this (new, empty)
     /// store: the entities as its last records left them, the records themselves, the revision.
     pub fn import_legacy_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(write_error)?;
+        let mut txn = self.db.begin_write().map_err(write_error)?;
+        txn.set_two_phase_commit(true);
+        let (last, count);
         {
             let mut entities = txn.open_table(ENTITIES).map_err(write_error)?;
             let mut audit = txn.open_table(AUDIT).map_err(write_error)?;
             let mut by_uid = txn.open_table(AUDIT_BY_UID).map_err(write_error)?;
             let mut times = txn.open_table(AUDIT_TIME).map_err(write_error)?;
-            let (mut last, mut index) = (0, 0u32);
+            let (mut newest, mut index) = (0, 0u32);
             for record in records {
-                index = if record.revision == last { index + 1 } else { 0 };
-                last = record.revision;
+                index = if record.revision == newest { index.saturating_add(1) } else { 0 };
+                newest = record.revision;
                 match &record.after {
                     Some(after) => {
                         let stored = serde_json::json!({"rev": record.revision, "entity": after}).to_string();
@@ -382,14 +398,19 @@ impl LocalStore {
                 let at = humantime::parse_rfc3339_weak(&record.at).map_or(0, millis);
                 times.insert(record.revision, at).map_err(write_error)?;
             }
-            let count = entities.len().map_err(write_error)?;
+            last = newest;
+            count = entities.len().map_err(write_error)?;
             let mut meta = txn.open_table(META).map_err(write_error)?;
             meta.insert("revision", last).map_err(write_error)?;
             meta.insert("entities", count).map_err(write_error)?;
-            self.count.store(count, Ordering::SeqCst);
-            self.revision.store(last, Ordering::SeqCst);
+            // The trail's revisions are this store's history from its start.
+            meta.insert("origin", 0).map_err(write_error)?;
         }
-        txn.commit().map_err(write_error)
+        txn.commit().map_err(write_error)?;
+        self.count.store(count, Ordering::SeqCst);
+        self.revision.store(last, Ordering::SeqCst);
+        self.origin.store(0, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -399,6 +420,26 @@ impl Source for LocalStore {
         // the blocking pool would cost.
         self.fetch_now(uids, min_revision)
     }
+}
+
+/// Builds a database under a temporary name, then renames it into place and syncs the directory.
+/// A temporary file left by an interrupted creation is used if it opens whole (it may have been
+/// renamed and served from before a power loss undid the rename), else built again.
+fn create(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let fresh = dir.join(format!("{DB_FILE}.new"));
+    let usable = fresh.exists() && open_checked(&fresh).and_then(|db| read_meta(&db).map_err(read_error)).is_ok();
+    if !usable {
+        let _ = std::fs::remove_file(&fresh);
+        let db = builder().create(&fresh).map_err(|e| open_error(&fresh, e))?;
+        init(&db, now_micros())?;
+    }
+    let fail = |e: std::io::Error| StoreError::Open(format!("cannot create {}: {e}", path.display()));
+    std::fs::rename(&fresh, path).map_err(fail)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(fail)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn builder() -> redb::Builder {
@@ -423,7 +464,8 @@ fn open_checked(path: &Path) -> Result<Database, StoreError> {
 
 fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
     let init = || -> Result<(), redb::Error> {
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        txn.set_two_phase_commit(true);
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("revision", origin)?;

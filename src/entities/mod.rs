@@ -164,7 +164,7 @@ impl EntityStore {
                 let store = local::LocalStore::open_dir(data_dir)?;
                 // Only into a store nothing was ever written to: a crash between creating the
                 // database and replaying the file replays it at the next start.
-                if store.revision() == 0 {
+                if store.revision() == store.origin() {
                     legacy::migrate(&store, &config.legacy_audit_file)?;
                 }
                 cache.subscribed(store.revision());
@@ -211,6 +211,11 @@ impl EntityStore {
     /// Whether invalidations are flowing (always true embedded), and the last revision applied.
     pub fn coherence(&self) -> (bool, u64) {
         (self.cache().is_subscribed(), self.cache().seen_revision())
+    }
+
+    /// Moves with every invalidation, subscribed or not (see `EntityCache::raw_epoch`).
+    pub(crate) fn raw_epoch(&self) -> u64 {
+        self.cache().raw_epoch()
     }
 
     /// Changes whenever any provisioned entity may have changed; None when slices must not be cached.
@@ -385,7 +390,7 @@ async fn trim_audit_forever(
             _ = every.tick() => {}
         }
         let Some(store) = store.upgrade() else { return };
-        let before = SystemTime::now() - retention;
+        let Some(before) = SystemTime::now().checked_sub(retention) else { continue };
         match store.trim_audit(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, ?retention, "audit records past their retention removed"),

@@ -76,6 +76,7 @@ async fn consistent_slice(
     let mut at = min_revision;
     for _ in 0..ATTEMPTS {
         let seen = store.seen_revision();
+        let epoch = store.raw_epoch();
         // Reading above `seen` bypasses the cache: every level then comes from the store.
         let from_store = at > seen;
         let (slice, revisions) = gather(store, snapshot, prepared, input, at, from_store).await?;
@@ -84,8 +85,13 @@ async fn consistent_slice(
         let consistent = if from_store {
             one_revision
         } else {
-            // Cached levels are current as of `seen`; store reads must be at that same revision.
-            one_revision && newest.is_none_or(|r| r == seen) && store.seen_revision() == seen
+            // Cached levels are current as of `seen`, provided no invalidation ran in between (an
+            // entry read before it and one cached after it would mix two states); store reads must
+            // be at that same revision.
+            one_revision
+                && newest.is_none_or(|r| r == seen)
+                && store.seen_revision() == seen
+                && store.raw_epoch() == epoch
         };
         if consistent {
             return Ok(slice);

@@ -75,7 +75,10 @@ fn rewrite(headers: &mut tonic::codegen::http::HeaderMap, method: &str, limit: u
     let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or_default();
     let status = headers.get("grpc-status").and_then(|s| s.to_str().ok()).unwrap_or_default();
     let replacement = if status == OUT_OF_RANGE && message.contains("decoded%20message%20length%20too%20large") {
-        Some((RESOURCE_EXHAUSTED, format!("request message is larger than the limit of {limit} bytes (`--max-message-bytes`)")))
+        Some((
+            RESOURCE_EXHAUSTED,
+            format!("request message is larger than the limit of {limit} bytes (`--max-message-bytes`)"),
+        ))
     } else if status == INTERNAL && message.contains("failed%20to%20decode%20Protobuf%20message") {
         let detail = percent_decode(message.split_once("message:%20").map_or("", |(_, d)| d));
         Some((INVALID_ARGUMENT, format!("the `{method}` request is not a valid protobuf message: {detail}")))
