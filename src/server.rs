@@ -46,6 +46,7 @@ pub async fn serve(
         &config.policy.policies,
         config.watch,
         config.reload_debounce,
+        config.reload_settle,
         background.clone(),
     ) {
         Ok(reloader) => reloader,

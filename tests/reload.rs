@@ -228,3 +228,58 @@ async fn a_reload_does_not_trigger_the_next_one() {
     // At most one trailing reload from the edit's own burst of events.
     assert!(server.status().await.reloads_succeeded <= settled + 1);
 }
+
+/// `(sleep 0.6; cat guardrails.cedar.new) > guardrails.cedar`: the shell truncates the file at once
+/// and writes it 0.6 s later. Under load, the suspended user it forbids must never be let in, and the
+/// new content must arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncating_writer_never_opens_a_hole() {
+    let dir = copy_dir(&example_policies());
+    let file = dir.path().join("guardrails.cedar");
+    let new_text = std::fs::read_to_string(&file).unwrap()
+        + "\n@id(\"marker\")\nforbid (principal, action == Action::\"delete\", resource);\n";
+    std::fs::write(dir.path().join("guardrails.cedar.new"), &new_text).unwrap();
+    let server = Arc::new(TestServer::start(dir.path()).await);
+    let dave = || req(r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#);
+    assert!(!is_allow(&server.check(dave()).await.unwrap()));
+    let before = server.status().await.policy_version;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (allowed, checked) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (server, stop, allowed, checked) = (server.clone(), stop.clone(), allowed.clone(), checked.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if is_allow(&server.check(dave()).await.unwrap()) {
+                    allowed.fetch_add(1, Ordering::SeqCst);
+                }
+                checked.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("(sleep 0.6; cat guardrails.cedar.new) > guardrails.cedar")
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(writer.success());
+    eventually("the finished file is loaded", WAIT, || async { server.status().await.policy_version != before }).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    let status = server.status().await;
+    assert_eq!(status.policy_count, 9, "the new file with its marker policy");
+    assert!(checked.load(Ordering::SeqCst) > 100, "too little load: {}", checked.load(Ordering::SeqCst));
+    assert_eq!(allowed.load(Ordering::SeqCst), 0, "the suspended user was let in while the file was empty");
+}
+
+/// A file emptied on purpose still applies, once it stayed empty for the settle period.
+#[tokio::test]
+async fn an_emptied_file_applies_after_the_settle_period() {
+    let dir = copy_dir(&example_policies());
+    let server = TestServer::start_with(dir.path(), |c| c.reload_settle = Duration::from_millis(300)).await;
+    let dave = || req(r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#);
+    assert!(!is_allow(&server.check(dave()).await.unwrap()));
+    write_atomic(&dir.path().join("guardrails.cedar"), "// no guardrails for now\n");
+    eventually("the emptied file is applied", WAIT, || async { is_allow(&server.check(dave()).await.unwrap()) }).await;
+}

@@ -8,7 +8,7 @@
 //! A policy's id is its `@id("…")` annotation, else `<relative path>#<n>` where `n` counts the
 //! policies and templates of that file from 0 in source order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::SystemTime;
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::diag::Diagnostic;
-use super::snapshot::Snapshot;
+use super::snapshot::{FileStat, Snapshot};
 use crate::config::ValidationMode;
 use crate::error::PolicyLoadError;
 
@@ -92,7 +92,26 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
         snapshot.version = hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
     }
     snapshot.ext_authz = ext_authz;
+    snapshot.files = file_stats(&snapshot.policies, &origins);
     Ok(snapshot)
+}
+
+/// The digest of what the directory holds right now (as `load_dir` would read it): equal before
+/// and after a load only if no file changed meanwhile.
+pub fn tree_digest(dir: &Path, mode: ValidationMode) -> String {
+    digest(&read_tree(dir, &mut Vec::new()), mode)
+}
+
+/// How many policies, and how many of them `forbid`s, each policy file holds.
+fn file_stats(policies: &PolicySet, origins: &Origins) -> BTreeMap<String, FileStat> {
+    let mut out: BTreeMap<String, FileStat> = BTreeMap::new();
+    for p in policies.policies() {
+        let Some(file) = origins.get(AsRef::<str>::as_ref(p.id())) else { continue };
+        let stat = out.entry(file.clone()).or_default();
+        stat.policies += 1;
+        stat.forbids += usize::from(p.effect() == cedar_policy::Effect::Forbid);
+    }
+    out
 }
 
 fn classify(name: &str) -> Option<Kind> {

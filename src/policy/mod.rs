@@ -72,13 +72,90 @@ impl PolicyStore {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Loads the directory off the async runtime and swaps the result in if it is valid.
+    /// Loads the directory off the async runtime and swaps the result in if it is valid: for an
+    /// operator's reload (SIGHUP, `cedar-pdp reload`), which applies what it finds once it settled.
     pub async fn reload(&self) -> Result<ReloadOutcome, PolicyLoadError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let (dir, mode) = (self.dir.clone(), self.mode);
-        let loaded = tokio::task::spawn_blocking(move || load_dir(&dir, mode))
-            .await
-            .unwrap_or_else(|e| Err(PolicyLoadError::single("reload", format!("loader task failed: {e}"))));
+        let loaded = self.load_settled().await;
+        if let Ok(snapshot) = &loaded
+            && let Some(why) = self.shrinks(snapshot)
+        {
+            tracing::warn!("applying a reload that {why}, as asked");
+        }
+        self.apply(loaded)
+    }
+
+    /// A reload the file watcher asked for. An edit that empties a policy file or removes every
+    /// `forbid` from one is what a writer that truncates first and writes later (a shell redirect,
+    /// many deploy tools) looks like halfway through: it waits `settle` for the rest of the write
+    /// and loads again, and applies such an edit only once it is still there after the wait.
+    pub async fn reload_watched(&self, settle: std::time::Duration) -> Result<ReloadOutcome, PolicyLoadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut loaded = self.load_settled().await;
+        for _ in 0..3 {
+            let why = match &loaded {
+                Ok(snapshot) => self.shrinks(snapshot),
+                Err(_) => None,
+            };
+            let Some(why) = why else { break };
+            tracing::warn!(?settle, "a policy edit {why}: waiting for the write to finish before applying it");
+            tokio::time::sleep(settle).await;
+            let again = self.load_settled().await;
+            let same = matches!((&loaded, &again), (Ok(a), Ok(b)) if a.version == b.version);
+            loaded = again;
+            if same {
+                if let Ok(snapshot) = &loaded
+                    && let Some(why) = self.shrinks(snapshot)
+                {
+                    tracing::warn!("applying a policy edit that {why}: it did not change for {settle:?}");
+                }
+                break;
+            }
+        }
+        self.apply(loaded)
+    }
+
+    /// Loads the directory once nothing in it changes during the load (the content read before and
+    /// after is the same), trying again a few times while a writer is busy.
+    async fn load_settled(&self) -> Result<Snapshot, PolicyLoadError> {
+        const ATTEMPTS: usize = 20;
+        for _ in 0..ATTEMPTS {
+            let (dir, mode) = (self.dir.clone(), self.mode);
+            let attempt = tokio::task::spawn_blocking(move || {
+                let before = load::tree_digest(&dir, mode);
+                let loaded = load_dir(&dir, mode);
+                (loaded, before == load::tree_digest(&dir, mode))
+            })
+            .await;
+            match attempt {
+                Ok((loaded, true)) => return loaded,
+                Ok((_, false)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(e) => return Err(PolicyLoadError::single("reload", format!("loader task failed: {e}"))),
+            }
+        }
+        Err(PolicyLoadError::single(
+            &self.dir.display().to_string(),
+            "the directory kept changing while it was read; the last good set keeps serving",
+        ))
+    }
+
+    /// Why `next` looks like a half-written edit of the active set, if it does.
+    fn shrinks(&self, next: &Snapshot) -> Option<String> {
+        let current = self.current()?;
+        for (file, before) in &current.files {
+            let after = next.files.get(file).copied().unwrap_or_default();
+            if before.policies > 0 && after.policies == 0 {
+                return Some(format!("empties `{file}` ({} policies before)", before.policies));
+            }
+            if before.forbids > 0 && after.forbids == 0 {
+                return Some(format!("removes every forbid from `{file}` ({} before)", before.forbids));
+            }
+        }
+        None
+    }
+
+    /// Swaps a loaded snapshot in, or records why the load failed.
+    fn apply(&self, loaded: Result<Snapshot, PolicyLoadError>) -> Result<ReloadOutcome, PolicyLoadError> {
         let mut stats = match self.stats.lock() {
             Ok(stats) => stats,
             Err(poisoned) => poisoned.into_inner(),

@@ -13,6 +13,13 @@ use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, Po
 use super::scope::{ScopeIndex, Selected};
 use crate::config::ValidationMode;
 
+/// What one policy file contributed to a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileStat {
+    pub policies: usize,
+    pub forbids: usize,
+}
+
 pub struct Snapshot {
     /// A digest of the files and mode: equal content gives an equal version on every replica.
     pub version: String,
@@ -25,6 +32,8 @@ pub struct Snapshot {
     pub template_count: usize,
     /// The Envoy ext_authz mapping (`ext_authz.toml`), when the directory has one.
     pub ext_authz: Option<std::sync::Arc<crate::envoy::Mapping>>,
+    /// Per policy file: what it holds, to notice an edit that empties a file or drops its forbids.
+    pub files: std::collections::BTreeMap<String, FileStat>,
     pub(crate) authorizer: Authorizer,
     /// Unique per snapshot in this process: a cheap key for what is derived from it.
     pub(crate) generation: u64,
@@ -71,6 +80,7 @@ impl Snapshot {
             policy_count: policies.policies().count(),
             template_count: policies.templates().count(),
             ext_authz: None,
+            files: Default::default(),
             policies,
             schema,
             entities,

@@ -24,6 +24,7 @@ pub fn spawn(
     dir: &Path,
     watch_files: bool,
     debounce: Duration,
+    settle: Duration,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, notify::Error> {
     // Capacity one: while a wake-up is pending, further events add nothing.
@@ -54,8 +55,9 @@ pub fn spawn(
                 Some(()) = recv_hangup(&mut hangup) => "SIGHUP",
             };
             tracing::debug!(trigger, "reloading policies");
-            // Success and failure are logged and counted by the store.
-            let _ = store.reload().await;
+            // Success and failure are logged and counted by the store. A file event may be a
+            // write half done; SIGHUP is an operator saying the directory is ready.
+            let _ = if trigger == "SIGHUP" { store.reload().await } else { store.reload_watched(settle).await };
         }
     }))
 }
