@@ -631,3 +631,37 @@ async fn audit_retention_trims_the_redis_trail() {
     let server = start_adjusted(Some(&redis), |c| c.entities.audit_retention = Some(Duration::from_millis(400))).await;
     retention_scenario(&server).await;
 }
+
+/// Redis restarted without the writes it acknowledged: the replica notices, says so, drops its cache,
+/// and its next write does not reuse a revision a client may hold.
+#[tokio::test]
+async fn a_redis_that_lost_acknowledged_writes_is_detected_and_revisions_never_repeat() {
+    let mut redis = RedisServer::start();
+    let server = start(Some(&redis)).await;
+    // The test Redis fsyncs every second: acknowledged writes can be lost, and status says so.
+    eventually("the persistence warning", Duration::from_secs(10), || async {
+        server.status().await.entity_store_warnings.iter().any(|w| w.contains("appendfsync is `everysec`"))
+    })
+    .await;
+    let (alice, view, doc) = (r#"User::"alice""#, r#"Action::"view""#, r#"Document::"plan""#);
+    let plan = entity(doc, json!({"owner": {"__entity": {"type": "User", "id": "bob"}}}), &[]);
+    upsert(&server, vec![plan, entity(r#"User::"bob""#, json!({}), &[])]).await;
+    let mut last = upsert(&server, vec![entity(alice, json!({}), &[r#"Group::"readers""#])]).await;
+    assert!(is_allow(&decide(&server, alice, view, doc, last).await), "allowed, and now cached");
+    for i in 0..3 {
+        last = upsert(&server, vec![entity(&format!(r#"User::"w{i}""#), json!({}), &[])]).await;
+    }
+    redis.restart_empty();
+    eventually("the regression alarm", Duration::from_secs(10), || async {
+        let warnings = server.status().await.entity_store_warnings;
+        warnings.iter().any(|w| w == &format!("acknowledged writes were lost: revision {last} → 0"))
+    })
+    .await;
+    let next = upsert(&server, vec![entity(r#"User::"after""#, json!({}), &[])]).await;
+    assert_eq!(next, last + 1, "the revision a client holds must not be issued again");
+    // What was lost is gone from this replica's answers too: nothing cached survives.
+    assert!(!is_allow(&decide(&server, alice, view, doc, next).await));
+    let mut client = server.entities(None).await;
+    let gone = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"User::"w0""#)) }).await;
+    assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+}

@@ -32,6 +32,7 @@ pub async fn status(args: &AdminArgs) -> Result<ExitCode, CliError> {
         ),
         format!("reloads: {} succeeded, {} failed", s.reloads_succeeded, s.reloads_failed),
     ];
+    lines.extend(s.entity_store_warnings.iter().map(|w| format!("WARNING: entity store: {w}")));
     let code = match &s.last_error {
         Some(err) => {
             lines.push(format!("last reload failed at {} (the version above is still serving):", err.at));

@@ -47,6 +47,17 @@ pub struct EntityCache {
     subscription: tokio::sync::watch::Sender<bool>,
     /// Invalidations hold it exclusively; a fetch holds it shared from its epoch check to its insert.
     gate: std::sync::RwLock<()>,
+    /// The highest store revision this replica has seen anywhere: a lower one later means the store
+    /// lost acknowledged writes, and it is the floor of this replica's next write.
+    highest: AtomicU64,
+    /// What an operator must know about the store: lost writes, risky persistence settings.
+    warnings: Mutex<Warnings>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Warnings {
+    pub regression: Option<String>,
+    pub persistence: Option<String>,
 }
 
 impl EntityCache {
@@ -60,6 +71,8 @@ impl EntityCache {
             stale_for,
             subscription: tokio::sync::watch::Sender::new(false),
             gate: std::sync::RwLock::new(()),
+            highest: AtomicU64::new(0),
+            warnings: Mutex::new(Warnings::default()),
         }
     }
 
@@ -107,6 +120,7 @@ impl EntityCache {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let wanted: Vec<EntityUid> = missing.iter().map(|&i| uids[i].clone()).collect();
         let (fetched, revision) = store.fetch(&wanted, min_revision).await?;
+        self.observe(revision);
         let now = Instant::now();
         // Cached only if no invalidation ran since the read began (it may be about what was read),
         // and only what is not newer than the revision the cache is current at (a read ahead of it,
@@ -157,7 +171,36 @@ impl EntityCache {
 
     /// The writer of the embedded store has applied `revision` (after invalidating what it changed).
     pub fn advance(&self, revision: u64) {
+        self.observe(revision);
         self.seen_revision.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// Notes a revision the store reported. One below the highest seen means acknowledged writes were
+    /// lost (a Redis restart from an old snapshot, a failover to a replica that lagged): raised as an
+    /// alarm, and everything cached is dropped, since it may hold what the store no longer has.
+    pub fn observe(&self, revision: u64) {
+        let highest = self.highest.fetch_max(revision, Ordering::SeqCst);
+        if revision >= highest {
+            return;
+        }
+        let alarm = format!("acknowledged writes were lost: revision {highest} → {revision}");
+        tracing::error!(highest, revision, "entity store went back in time: {alarm}; local caches dropped");
+        metrics::counter!("cedar_pdp_entity_revision_regressions_total").increment(1);
+        self.warnings.lock().unwrap_or_else(PoisonError::into_inner).regression = Some(alarm);
+        self.clear();
+    }
+
+    /// The floor of this replica's next write: revisions never repeat, even after a store lost some.
+    pub fn highest(&self) -> u64 {
+        self.highest.load(Ordering::SeqCst)
+    }
+
+    pub fn set_persistence_warning(&self, warning: Option<String>) {
+        self.warnings.lock().unwrap_or_else(PoisonError::into_inner).persistence = warning;
+    }
+
+    pub fn warnings(&self) -> Warnings {
+        self.warnings.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Applies one message `<rev>\n<uid>\n…` from the invalidation channel.
@@ -167,6 +210,7 @@ impl EntityCache {
         let uids: Option<Vec<EntityUid>> = lines.map(uid_of_key).collect();
         match (revision, uids) {
             (Some(revision), Some(uids)) => {
+                self.observe(revision);
                 self.invalidate(&uids);
                 self.seen_revision.fetch_max(revision, Ordering::SeqCst);
             }
@@ -179,6 +223,7 @@ impl EntityCache {
 
     /// Subscribed (again) at store revision `revision`.
     pub fn subscribed(&self, revision: u64) {
+        self.observe(revision);
         self.clear();
         self.seen_revision.store(revision, Ordering::SeqCst);
         self.subscribed.store(true, Ordering::SeqCst);

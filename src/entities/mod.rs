@@ -247,6 +247,12 @@ impl EntityStore {
         }
     }
 
+    /// What an operator must know about the store: lost writes, risky persistence (one line each).
+    pub fn warnings(&self) -> Vec<String> {
+        let w = self.cache().warnings();
+        w.regression.into_iter().chain(w.persistence).collect()
+    }
+
     /// Where the entities are: the database file, `memory`, or the Redis address without credentials.
     pub fn location(&self) -> String {
         match (&self.kind, &self.backend) {
@@ -270,7 +276,8 @@ impl EntityStore {
             Backend::Local { store, cache } => store.apply(changes, actor, cache).await,
             Backend::Redis { store, cache } => {
                 let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
-                let revision = store.apply(&changes, actor).await?;
+                let revision = store.apply(&changes, actor, cache.highest()).await?;
+                cache.observe(revision);
                 // This replica reads its own write at once; the others hear of it through the subscription.
                 cache.invalidate(&uids);
                 Ok(revision)

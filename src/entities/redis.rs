@@ -22,11 +22,13 @@ use super::cache::{EntityCache, Source};
 use super::{AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Record, key_of, parse_stored, rfc3339};
 use crate::error::StoreError;
 
-/// Applies one batch. ARGV: prefix, channel, actor, then (op, uid, type, entity JSON or "") per change.
+/// Applies one batch. ARGV: prefix, channel, actor, floor, then (op, uid, type, entity JSON or "")
+/// per change. The new revision is above both the stored one and the writer's floor (the highest it
+/// has seen): after Redis lost writes, revisions go on instead of being issued a second time.
 /// Validation happened before, and every key's type is checked before the first write: nothing here
 /// fails half-way except Redis itself running out of memory, which it checks before a script starts.
 const APPLY: &str = r#"
-local p, channel, actor = ARGV[1], ARGV[2], ARGV[3]
+local p, channel, actor, floor = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local function expect(key, want)
   local t = redis.call('TYPE', key).ok
   if t ~= 'none' and t ~= want then
@@ -34,13 +36,18 @@ local function expect(key, want)
   end
 end
 local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream')
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   bad = bad or expect(p .. 'e:' .. ARGV[i + 1], 'string') or expect(p .. 't:' .. ARGV[i + 2], 'zset')
 end
 if bad then return bad end
-local rev = redis.call('INCR', p .. 'rev')
+local stored = tonumber(redis.call('GET', p .. 'rev') or '0')
+if not stored then
+  return redis.error_reply('cedar-pdp: key ' .. p .. 'rev is not a number')
+end
+local rev = string.format('%d', math.max(stored, floor) + 1)
+redis.call('SET', p .. 'rev', rev)
 local uids = {}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   local op, uid, ty, entity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = p .. 'e:' .. uid
   local before = redis.call('GET', key) or ''
@@ -58,7 +65,7 @@ for i = 4, #ARGV, 4 do
   uids[#uids + 1] = uid
 end
 redis.call('PUBLISH', channel, rev .. '\n' .. table.concat(uids, '\n'))
-return rev
+return tonumber(rev)
 "#;
 
 /// How often the subscription is pinged: a silently cut connection is noticed within this plus the
@@ -100,9 +107,9 @@ impl RedisStore {
         }
     }
 
-    pub async fn apply(&self, changes: &[Change], actor: &str) -> Result<u64, StoreError> {
+    pub async fn apply(&self, changes: &[Change], actor: &str, floor: u64) -> Result<u64, StoreError> {
         let mut invocation = self.apply.prepare_invoke();
-        invocation.arg(&self.prefix).arg(&self.channel).arg(actor);
+        invocation.arg(&self.prefix).arg(&self.channel).arg(actor).arg(floor);
         for change in changes {
             let uid = change.uid();
             let entity = match change {
@@ -314,6 +321,7 @@ impl RedisStore {
                 };
                 cache.subscribed(revision);
                 tracing::info!(revision, "entity invalidations: subscribed; local cache cleared");
+                cache.set_persistence_warning(persistence_risk(&mut conn, timeout).await);
                 backoff = Duration::from_millis(50);
                 let (mut sink, mut messages) = pubsub.split();
                 let mut ping = tokio::time::interval(PING_EVERY);
@@ -359,6 +367,39 @@ impl Source for RedisStore {
     async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
         self.read(uids, min_revision).await
     }
+}
+
+/// Whether Redis, as configured, can lose a write it acknowledged; read at every (re)connect. Managed
+/// services may refuse CONFIG: that is said too.
+async fn persistence_risk(conn: &mut ConnectionManager, timeout: Duration) -> Option<String> {
+    let info: String =
+        match tokio::time::timeout(timeout, redis::cmd("INFO").arg("persistence").query_async(conn)).await {
+            Ok(Ok(info)) => info,
+            _ => return Some("Redis persistence settings could not be read".into()),
+        };
+    let aof = info.lines().any(|l| l.trim() == "aof_enabled:1");
+    let fsync: Option<Vec<String>> =
+        tokio::time::timeout(timeout, redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(conn))
+            .await
+            .ok()
+            .and_then(Result::ok);
+    let fsync = fsync.and_then(|pair| pair.get(1).cloned());
+    let risk = match (aof, fsync.as_deref()) {
+        (true, Some("always")) => return None,
+        (false, _) => {
+            "append-only persistence is off (appendonly no): a Redis restart loses every write since its last snapshot"
+                .to_string()
+        }
+        (true, Some(other)) => format!(
+            "appendfsync is `{other}`: a Redis crash can lose the writes of its last second, acknowledged or not"
+        ),
+        (true, None) => {
+            "appendfsync could not be read (CONFIG GET refused): acknowledged writes may be lost in a Redis crash"
+                .to_string()
+        }
+    };
+    tracing::warn!("{risk}; for no lost acknowledged writes use `appendonly yes` and `appendfsync always`");
+    Some(risk)
 }
 
 struct LostOnDrop(Arc<EntityCache>);

@@ -39,6 +39,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         status.entity_invalidations_live = subscribed;
         status.entity_revision = revision;
         status.entity_store_location = self.entities.location();
+        status.entity_store_warnings = self.entities.warnings();
         Ok(Response::new(status))
     }
 

@@ -51,6 +51,16 @@ impl RedisServer {
         panic!("redis-server did not restart on port {}", self.port)
     }
 
+    /// Starts it again on the same port with its data gone: a restart that lost acknowledged writes.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { std::fs::remove_dir_all(path).unwrap() } else { std::fs::remove_file(path).unwrap() }
+        }
+        self.restart();
+    }
+
     /// Sends one command (inline protocol) and returns the raw reply.
     pub fn command(&self, line: &str) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
