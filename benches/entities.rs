@@ -108,7 +108,7 @@ fn store(runtime: &tokio::runtime::Runtime, kind: StoreKind, scratch: &Path, pro
         let store = EntityStore::open(&config, CancellationToken::new()).unwrap();
         assert!(store.wait_ready(Duration::from_secs(5)).await);
         for chunk in changes().chunks(500).filter(|_| provision) {
-            store.apply(chunk.to_vec(), "bench").await.unwrap();
+            store.apply(chunk.to_vec(), "bench", None).await.unwrap();
         }
         store
     })

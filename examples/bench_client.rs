@@ -117,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     match verb {
         "provision" => {
-            let request = pb::UpsertEntitiesRequest { entities: entities(&target)? };
+            let request = pb::UpsertEntitiesRequest { entities: entities(&target)?, ..Default::default() };
             let revision = EntityServiceClient::connect(kind.to_string()).await?.upsert_entities(request).await?;
             println!("{}", revision.into_inner().revision);
         }

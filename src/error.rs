@@ -103,6 +103,12 @@ pub enum StoreError {
     LostRevision { requested: u64, origin: u64 },
     #[error("{0}")]
     Changed(String),
+    #[error(
+        "the outcome of this write is unknown ({0}): it may or may not have been applied; retry it with the same `request_id`"
+    )]
+    WriteUnknown(String),
+    #[error("`request_id` `{0}` was already used for a different batch")]
+    RequestReused(String),
     #[error("invalid entity store configuration: {0}")]
     Config(String),
     #[error("cannot open the entity store: {0}")]
@@ -163,6 +169,8 @@ impl From<StoreError> for Status {
                 Status::failed_precondition(err.to_string())
             }
             StoreError::Changed(_) => Status::aborted(err.to_string()),
+            StoreError::WriteUnknown(_) => Status::unavailable(bounded(err.to_string())),
+            StoreError::RequestReused(_) => Status::invalid_argument(bounded(err.to_string())),
             StoreError::TooManyEntities(_) => Status::resource_exhausted(err.to_string()),
             StoreError::Corrupt(_) | StoreError::Config(_) | StoreError::Open(_) => Status::internal(err.to_string()),
         }

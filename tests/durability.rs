@@ -54,7 +54,7 @@ async fn write_until_killed(url: String, batches: std::ops::Range<u64>) -> (Vec<
     let Ok(mut client) = EntityServiceClient::connect(url).await else { return (Vec::new(), None) };
     let mut acked = Vec::new();
     for k in batches {
-        match client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(k) }).await {
+        match client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(k), ..Default::default() }).await {
             Ok(r) => acked.push((k, r.into_inner().revision)),
             Err(_) => return (acked, Some(k)),
         }
@@ -154,7 +154,10 @@ async fn a_damaged_database_is_a_start_up_error_naming_the_file() {
         let server = Process::start(&fixture("org"), &["--data-dir", dir]);
         let mut client = EntityServiceClient::connect(server.url()).await.unwrap();
         for k in 0..20 {
-            client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(k) }).await.unwrap();
+            client
+                .upsert_entities(pb::UpsertEntitiesRequest { entities: batch(k), ..Default::default() })
+                .await
+                .unwrap();
         }
         server.signal("TERM");
     }
@@ -253,7 +256,8 @@ async fn a_memory_store_refuses_a_revision_from_before_its_restart() {
         |c: &mut cedar_pdp::config::ServeConfig| c.entities.store = Some(cedar_pdp::config::StoreChoice::Memory);
     let first = TestServer::start_with(&fixture("org"), memory).await;
     let mut client = first.entities(None).await;
-    let written = client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(1) }).await.unwrap();
+    let written =
+        client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(1), ..Default::default() }).await.unwrap();
     let revision = written.into_inner().revision;
     first.stop().await.unwrap();
 
@@ -270,7 +274,8 @@ async fn a_revision_from_a_wiped_data_dir_is_refused_not_honoured() {
     let on = |c: &mut cedar_pdp::config::ServeConfig| c.entities.data_dir = data.path().join("data");
     let first = TestServer::start_with(&fixture("org"), on).await;
     let mut client = first.entities(None).await;
-    let written = client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(1) }).await.unwrap();
+    let written =
+        client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(1), ..Default::default() }).await.unwrap();
     let revision = written.into_inner().revision;
     first.stop().await.unwrap();
     std::fs::remove_dir_all(data.path().join("data")).unwrap();

@@ -36,13 +36,23 @@ async fn start_adjusted(
 
 async fn upsert(server: &TestServer, entities: Vec<pb::Entity>) -> u64 {
     let mut client = server.entities(None).await;
-    client.upsert_entities(pb::UpsertEntitiesRequest { entities }).await.unwrap().into_inner().revision
+    client
+        .upsert_entities(pb::UpsertEntitiesRequest { entities, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
 }
 
 async fn delete(server: &TestServer, uids: &[&str]) -> u64 {
     let mut client = server.entities(None).await;
     let uids = uids.iter().map(|u| uid(u)).collect();
-    client.delete_entities(pb::DeleteEntitiesRequest { uids }).await.unwrap().into_inner().revision
+    client
+        .delete_entities(pb::DeleteEntitiesRequest { uids, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
 }
 
 async fn decide(
@@ -157,7 +167,10 @@ async fn a_schema_invalid_batch_is_rejected_whole() {
         let mut client = server.entities(None).await;
         let good = entity(r#"User::"carol""#, json!({}), &[]);
         let bad = entity(r#"User::"dave""#, json!({"suspended": "yes"}), &[]);
-        let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: vec![good, bad] }).await.unwrap_err();
+        let err = client
+            .upsert_entities(pb::UpsertEntitiesRequest { entities: vec![good, bad], ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("entities[1]") && err.message().contains("suspended"), "{}", err.message());
         let get = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"User::"carol""#)) }).await.unwrap_err();
@@ -170,7 +183,10 @@ async fn a_schema_invalid_batch_is_rejected_whole() {
             (pb::Entity { attrs_json: "{".into(), ..entity(r#"User::"f""#, json!({}), &[]) }, "entities[0].attrs_json"),
             (pb::Entity { uid: None, ..entity(r#"User::"f""#, json!({}), &[]) }, "entities[0].uid"),
         ] {
-            let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: vec![entity] }).await.unwrap_err();
+            let err = client
+                .upsert_entities(pb::UpsertEntitiesRequest { entities: vec![entity], ..Default::default() })
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument);
             assert!(err.message().contains(needle), "{needle}: {}", err.message());
         }
@@ -186,8 +202,10 @@ async fn provisioning_needs_a_valid_token_and_audits_its_name() {
         c.entities.provisioning_tokens = vec![("hr-sync".into(), "s3cret".into())];
     })
     .await;
-    let write =
-        pb::UpsertEntitiesRequest { entities: vec![entity(r#"User::"mallory""#, json!({}), &[r#"Group::"readers""#])] };
+    let write = pb::UpsertEntitiesRequest {
+        entities: vec![entity(r#"User::"mallory""#, json!({}), &[r#"Group::"readers""#])],
+        ..Default::default()
+    };
     for token in [None, Some("wrong"), Some("s3cret ")] {
         let err = server.entities(token).await.upsert_entities(write.clone()).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{token:?}");
@@ -209,12 +227,18 @@ async fn file_entities_and_actions_are_not_writable() {
     let mut client = server.entities(None).await;
     for (target, needle) in [(r#"User::"root""#, "entity files"), (r#"Action::"view""#, "is an action")] {
         let err = client
-            .upsert_entities(pb::UpsertEntitiesRequest { entities: vec![entity(target, json!({}), &[])] })
+            .upsert_entities(pb::UpsertEntitiesRequest {
+                entities: vec![entity(target, json!({}), &[])],
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains(needle), "{}", err.message());
-        let err = client.delete_entities(pb::DeleteEntitiesRequest { uids: vec![uid(target)] }).await.unwrap_err();
+        let err = client
+            .delete_entities(pb::DeleteEntitiesRequest { uids: vec![uid(target)], ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
     // The files' user `root` is in the files' group `staff`, in `everyone`, which the files leave
@@ -386,7 +410,10 @@ async fn a_redis_outage_fails_closed_and_recovers() {
     let err = server
         .entities(None)
         .await
-        .upsert_entities(pb::UpsertEntitiesRequest { entities: vec![entity(r#"User::"ned""#, json!({}), &[])] })
+        .upsert_entities(pb::UpsertEntitiesRequest {
+            entities: vec![entity(r#"User::"ned""#, json!({}), &[])],
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
@@ -555,7 +582,8 @@ async fn a_redis_write_that_cannot_complete_writes_nothing() {
     assert!(redis.command("SET cedar-pdp:t:User not-a-sorted-set").starts_with("+OK"));
     let mut client = server.entities(None).await;
     let batch = vec![entity(r#"Group::"h""#, json!({}), &[]), entity(r#"User::"quinn""#, json!({}), &[])];
-    let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch }).await.unwrap_err();
+    let err =
+        client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch, ..Default::default() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert!(err.message().contains("cedar-pdp:t:User"), "{}", err.message());
     assert_eq!(redis.command("GET cedar-pdp:rev"), "$1\r\n1\r\n");
@@ -580,7 +608,10 @@ async fn a_write_that_would_close_a_parent_cycle_is_refused() {
         // c → a closes a → b → c → a, through the store.
         let closing =
             vec![entity(r#"Group::"x""#, json!({}), &[]), entity(r#"Group::"c""#, json!({}), &[r#"Group::"a""#])];
-        let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: closing }).await.unwrap_err();
+        let err = client
+            .upsert_entities(pb::UpsertEntitiesRequest { entities: closing, ..Default::default() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(
             err.message().contains("entities[1].parents") && err.message().contains("own ancestor"),
@@ -592,15 +623,24 @@ async fn a_write_that_would_close_a_parent_cycle_is_refused() {
             entity(r#"Group::"p""#, json!({}), &[r#"Group::"q""#]),
             entity(r#"Group::"q""#, json!({}), &[r#"Group::"p""#]),
         ];
-        assert!(client.upsert_entities(pb::UpsertEntitiesRequest { entities: within }).await.is_err());
+        assert!(
+            client.upsert_entities(pb::UpsertEntitiesRequest { entities: within, ..Default::default() }).await.is_err()
+        );
         let own = vec![entity(r#"Group::"s""#, json!({}), &[r#"Group::"s""#])];
-        assert!(client.upsert_entities(pb::UpsertEntitiesRequest { entities: own }).await.is_err());
+        assert!(
+            client.upsert_entities(pb::UpsertEntitiesRequest { entities: own, ..Default::default() }).await.is_err()
+        );
         // Through the files: `staff` (a file entity) is in `everyone`; `everyone` may not join `staff`.
         let through_files = vec![entity(r#"Group::"everyone""#, json!({}), &[r#"Group::"staff""#])];
-        assert!(client.upsert_entities(pb::UpsertEntitiesRequest { entities: through_files }).await.is_err());
+        assert!(
+            client
+                .upsert_entities(pb::UpsertEntitiesRequest { entities: through_files, ..Default::default() })
+                .await
+                .is_err()
+        );
         // A diamond is not a cycle.
         let diamond = vec![entity(r#"Group::"d""#, json!({}), &[r#"Group::"a""#, r#"Group::"b""#])];
-        client.upsert_entities(pb::UpsertEntitiesRequest { entities: diamond }).await.unwrap();
+        client.upsert_entities(pb::UpsertEntitiesRequest { entities: diamond, ..Default::default() }).await.unwrap();
     }
 }
 
@@ -664,4 +704,74 @@ async fn a_redis_that_lost_acknowledged_writes_is_detected_and_revisions_never_r
     let mut client = server.entities(None).await;
     let gone = client.get_entity(pb::GetEntityRequest { uid: Some(uid(r#"User::"w0""#)) }).await;
     assert_eq!(gone.unwrap_err().code(), Code::NotFound);
+}
+
+/// The same request id twice writes once and answers with the first revision; on another batch it
+/// is refused.
+async fn idempotency_scenario(server: &TestServer) {
+    let mut client = server.entities(None).await;
+    let write = |id: &str, who: &str| pb::UpsertEntitiesRequest {
+        entities: vec![entity(&format!(r#"User::"{who}""#), json!({}), &[])],
+        request_id: id.into(),
+    };
+    let first = client.upsert_entities(write("sync-41", "kim")).await.unwrap().into_inner().revision;
+    let again = client.upsert_entities(write("sync-41", "kim")).await.unwrap().into_inner().revision;
+    assert_eq!(again, first);
+    let other = client.upsert_entities(write("sync-41", "lee")).await.unwrap_err();
+    assert_eq!(other.code(), Code::InvalidArgument);
+    assert!(other.message().contains("`request_id` `sync-41` was already used"), "{other:?}");
+    let bad = client.upsert_entities(write(&"x".repeat(200), "kim")).await.unwrap_err();
+    assert!(bad.message().contains("`request_id`"), "{bad:?}");
+    let trail = client
+        .read_audit(pb::ReadAuditRequest { uid: Some(uid(r#"User::"kim""#)), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(trail.len(), 1, "written once");
+    assert_eq!(server.status().await.entity_revision, first);
+}
+
+#[tokio::test]
+async fn a_request_id_makes_embedded_writes_retryable() {
+    idempotency_scenario(&start(None).await).await;
+}
+
+#[tokio::test]
+async fn a_request_id_makes_redis_writes_retryable() {
+    let redis = RedisServer::start();
+    idempotency_scenario(&start(Some(&redis)).await).await;
+}
+
+/// Redis stalls past the timeout with a write in flight: the answer says the outcome is unknown (it
+/// was applied, once Redis went on), and the retry with the same id returns it without a second write.
+#[tokio::test]
+async fn a_write_whose_outcome_is_unknown_is_said_so_and_retried_safely() {
+    let redis = RedisServer::start();
+    let server = start_adjusted(Some(&redis), |c| c.entities.redis_timeout = Duration::from_millis(300)).await;
+    let mut client = server.entities(None).await;
+    let request = pb::UpsertEntitiesRequest {
+        // No parents: nothing to read before the write itself goes out.
+        entities: vec![entity(r#"User::"ola""#, json!({"suspended": false}), &[])],
+        request_id: "hr-7".into(),
+    };
+    redis.pause();
+    let pending = {
+        let (mut client, request) = (client.clone(), request.clone());
+        tokio::spawn(async move { client.upsert_entities(request).await })
+    };
+    let err = pending.await.unwrap().unwrap_err();
+    redis.resume();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("outcome of this write is unknown"), "{err:?}");
+    // Redis is answering again: the retry with the same id returns the first (applied) outcome.
+    let revision = client.upsert_entities(request.clone()).await.unwrap().into_inner().revision;
+    let trail = client
+        .read_audit(pb::ReadAuditRequest { uid: Some(uid(r#"User::"ola""#)), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(trail.len(), 1, "applied once, though sent twice");
+    assert_eq!(trail[0].revision, revision);
 }

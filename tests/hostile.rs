@@ -96,7 +96,7 @@ async fn request_entities_in_a_parent_cycle_are_invalid_argument() {
     // Something provisioned, so that the decision takes the store's path.
     let mut client = server.entities(None).await;
     let zoe = entity(r#"User::"zoe""#, json!({"name": "Zoe", "suspended": false}), &[]);
-    client.upsert_entities(pb::UpsertEntitiesRequest { entities: vec![zoe] }).await.unwrap();
+    client.upsert_entities(pb::UpsertEntitiesRequest { entities: vec![zoe], ..Default::default() }).await.unwrap();
     let folder = |id: &str, parent: &str| json!({"uid": {"type": "Folder", "id": id}, "attrs": {}, "parents": [{"type": "Folder", "id": parent}]});
     let cycle = json!([folder("x1", "x2"), folder("x2", "x3"), folder("x3", "x1")]).to_string();
     let mut request = req(r#"User::"zoe""#, r#"Action::"view""#, r#"Document::"design-doc""#);
@@ -140,7 +140,10 @@ async fn duplicate_json_keys_are_refused_naming_the_key() {
     let mut client = server.entities(None).await;
     let mut sneaky = entity(r#"User::"zed""#, json!({}), &[]);
     sneaky.attrs_json = r#"{"name": "Zed", "suspended": true, "suspended": false}"#.into();
-    let err = client.upsert_entities(pb::UpsertEntitiesRequest { entities: vec![sneaky] }).await.unwrap_err();
+    let err = client
+        .upsert_entities(pb::UpsertEntitiesRequest { entities: vec![sneaky], ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("`entities[0].attrs_json`") && err.message().contains("`suspended`"), "{err:?}");
 }

@@ -28,7 +28,12 @@ fn propagation(rounds: usize) -> (Vec<Duration>, usize) {
         let roadmap = entity(doc, json!({"owner": {"__entity": {"type": "User", "id": "nobody"}}}), &[]);
         let member = |yes: bool| entity(user, json!({}), if yes { &[r#"Group::"readers""#] } else { &[] });
         let mut upsert = async |entities: Vec<pb::Entity>| {
-            writer.upsert_entities(pb::UpsertEntitiesRequest { entities }).await.unwrap().into_inner().revision
+            writer
+                .upsert_entities(pb::UpsertEntitiesRequest { entities, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .revision
         };
         upsert(vec![roadmap, member(true)]).await;
         let mut allowed = async || is_allow(&reader.check(req(user, view, doc)).await.unwrap().into_inner());

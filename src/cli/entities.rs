@@ -52,8 +52,11 @@ async fn import(args: &EntitiesArgs, file: &Path, batch_size: usize) -> Result<E
     );
     let (mut written, mut revision) = (0usize, None);
     for batch in items.chunks(batch_size) {
-        let request = pb::UpsertEntitiesRequest { entities: batch.iter().map(|i| i.entity.clone()).collect() };
-        match client.upsert_entities(request).await {
+        let request = pb::UpsertEntitiesRequest {
+            entities: batch.iter().map(|i| i.entity.clone()).collect(),
+            request_id: format!("import-{}", uuid::Uuid::now_v7()),
+        };
+        match upsert_retrying(&mut client, request).await {
             Ok(response) => {
                 written += batch.len();
                 revision = Some(response.into_inner().revision);
@@ -83,6 +86,25 @@ async fn import(args: &EntitiesArgs, file: &Path, batch_size: usize) -> Result<E
     let revision = revision.map_or_else(|| "unchanged".into(), |r| r.to_string());
     emit(&[format!("imported {written} entities from {}; revision {revision}", file.display())])?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One batch, retried with the same request id while the server answers UNAVAILABLE (a Redis
+/// failover, an outcome it could not know): never written twice.
+async fn upsert_retrying(
+    client: &mut Client,
+    request: pb::UpsertEntitiesRequest,
+) -> Result<tonic::Response<pb::WriteResponse>, tonic::Status> {
+    let mut wait = std::time::Duration::from_millis(200);
+    for _ in 0..4 {
+        match client.upsert_entities(request.clone()).await {
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            answer => return answer,
+        }
+    }
+    client.upsert_entities(request).await
 }
 
 /// The `i` of the first `` `entities[i]`` `` a server error names.
@@ -218,7 +240,8 @@ async fn get(args: &EntitiesArgs, uid: &str) -> Result<ExitCode, CliError> {
 async fn delete(args: &EntitiesArgs, uids: &[String]) -> Result<ExitCode, CliError> {
     let uids = uids.iter().map(|u| parse_uid("the uid", u)).collect::<Result<Vec<_>, _>>()?;
     let count = uids.len();
-    let response = client(&args.client).await?.delete_entities(pb::DeleteEntitiesRequest { uids }).await?;
+    let request = pb::DeleteEntitiesRequest { uids, request_id: String::new() };
+    let response = client(&args.client).await?.delete_entities(request).await?;
     emit(&[format!("deleted {count} entities; revision {}", response.into_inner().revision)])?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,8 @@
 //! - `audit`: (revision, index in the batch) → an [`AuditRecord`] as JSON;
 //! - `audit_by_uid`: (uid key, revision, index) → (), for reading one entity's history;
 //! - `audit_time`: revision → its time in ms since the epoch, for time ranges and retention;
-//! - `meta`: `revision`, `entities` (count), `origin` (see [`LocalStore::origin`]).
+//! - `meta`: `revision`, `entities` (count), `origin` (see [`LocalStore::origin`]);
+//! - `requests`: idempotency key → `{"rev", "digest", "at"}` of its first outcome, kept a day.
 //!
 //! A write batch is one redb transaction: the entities, the revision and the audit records commit
 //! together, and the commit is synced to disk before the write is acknowledged.
@@ -20,7 +21,7 @@ use cedar_policy::EntityUid;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::cache::{EntityCache, Source};
-use super::{AuditFilter, AuditRecord, Change, Fetched, Record, key_of, parse_stored, rfc3339};
+use super::{AuditFilter, AuditRecord, Change, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339};
 use crate::error::StoreError;
 
 const ENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entities");
@@ -28,6 +29,7 @@ const AUDIT: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_UID: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("audit_by_uid");
 const AUDIT_TIME: TableDefinition<u64, u64> = TableDefinition::new("audit_time");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "entities.redb";
@@ -37,6 +39,30 @@ const EXPORT_CHUNK_BYTES: usize = 1 << 20;
 
 /// redb's page cache; the entity cache in front of it holds what decisions use.
 const DB_CACHE_BYTES: usize = 64 << 20;
+
+/// What a write transaction did.
+enum Committed {
+    New {
+        revision: u64,
+        count: u64,
+    },
+    /// The request key was used before, on the same batch: its first outcome, nothing written.
+    Replayed {
+        revision: u64,
+    },
+}
+
+/// The first outcome of `key`, if it was used before; a different batch under it is refused.
+fn replayed(txn: &redb::WriteTransaction, key: &RequestKey) -> Result<Option<u64>, StoreError> {
+    let requests = txn.open_table(REQUESTS).map_err(write_error)?;
+    let Some(value) = requests.get(key.id.as_str()).map_err(write_error)? else { return Ok(None) };
+    let seen: serde_json::Value =
+        serde_json::from_slice(value.value()).map_err(|e| StoreError::Corrupt(format!("request key: {e}")))?;
+    if seen.get("digest").and_then(serde_json::Value::as_str) != Some(key.digest.as_str()) {
+        return Err(StoreError::RequestReused(key.id.clone()));
+    }
+    Ok(seen.get("rev").and_then(serde_json::Value::as_u64))
+}
 
 pub struct LocalStore {
     db: Database,
@@ -123,19 +149,29 @@ impl LocalStore {
         self: &Arc<Self>,
         changes: Vec<Change>,
         actor: &str,
+        request: Option<RequestKey>,
         cache: &Arc<EntityCache>,
     ) -> Result<u64, StoreError> {
         let (store, actor, cache) = (self.clone(), actor.to_string(), cache.clone());
         // The commit syncs the file: off the runtime's workers.
-        tokio::task::spawn_blocking(move || store.apply_blocking(&changes, &actor, &cache))
+        tokio::task::spawn_blocking(move || store.apply_blocking(&changes, &actor, request.as_ref(), &cache))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+            .map_err(|e| StoreError::WriteUnknown(format!("the write task failed: {e}")))?
     }
 
-    fn apply_blocking(&self, changes: &[Change], actor: &str, cache: &EntityCache) -> Result<u64, StoreError> {
+    fn apply_blocking(
+        &self,
+        changes: &[Change],
+        actor: &str,
+        request: Option<&RequestKey>,
+        cache: &EntityCache,
+    ) -> Result<u64, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let now = SystemTime::now();
-        let (revision, count) = self.commit(changes, actor, now).map_err(write_error)?;
+        let (revision, count) = match self.commit(changes, actor, request, now)? {
+            Committed::New { revision, count } => (revision, count),
+            Committed::Replayed { revision } => return Ok(revision),
+        };
         let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
         cache.invalidate(&uids);
         cache.advance(revision);
@@ -144,11 +180,42 @@ impl LocalStore {
         Ok(revision)
     }
 
-    fn commit(&self, changes: &[Change], actor: &str, now: SystemTime) -> Result<(u64, u64), redb::Error> {
-        let mut txn = self.db.begin_write()?;
+    /// One transaction: the batch, its audit records, the revision and the request key; or, for a
+    /// key already used on the same batch, its first outcome.
+    fn commit(
+        &self,
+        changes: &[Change],
+        actor: &str,
+        request: Option<&RequestKey>,
+        now: SystemTime,
+    ) -> Result<Committed, StoreError> {
+        let mut txn = self.db.begin_write().map_err(write_error)?;
         // Two-phase: damage to the newest commit is then an error at open, never a silent rollback
         // to the one before it (which would undo an acknowledged write).
         txn.set_two_phase_commit(true);
+        if let Some(key) = request
+            && let Some(revision) = replayed(&txn, key)?
+        {
+            return Ok(Committed::Replayed { revision });
+        }
+        let (revision, count) = self.write_batch(&txn, changes, actor, now).map_err(write_error)?;
+        if let Some(key) = request {
+            let value = serde_json::json!({"rev": revision, "digest": key.digest, "at": millis(now)}).to_string();
+            let mut requests = txn.open_table(REQUESTS).map_err(write_error)?;
+            requests.insert(key.id.as_str(), value.as_bytes()).map_err(write_error)?;
+        }
+        // A failed commit may or may not have reached the disk.
+        txn.commit().map_err(|e| StoreError::WriteUnknown(e.to_string()))?;
+        Ok(Committed::New { revision, count })
+    }
+
+    fn write_batch(
+        &self,
+        txn: &redb::WriteTransaction,
+        changes: &[Change],
+        actor: &str,
+        now: SystemTime,
+    ) -> Result<(u64, u64), redb::Error> {
         let revision;
         let count;
         {
@@ -191,8 +258,28 @@ impl LocalStore {
             meta.insert("revision", revision)?;
             meta.insert("entities", count)?;
         }
-        txn.commit()?;
         Ok((revision, count))
+    }
+
+    /// Forgets request keys older than `before`; returns how many.
+    pub fn forget_requests(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let cutoff = millis(before);
+        let txn = self.db.begin_write().map_err(write_error)?;
+        let removed;
+        {
+            let mut requests = txn.open_table(REQUESTS).map_err(write_error)?;
+            let old = |_: &str, value: &[u8]| {
+                serde_json::from_slice::<serde_json::Value>(value)
+                    .ok()
+                    .and_then(|v| v.get("at").and_then(serde_json::Value::as_u64))
+                    .is_some_and(|at| at < cutoff)
+            };
+            let before_len = requests.len().map_err(write_error)?;
+            requests.retain(|k, v| !old(k, v)).map_err(write_error)?;
+            removed = before_len - requests.len().map_err(write_error)?;
+        }
+        txn.commit().map_err(write_error)?;
+        Ok(removed)
     }
 
     /// Refuses a `min_revision` this store cannot honour: ahead of it, or from an earlier life of
@@ -475,6 +562,7 @@ fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_BY_UID)?;
             txn.open_table(AUDIT_TIME)?;
+            txn.open_table(REQUESTS)?;
         }
         txn.commit()?;
         Ok(())

@@ -87,6 +87,43 @@ impl Change {
     }
 }
 
+/// A write's idempotency key and a digest of what it writes: a retry with the same key returns the
+/// first outcome, and the same key on a different batch is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub id: String,
+    pub digest: String,
+}
+
+impl RequestKey {
+    /// How long a key is remembered, at least.
+    pub const KEPT: Duration = Duration::from_secs(24 * 3600);
+
+    /// None for an empty id; an id that is too long or not visible ASCII is refused.
+    pub fn new(id: &str, changes: &[Change]) -> Result<Option<Self>, RequestError> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(RequestError::invalid("request_id", "at most 128 visible ASCII characters"));
+        }
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for change in changes {
+            hash.update(change.operation());
+            hash.update([0]);
+            hash.update(key_of(change.uid()));
+            hash.update([0]);
+            if let Change::Upsert { json, .. } = change {
+                hash.update(json.to_string());
+            }
+            hash.update([0]);
+        }
+        let digest = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Some(RequestKey { id: id.to_string(), digest }))
+    }
+}
+
 /// An entity as a client sent it to the EntityService.
 #[derive(Debug, Clone)]
 pub struct EntityInput<'a> {
@@ -188,7 +225,10 @@ impl EntityStore {
                 .build(),
         });
         if let Some(retention) = config.audit_retention {
-            tokio::spawn(trim_audit_forever(Arc::downgrade(&store), retention, stop));
+            tokio::spawn(trim_audit_forever(Arc::downgrade(&store), retention, stop.clone()));
+        }
+        if let Backend::Local { store: local, .. } = &store.backend {
+            tokio::spawn(forget_requests_forever(Arc::downgrade(local), stop));
         }
         Ok(store)
     }
@@ -270,13 +310,19 @@ impl EntityStore {
         }
     }
 
-    /// Applies a validated batch with its audit records, all or nothing; returns the new revision.
-    pub async fn apply(&self, changes: Vec<Change>, actor: &str) -> Result<u64, StoreError> {
+    /// Applies a validated batch with its audit records, all or nothing; returns the new revision
+    /// (or, for a request key already used, the revision of its first outcome).
+    pub async fn apply(
+        &self,
+        changes: Vec<Change>,
+        actor: &str,
+        request: Option<RequestKey>,
+    ) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Local { store, cache } => store.apply(changes, actor, cache).await,
+            Backend::Local { store, cache } => store.apply(changes, actor, request, cache).await,
             Backend::Redis { store, cache } => {
                 let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
-                let revision = store.apply(&changes, actor, cache.highest()).await?;
+                let revision = store.apply(&changes, actor, cache.highest(), request.as_ref()).await?;
                 cache.observe(revision);
                 // This replica reads its own write at once; the others hear of it through the subscription.
                 cache.invalidate(&uids);
@@ -402,6 +448,23 @@ async fn trim_audit_forever(
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, ?retention, "audit records past their retention removed"),
             Err(e) => tracing::warn!("audit retention: {e}"),
+        }
+    }
+}
+
+/// Forgets request keys older than [`RequestKey::KEPT`] now and then (Redis expires its own).
+async fn forget_requests_forever(store: std::sync::Weak<local::LocalStore>, stop: tokio_util::sync::CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let Some(store) = store.upgrade() else { return };
+        let Some(before) = SystemTime::now().checked_sub(RequestKey::KEPT) else { continue };
+        let done = tokio::task::spawn_blocking(move || store.forget_requests(before)).await;
+        if let Ok(Err(e)) = done {
+            tracing::warn!("forgetting old request keys: {e}");
         }
     }
 }

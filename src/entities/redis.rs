@@ -19,16 +19,21 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{EntityCache, Source};
-use super::{AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Record, key_of, parse_stored, rfc3339};
+use super::{
+    AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339,
+};
 use crate::error::StoreError;
 
-/// Applies one batch. ARGV: prefix, channel, actor, floor, then (op, uid, type, entity JSON or "")
-/// per change. The new revision is above both the stored one and the writer's floor (the highest it
+/// Applies one batch. ARGV: prefix, channel, actor, floor, request id ("" for none), request digest,
+/// then (op, uid, type, entity JSON or "") per change. A request id used before returns its first
+/// revision (same digest) or an error (another batch), writing nothing; a new one is kept a day. The new revision is above both the stored one and the writer's floor (the highest it
 /// has seen): after Redis lost writes, revisions go on instead of being issued a second time.
 /// Validation happened before, and every key's type is checked before the first write: nothing here
 /// fails half-way except Redis itself running out of memory, which it checks before a script starts.
 const APPLY: &str = r#"
 local p, channel, actor, floor = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local rid, digest = ARGV[5], ARGV[6]
+local request = p .. 'request:' .. rid
 local function expect(key, want)
   local t = redis.call('TYPE', key).ok
   if t ~= 'none' and t ~= want then
@@ -36,10 +41,21 @@ local function expect(key, want)
   end
 end
 local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream')
-for i = 5, #ARGV, 4 do
+if rid ~= '' then bad = bad or expect(request, 'string') end
+for i = 7, #ARGV, 4 do
   bad = bad or expect(p .. 'e:' .. ARGV[i + 1], 'string') or expect(p .. 't:' .. ARGV[i + 2], 'zset')
 end
 if bad then return bad end
+if rid ~= '' then
+  local seen = redis.call('GET', request)
+  if seen then
+    local first, seen_digest = string.match(seen, '^(%d+) (%x+)$')
+    if seen_digest ~= digest then
+      return redis.error_reply('cedar-pdp: request_id reused for a different batch')
+    end
+    return tonumber(first)
+  end
+end
 local stored = tonumber(redis.call('GET', p .. 'rev') or '0')
 if not stored then
   return redis.error_reply('cedar-pdp: key ' .. p .. 'rev is not a number')
@@ -47,7 +63,7 @@ end
 local rev = string.format('%d', math.max(stored, floor) + 1)
 redis.call('SET', p .. 'rev', rev)
 local uids = {}
-for i = 5, #ARGV, 4 do
+for i = 7, #ARGV, 4 do
   local op, uid, ty, entity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local key = p .. 'e:' .. uid
   local before = redis.call('GET', key) or ''
@@ -64,6 +80,7 @@ for i = 5, #ARGV, 4 do
     'before', before, 'after', after)
   uids[#uids + 1] = uid
 end
+if rid ~= '' then redis.call('SET', request, rev .. ' ' .. digest, 'EX', 86400) end
 redis.call('PUBLISH', channel, rev .. '\n' .. table.concat(uids, '\n'))
 return tonumber(rev)
 "#;
@@ -107,9 +124,19 @@ impl RedisStore {
         }
     }
 
-    pub async fn apply(&self, changes: &[Change], actor: &str, floor: u64) -> Result<u64, StoreError> {
+    pub async fn apply(
+        &self,
+        changes: &[Change],
+        actor: &str,
+        floor: u64,
+        request: Option<&RequestKey>,
+    ) -> Result<u64, StoreError> {
         let mut invocation = self.apply.prepare_invoke();
         invocation.arg(&self.prefix).arg(&self.channel).arg(actor).arg(floor);
+        match request {
+            Some(key) => invocation.arg(&key.id).arg(&key.digest),
+            None => invocation.arg("").arg(""),
+        };
         for change in changes {
             let uid = change.uid();
             let entity = match change {
@@ -119,7 +146,22 @@ impl RedisStore {
             invocation.arg(change.operation()).arg(key_of(uid)).arg(uid.type_name().to_string()).arg(entity);
         }
         let mut conn = self.conn.clone();
-        self.bounded(invocation.invoke_async(&mut conn)).await
+        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+            Ok(Ok(revision)) => Ok(revision),
+            // The script answered with an error: it wrote nothing.
+            Ok(Err(e)) if e.to_string().contains("request_id reused") => {
+                Err(StoreError::RequestReused(request.map(|k| k.id.clone()).unwrap_or_default()))
+            }
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    || e.kind() == redis::ErrorKind::Extension =>
+            {
+                Err(StoreError::Unavailable(format!("Redis refused the write, so nothing was changed: {e}")))
+            }
+            // Sent, perhaps applied, no answer: only a retry with the same request_id can tell.
+            Ok(Err(e)) => Err(StoreError::WriteUnknown(format!("Redis: {e}"))),
+            Err(_) => Err(StoreError::WriteUnknown(format!("no answer from Redis within {:?}", self.timeout))),
+        }
     }
 
     /// One round trip: the records of `uids` and the store's revision they were read at.

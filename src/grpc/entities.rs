@@ -51,9 +51,15 @@ impl EntityApi {
         Ok(())
     }
 
-    async fn write(&self, actor: &str, changes: Vec<entities::Change>) -> Result<pb::WriteResponse, Status> {
+    async fn write(
+        &self,
+        actor: &str,
+        changes: Vec<entities::Change>,
+        request_id: &str,
+    ) -> Result<pb::WriteResponse, Status> {
         let count = changes.len();
-        let revision = self.store.apply(changes, actor).await?;
+        let request = entities::RequestKey::new(request_id, &changes)?;
+        let revision = self.store.apply(changes, actor, request).await?;
         tracing::info!(target: "cedar_pdp::audit", actor, revision, count, "entities changed");
         Ok(pb::WriteResponse { revision })
     }
@@ -78,7 +84,7 @@ impl pb::entity_service_server::EntityService for EntityApi {
         entities::check_acyclic(&self.store, &snapshot, &changes)
             .await
             .inspect_err(|e| tracing::debug!(actor, "upsert rejected: {e}"))?;
-        Ok(Response::new(self.write(&actor, changes).await?))
+        Ok(Response::new(self.write(&actor, changes, &request.get_ref().request_id).await?))
     }
 
     async fn delete_entities(
@@ -91,7 +97,7 @@ impl pb::entity_service_server::EntityService for EntityApi {
         let snapshot = self.snapshot()?;
         let refs: Vec<_> = uids.iter().map(|u| Some(convert::uid_ref(u))).collect();
         let changes = entities::validate_deletes(&snapshot, &refs)?;
-        Ok(Response::new(self.write(&actor, changes).await?))
+        Ok(Response::new(self.write(&actor, changes, &request.get_ref().request_id).await?))
     }
 
     async fn get_entity(

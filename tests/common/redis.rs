@@ -61,6 +61,20 @@ impl RedisServer {
         self.restart();
     }
 
+    /// SIGSTOP: the connection stays open and nothing answers, as with a stalled server.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap().success());
+    }
+
     /// Sends one command (inline protocol) and returns the raw reply.
     pub fn command(&self, line: &str) -> String {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
