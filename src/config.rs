@@ -163,7 +163,9 @@ pub struct EntityConfig {
     #[arg(long, env = "CEDAR_PDP_ENTITY_CACHE_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub entity_cache_ttl: Duration,
     /// While the invalidation subscription is down, cached entities confirmed within this long are
-    /// still served; older ones must be read from Redis again. `0s`: never serve unconfirmed data.
+    /// still served; older ones must be read from Redis again. A write elsewhere is missed for at most
+    /// max(this, 1s + --redis-timeout). `0s`: never serve unconfirmed data (every decision reads the
+    /// store's revision: one round trip).
     #[arg(long, env = "CEDAR_PDP_ENTITY_STALE_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub entity_stale_for: Duration,
     /// Most entities held in built entity slices (what one request's decision reads), per replica.

@@ -775,3 +775,60 @@ async fn a_write_whose_outcome_is_unknown_is_said_so_and_retried_safely() {
     assert_eq!(trail.len(), 1, "applied once, though sent twice");
     assert_eq!(trail[0].revision, revision);
 }
+
+/// How long replica B, its link to Redis frozen, keeps allowing a user revoked through A: the time
+/// from A's acknowledgement to B's last Allow (zero when B never allowed after it).
+async fn stale_window(stale_for: Duration) -> Duration {
+    let redis = RedisServer::start();
+    let a = start(Some(&redis)).await;
+    let proxy = common::proxy::FreezingProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let through_proxy = format!("redis://{}/", proxy.addr);
+    let b = TestServer::start_with(&org(), move |c| {
+        c.entities.redis_url = Some(through_proxy);
+        c.entities.entity_stale_for = stale_for;
+        c.entities.redis_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let (alice, view, doc) = (r#"User::"alice""#, r#"Action::"view""#, r#"Document::"plan""#);
+    let plan = entity(doc, json!({"owner": {"__entity": {"type": "User", "id": "bob"}}}), &[]);
+    upsert(&a, vec![plan, entity(r#"User::"bob""#, json!({}), &[])]).await;
+    let granted = upsert(&a, vec![entity(alice, json!({}), &[r#"Group::"readers""#])]).await;
+    // Steady state first: B has heard of every write so far, and its cache is warm.
+    eventually("B saw the grant", Duration::from_secs(10), || async { b.status().await.entity_revision >= granted })
+        .await;
+    assert!(is_allow(&decide(&b, alice, view, doc, granted).await));
+    assert!(is_allow(&decide(&b, alice, view, doc, 0).await), "B's cache is warm");
+
+    proxy.freeze();
+    upsert(&a, vec![entity(alice, json!({}), &[])]).await;
+    let revoked = Instant::now();
+    let mut last_allow = Duration::ZERO;
+    let deadline = stale_for.max(Duration::from_secs(1)) + Duration::from_secs(2);
+    while revoked.elapsed() < deadline {
+        // An error (Redis unreachable) is fail-closed: not an Allow.
+        if let Ok(answer) = b.check(req(alice, view, doc)).await
+            && is_allow(&answer)
+        {
+            last_allow = revoked.elapsed();
+        }
+    }
+    proxy.thaw();
+    last_allow
+}
+
+/// The bound the README states: max(--entity-stale-for, ping interval 1 s + --redis-timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_link_serves_revoked_entities_no_longer_than_the_stated_bound() {
+    let stale_for = Duration::from_secs(1);
+    let window = stale_window(stale_for).await;
+    let bound = stale_for.max(Duration::from_secs(1) + Duration::from_millis(300));
+    println!("revoked user still allowed for {window:?} (bound {bound:?})");
+    assert!(window <= bound + Duration::from_millis(250), "{window:?} > {bound:?}");
+}
+
+/// `--entity-stale-for 0s` never serves unconfirmed data: not one Allow after the revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_stale_for_zero_a_frozen_link_never_serves_a_revoked_entity() {
+    let window = stale_window(Duration::ZERO).await;
+    assert_eq!(window, Duration::ZERO, "allowed {window:?} after the revocation was acknowledged");
+}

@@ -92,6 +92,12 @@ impl EntityCache {
         self.is_subscribed().then(|| self.epoch.load(Ordering::SeqCst))
     }
 
+    /// `--entity-stale-for 0s`: nothing unconfirmed is ever served, so every decision confirms the
+    /// store's revision itself.
+    pub fn confirms_every_decision(&self) -> bool {
+        self.stale_for.is_zero()
+    }
+
     pub fn seen_revision(&self) -> u64 {
         self.seen_revision.load(Ordering::SeqCst)
     }

@@ -347,6 +347,20 @@ impl EntityStore {
         }
     }
 
+    /// The revision a decision must read at least: `min_revision`, or with `--entity-stale-for 0s` on
+    /// Redis the store's current revision (one round trip: a write acknowledged before it is never
+    /// missed, however late its invalidation message, and a store that does not answer fails closed).
+    pub(crate) async fn decision_floor(&self, min_revision: u64) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Redis { store, cache } if cache.confirms_every_decision() => {
+                let (_, current) = store.read(&[], min_revision).await?;
+                cache.observe(current);
+                Ok(min_revision.max(current))
+            }
+            _ => Ok(min_revision),
+        }
+    }
+
     /// Refuses a `min_revision` the store cannot honour: ahead of it, or (in memory) lost at a
     /// restart. Asks the store only when this replica has not seen that revision itself.
     pub(crate) async fn ensure_revision(&self, min_revision: u64) -> Result<(), StoreError> {

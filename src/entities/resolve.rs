@@ -28,6 +28,7 @@ pub async fn decide(
     min_revision: u64,
 ) -> Result<Outcome, DecideError> {
     store.ensure_revision(min_revision).await?;
+    let min_revision = store.decision_floor(min_revision).await?;
     if store.known_empty() {
         return Ok(authz::decide(snapshot, input, limits)?);
     }

@@ -16,6 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 pub struct TestServer {
