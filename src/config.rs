@@ -117,9 +117,12 @@ pub struct ServeConfig {
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "CEDAR_PDP_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-    /// Bearer token for the AdminService from peers other than loopback. Unset: loopback only.
+    /// Bearer token for the AdminService, required from every peer. Unset: loopback only.
     #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// File holding the AdminService token (first line): unlike a flag, not readable in the process list.
+    #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (`/metrics`). Unset: no metrics endpoint.
     #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -186,6 +189,9 @@ pub struct EntityConfig {
     /// presents `authorization: Bearer TOKEN` and is audited as NAME. None: loopback callers only.
     #[arg(long = "provisioning-token", env = "CEDAR_PDP_PROVISIONING_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
     pub provisioning_tokens: Vec<(String, String)>,
+    /// File of EntityService credentials, one `NAME=TOKEN` per line (`#` comments), with those above.
+    #[arg(long, env = "CEDAR_PDP_PROVISIONING_TOKENS_FILE")]
+    pub provisioning_token_file: Option<PathBuf>,
     /// Serve the EntityService and AdminService on this address instead of `--listen`.
     #[arg(long, env = "CEDAR_PDP_PROVISIONING_LISTEN")]
     pub provisioning_listen: Option<SocketAddr>,
@@ -200,7 +206,44 @@ fn parse_named_token(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Reads a token file: `NAME=TOKEN` lines when `named`, else the first line as the token.
+pub fn read_tokens(path: &std::path::Path, named: bool) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let lines = text.lines().map(str::trim).enumerate().filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+    let tokens: Vec<(String, String)> = if named {
+        lines
+            .map(|(n, l)| parse_named_token(l).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1)))
+            .collect::<Result<_, _>>()?
+    } else {
+        lines.take(1).map(|(_, l)| ("admin".to_string(), l.to_string())).collect()
+    };
+    if tokens.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(tokens)
+}
+
+impl ServeConfig {
+    /// The admin token from the flag or the file.
+    pub fn admin_tokens(&self) -> Result<Vec<(String, String)>, String> {
+        match (&self.admin_token, &self.admin_token_file) {
+            (_, Some(path)) => read_tokens(path, false),
+            (Some(token), None) => Ok(vec![("admin".to_string(), token.clone())]),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
+}
+
 impl EntityConfig {
+    /// The provisioning credentials from the flags and the file.
+    pub fn provisioning_credentials(&self) -> Result<Vec<(String, String)>, String> {
+        let mut tokens = self.provisioning_tokens.clone();
+        if let Some(path) = &self.provisioning_token_file {
+            tokens.extend(read_tokens(path, true)?);
+        }
+        Ok(tokens)
+    }
+
     /// The store settings; a `--store` that contradicts `--redis-url` is an error.
     pub fn store(&self) -> Result<crate::entities::StoreConfig, String> {
         use crate::entities::StoreKind;

@@ -139,6 +139,8 @@ pub enum ServeError {
     Metrics(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("credentials: {0}")]
+    Credentials(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(std::net::SocketAddr, std::io::Error),
     #[error("server failed: {0}")]

@@ -11,19 +11,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
 
 use crate::config::ServeConfig;
 use crate::entities::EntityStore;
 use crate::error::ServeError;
 use crate::grpc::{
-    AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, EntityApi, EntityServiceServer, pb,
+    AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, EntityApi, EntityServiceServer,
+    HealthApi, HealthState, pb,
 };
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 
-/// The gRPC service names health reports on, besides the whole server's `""`.
-const HEALTH_SERVICES: [&str; 3] = ["", "cedar_pdp.v1.AuthorizationService", "envoy.service.auth.v3.Authorization"];
+/// What the main port serves when provisioning and admin have their own listener.
+const DECISION_SERVICES: [&str; 2] = ["cedar_pdp.v1.AuthorizationService", "grpc.health.v1.Health"];
+/// What the provisioning listener serves.
+const PROVISIONING_SERVICES: [&str; 2] = ["cedar_pdp.v1.EntityService", "cedar_pdp.v1.AdminService"];
 
 /// Serves on `listener` until `shutdown` completes. Fails at once if the policy directory is invalid.
 pub async fn serve(
@@ -31,8 +35,8 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::NotServing).await;
+    let health = HealthState::default();
+    let health_service = HealthServer::new(HealthApi::new(health.clone()));
 
     // Metrics first, so that the initial load is counted too.
     if let Some(addr) = config.metrics_listen {
@@ -76,7 +80,16 @@ pub async fn serve(
     }
     let (_, revision) = entities.coherence();
     tracing::info!(store = entities.kind(), location = %entities.location(), revision, "entity store open");
-    if config.entities.provisioning_tokens.is_empty() {
+    let credentials = config.entities.provisioning_credentials().and_then(|p| Ok((p, config.admin_tokens()?)));
+    let (provisioning_tokens, admin_tokens) = match credentials {
+        Ok(tokens) => tokens,
+        Err(e) => {
+            background.cancel();
+            let _ = reloader.await;
+            return Err(ServeError::Credentials(e));
+        }
+    };
+    if provisioning_tokens.is_empty() {
         tracing::warn!(
             "no --provisioning-token: EntityService serves loopback callers only, which includes \
              anything relayed by a proxy on this host"
@@ -95,10 +108,11 @@ pub async fn serve(
         None => None,
     };
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection lists what each port serves, nothing it would answer UNIMPLEMENTED.
+    let main_reflection = match provisioning_listener {
+        Some(_) => reflection(Some(&DECISION_SERVICES))?,
+        None => reflection(None)?,
+    };
     let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
     let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
         store.clone(),
@@ -115,16 +129,16 @@ pub async fn serve(
         limits,
     ))
     .max_decoding_message_size(config.max_message_bytes);
-    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), config.admin_token.as_deref()));
+    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), admin_tokens));
     let provisioning = EntityServiceServer::new(EntityApi::new(
         store.clone(),
         entities.clone(),
-        config.entities.provisioning_tokens.clone(),
+        provisioning_tokens,
         config.max_batch,
     ))
     .max_decoding_message_size(config.max_message_bytes);
 
-    set_health(&health, ServingStatus::Serving).await;
+    health.set(ServingStatus::Serving);
     tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving");
 
     // As tonic does when it binds itself: without TCP_NODELAY a multi-segment request waits out the
@@ -136,7 +150,7 @@ pub async fn serve(
         async move {
             shutdown.await;
             tracing::info!("shutting down: NOT_SERVING, draining in-flight calls");
-            set_health(&health, ServingStatus::NotServing).await;
+            health.close();
             let _ = draining.send(());
         }
     };
@@ -144,7 +158,7 @@ pub async fn serve(
     let mut router = Server::builder()
         .layer(over_limit.clone())
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(main_reflection)
         .add_service(authorization)
         .add_service(ext_authz);
     // The provisioning and admin services go to their own listener when one is configured.
@@ -156,6 +170,7 @@ pub async fn serve(
             Some(tokio::spawn(
                 Server::builder()
                     .layer(over_limit)
+                    .add_service(reflection(Some(&PROVISIONING_SERVICES))?)
                     .add_service(provisioning)
                     .add_service(admin)
                     .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
@@ -189,10 +204,20 @@ pub async fn serve(
     result.map_err(ServeError::from)
 }
 
-async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        health.set_service_status(service, status).await;
+/// The reflection service over every descriptor set, listing `only` these services if given.
+fn reflection(
+    only: Option<&[&str]>,
+) -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    ServeError,
+> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for name in only.into_iter().flatten() {
+        builder = builder.with_service_name(*name);
     }
+    Ok(builder.build_v1()?)
 }
 
 /// Completes on SIGTERM or Ctrl-C.

@@ -31,9 +31,8 @@ async fn health_is_serving_for_the_server_and_the_check_service_once_loaded() {
 }
 
 #[tokio::test]
-async fn shutdown_turns_health_not_serving_then_drains_within_the_grace() {
-    let mut server =
-        TestServer::start_with(&example_policies(), |c| c.shutdown_grace = Duration::from_millis(500)).await;
+async fn shutdown_tells_watchers_not_serving_and_does_not_wait_for_them() {
+    let mut server = TestServer::start_with(&example_policies(), |c| c.shutdown_grace = Duration::from_secs(30)).await;
     let mut health = HealthClient::new(server.channel().await);
     let mut watch = health.watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
     assert_eq!(watch.next().await.unwrap().unwrap().status(), ServingStatus::Serving);
@@ -41,10 +40,11 @@ async fn shutdown_turns_health_not_serving_then_drains_within_the_grace() {
     server.begin_stop();
     let next = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("a status change");
     assert_eq!(next.unwrap().unwrap().status(), ServingStatus::NotServing);
-    // The open Watch stream is an in-flight call that never ends by itself: the grace bounds the wait.
-    let ended = tokio::time::timeout(Duration::from_secs(10), server.wait()).await.expect("shutdown is bounded");
-    ended.unwrap();
-    drop(watch);
+    // Then the stream ends: a watcher is not work in flight, and the drain does not wait for it.
+    let end = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.expect("the stream ends");
+    assert!(end.is_none(), "{end:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(5), server.wait()).await;
+    ended.expect("shutdown waited for a health watcher (grace is 30 s)").unwrap();
 }
 
 #[tokio::test]
@@ -112,4 +112,75 @@ async fn decisions_work_without_watching_the_directory() {
     let allowed =
         server.check(req(r#"User::"alice""#, r#"Action::"edit""#, r#"Document::"design-doc""#)).await.unwrap();
     assert!(is_allow(&allowed));
+}
+
+async fn listed_services(channel: tonic::transport::Channel) -> Vec<String> {
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn reflection_lists_what_each_port_serves() {
+    let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let server = TestServer::start_with(&example_policies(), |c| c.entities.provisioning_listen = Some(second)).await;
+    let main = listed_services(server.channel().await).await;
+    assert!(main.iter().any(|n| n == "cedar_pdp.v1.AuthorizationService"), "{main:?}");
+    assert!(!main.iter().any(|n| n.contains("EntityService") || n.contains("AdminService")), "{main:?}");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{second}")).unwrap().connect().await.unwrap();
+    let provisioning = listed_services(channel).await;
+    assert!(provisioning.iter().any(|n| n == "cedar_pdp.v1.EntityService"), "{provisioning:?}");
+    assert!(provisioning.iter().any(|n| n == "cedar_pdp.v1.AdminService"), "{provisioning:?}");
+    assert!(!provisioning.iter().any(|n| n.contains("AuthorizationService")), "{provisioning:?}");
+}
+
+#[tokio::test]
+async fn credentials_come_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (provisioning, admin) = (dir.path().join("provisioning.tokens"), dir.path().join("admin.token"));
+    std::fs::write(&provisioning, "# the IdP sync\nhr-sync=s3cret-1\n\nscim=s3cret-2\n").unwrap();
+    std::fs::write(&admin, "adm1n-token\n").unwrap();
+    let server = TestServer::start_with(&example_policies(), |c| {
+        c.entities.provisioning_token_file = Some(provisioning.clone());
+        c.admin_token_file = Some(admin.clone());
+    })
+    .await;
+    let mut client = server.entities(Some("s3cret-2")).await;
+    let zoe = entity(r#"User::"zoe""#, serde_json::json!({"name": "Zoe", "suspended": false}), &[]);
+    client
+        .upsert_entities(cedar_pdp::grpc::pb::UpsertEntitiesRequest { entities: vec![zoe], ..Default::default() })
+        .await
+        .unwrap();
+    let trail = client.read_audit(cedar_pdp::grpc::pb::ReadAuditRequest::default()).await.unwrap().into_inner();
+    assert_eq!(trail.records[0].actor, "scim");
+    let refused =
+        server.entities(Some("wrong")).await.read_audit(cedar_pdp::grpc::pb::ReadAuditRequest::default()).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut admin_client = cedar_pdp::grpc::AdminServiceClient::with_interceptor(
+        server.channel().await,
+        Bearer(Some("adm1n-token".into())),
+    );
+    admin_client.get_status(cedar_pdp::grpc::pb::GetStatusRequest {}).await.unwrap();
+    assert!(
+        server.admin().await.get_status(cedar_pdp::grpc::pb::GetStatusRequest {}).await.is_err(),
+        "a token is needed"
+    );
+
+    // A malformed line stops the start, naming it.
+    std::fs::write(&provisioning, "hr-sync=ok\nno-equals-sign\n").unwrap();
+    let err = TestServer::try_start_with(&example_policies(), |c| {
+        c.entities.provisioning_token_file = Some(provisioning.clone())
+    })
+    .await
+    .err()
+    .expect("started with a malformed token file");
+    assert!(err.to_string().contains("provisioning.tokens:2"), "{err}");
 }

@@ -19,8 +19,8 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    pub fn new(store: Arc<PolicyStore>, entities: Arc<EntityStore>, admin_token: Option<&str>) -> Self {
-        let gate = TokenGate::new(admin_token.map(|t| ("admin".to_string(), t.to_string())));
+    pub fn new(store: Arc<PolicyStore>, entities: Arc<EntityStore>, tokens: Vec<(String, String)>) -> Self {
+        let gate = TokenGate::new(tokens);
         AdminApi { store, entities, gate }
     }
 }

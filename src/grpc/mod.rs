@@ -9,12 +9,14 @@ mod authorization;
 mod convert;
 mod entities;
 mod ext_authz;
+mod health;
 mod limits;
 
 pub use admin::AdminApi;
 pub use authorization::AuthorizationApi;
 pub use entities::EntityApi;
 pub use ext_authz::ExtAuthzApi;
+pub use health::{HealthApi, HealthState};
 pub use limits::RefusalsLayer;
 
 /// Generated code for `proto/cedar_pdp/v1/authorization.proto`.
