@@ -118,7 +118,7 @@ impl pb::entity_service_server::EntityService for EntityApi {
         }
         let record = self.store.get(&uid).await?.ok_or_else(|| ServiceError::NotFound(format!("`{uid}`")))?;
         Ok(Response::new(pb::GetEntityResponse {
-            entity: Some(convert::entity_message(&record.json)),
+            entity: Some(convert::entity_message(&record.json())),
             revision: record.revision,
             source: "provisioned".into(),
         }))
@@ -141,7 +141,7 @@ impl pb::entity_service_server::EntityService for EntityApi {
         tokio::spawn(async move { store.export(ty, PAGE.1 as usize, tx).await });
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(|chunk| {
             let chunk = chunk?;
-            let entities = chunk.records.iter().map(|r| convert::entity_message(&r.json)).collect();
+            let entities = chunk.records.iter().map(|r| convert::entity_message(&r.json())).collect();
             Ok(pb::ExportEntitiesResponse { entities, revision: chunk.revision })
         });
         Ok(Response::new(Box::pin(stream)))
@@ -168,7 +168,7 @@ impl pb::entity_service_server::EntityService for EntityApi {
             Some(last) if records.len() == size => entities::key_of(&last.entity.uid()),
             _ => String::new(),
         };
-        let entities = records.iter().map(|r| convert::entity_message(&r.json)).collect();
+        let entities = records.iter().map(|r| convert::entity_message(&r.json())).collect();
         Ok(Response::new(pb::ListEntitiesResponse { entities, next_page_token }))
     }
 
