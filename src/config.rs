@@ -98,7 +98,7 @@ pub struct ServeConfig {
     /// Quiet period after the last file event before a reload starts.
     #[arg(long, env = "CEDAR_PDP_RELOAD_DEBOUNCE", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub reload_debounce: Duration,
-    /// How long an edit that empties a policy file, or removes every forbid from one, must stay
+    /// How long an edit that empties a policy file, or removes a forbid from one, must hold still
     /// before a file-change reload applies it (a half-written file looks like that).
     #[arg(long, env = "CEDAR_PDP_RELOAD_SETTLE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub reload_settle: Duration,

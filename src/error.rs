@@ -202,14 +202,16 @@ impl From<ServiceError> for Status {
     }
 }
 
-/// The longest quoted input a status message repeats, in characters.
+/// The longest run between backticks a status message repeats, in characters.
 const ECHO_LIMIT: usize = 200;
-/// The longest status message, in characters: well within what any client accepts in a header.
-const MESSAGE_LIMIT: usize = 4096;
+/// The longest status message, in bytes: percent-encoded (up to three times longer), it stays within
+/// the 8 KiB header limit of the strictest gRPC clients.
+const MESSAGE_LIMIT: usize = 2048;
 
-/// Caps what a status echoes. User input is quoted in backticks; a quoted span over `ECHO_LIMIT`
-/// characters is cut with a marker, so that a huge field cannot make the error itself too large to
-/// deliver (a client would then see RESOURCE_EXHAUSTED instead of the reason).
+/// Caps what a status echoes. User input is quoted in backticks; any run between backticks over
+/// `ECHO_LIMIT` characters is cut with a marker — quoted or not, since a backtick inside the input
+/// would flip which runs are quoted — so that a huge field cannot make the error itself too large
+/// to deliver (a client would then see a protocol error instead of the reason).
 pub fn bounded(message: String) -> String {
     if message.len() <= ECHO_LIMIT {
         return message;
@@ -220,15 +222,20 @@ pub fn bounded(message: String) -> String {
             out.push('`');
         }
         let chars = part.chars().count();
-        if i % 2 == 1 && chars > ECHO_LIMIT {
+        if chars > ECHO_LIMIT {
             out.extend(part.chars().take(ECHO_LIMIT));
             out.push_str(&format!("…[{} more characters]", chars - ECHO_LIMIT));
         } else {
             out.push_str(part);
         }
     }
-    if out.chars().count() > MESSAGE_LIMIT {
-        out = out.chars().take(MESSAGE_LIMIT).collect::<String>() + "…[cut]";
+    if out.len() > MESSAGE_LIMIT {
+        let mut end = MESSAGE_LIMIT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push_str("…[cut]");
     }
     out
 }
@@ -256,6 +263,10 @@ mod tests {
         assert!(status.message().len() < 400, "{}", status.message().len());
         assert!(status.message().starts_with("`principal.type` is invalid: `TTT"), "{}", status.message());
         assert!(status.message().contains("…[999800 more characters]` is not a type name"), "{}", status.message());
+        // A backtick inside the input does not let it through whole, nor do wide characters.
+        let tricky = format!("a`{}", "😀".repeat(100_000));
+        let status = Status::from(RequestError::invalid("principal.type", format!("`{tricky}` is not a type name")));
+        assert!(status.message().len() <= 2100, "{}", status.message().len());
         // Short messages pass untouched.
         let short = Status::from(RequestError::missing("principal"));
         assert_eq!(short.message(), "`principal` is required");

@@ -25,9 +25,11 @@ use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 
 /// What the main port serves when provisioning and admin have their own listener.
-const DECISION_SERVICES: [&str; 2] = ["cedar_pdp.v1.AuthorizationService", "grpc.health.v1.Health"];
+const DECISION_SERVICES: [&str; 3] =
+    ["cedar_pdp.v1.AuthorizationService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
 /// What the provisioning listener serves.
-const PROVISIONING_SERVICES: [&str; 2] = ["cedar_pdp.v1.EntityService", "cedar_pdp.v1.AdminService"];
+const PROVISIONING_SERVICES: [&str; 3] =
+    ["cedar_pdp.v1.EntityService", "cedar_pdp.v1.AdminService", "grpc.reflection.v1.ServerReflection"];
 
 /// Serves on `listener` until `shutdown` completes. Fails at once if the policy directory is invalid.
 pub async fn serve(

@@ -125,8 +125,9 @@ impl EntityCache {
         metrics::counter!("cedar_pdp_entity_fetches_total").increment(1);
         let epoch = self.epoch.load(Ordering::SeqCst);
         let wanted: Vec<EntityUid> = missing.iter().map(|&i| uids[i].clone()).collect();
+        let floor = self.highest();
         let (fetched, revision) = store.fetch(&wanted, min_revision).await?;
-        self.observe(revision);
+        self.observe(floor, revision);
         let now = Instant::now();
         // Cached only if no invalidation ran since the read began (it may be about what was read),
         // and only what is not newer than the revision the cache is current at (a read ahead of it,
@@ -177,20 +178,28 @@ impl EntityCache {
 
     /// The writer of the embedded store has applied `revision` (after invalidating what it changed).
     pub fn advance(&self, revision: u64) {
-        self.observe(revision);
+        self.note(revision);
         self.seen_revision.fetch_max(revision, Ordering::SeqCst);
     }
 
-    /// Notes a revision the store reported. One below the highest seen means acknowledged writes were
-    /// lost (a Redis restart from an old snapshot, a failover to a replica that lagged): raised as an
-    /// alarm, and everything cached is dropped, since it may hold what the store no longer has.
-    pub fn observe(&self, revision: u64) {
-        let highest = self.highest.fetch_max(revision, Ordering::SeqCst);
-        if revision >= highest {
+    /// Notes a revision this replica learnt (its own write's, a message's): the floor of its next write.
+    pub fn note(&self, revision: u64) {
+        self.highest.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// Notes the revision a read returned, given `floor`, the highest this replica had seen before the
+    /// read began. The store never goes below what it already showed, so a lower answer means
+    /// acknowledged writes were lost (a Redis restart from an old snapshot, a failover to a replica
+    /// that lagged): raised as an alarm, and everything cached is dropped, since it may hold what the
+    /// store no longer has. (Comparing with `floor`, not with the highest now, keeps a read that merely
+    /// crossed a newer write from looking like a loss.)
+    pub fn observe(&self, floor: u64, revision: u64) {
+        self.note(revision);
+        if revision >= floor {
             return;
         }
-        let alarm = format!("acknowledged writes were lost: revision {highest} → {revision}");
-        tracing::error!(highest, revision, "entity store went back in time: {alarm}; local caches dropped");
+        let alarm = format!("acknowledged writes were lost: revision {floor} → {revision}");
+        tracing::error!(floor, revision, "entity store went back in time: {alarm}; local caches dropped");
         metrics::counter!("cedar_pdp_entity_revision_regressions_total").increment(1);
         self.warnings.lock().unwrap_or_else(PoisonError::into_inner).regression = Some(alarm);
         self.clear();
@@ -216,7 +225,7 @@ impl EntityCache {
         let uids: Option<Vec<EntityUid>> = lines.map(uid_of_key).collect();
         match (revision, uids) {
             (Some(revision), Some(uids)) => {
-                self.observe(revision);
+                self.note(revision);
                 self.invalidate(&uids);
                 self.seen_revision.fetch_max(revision, Ordering::SeqCst);
             }
@@ -228,8 +237,9 @@ impl EntityCache {
     }
 
     /// Subscribed (again) at store revision `revision`.
-    pub fn subscribed(&self, revision: u64) {
-        self.observe(revision);
+    /// `floor` is the highest revision seen before the revision was read.
+    pub fn subscribed(&self, floor: u64, revision: u64) {
+        self.observe(floor, revision);
         self.clear();
         self.seen_revision.store(revision, Ordering::SeqCst);
         self.subscribed.store(true, Ordering::SeqCst);

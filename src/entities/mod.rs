@@ -122,13 +122,56 @@ impl RequestKey {
             hash.update(key_of(change.uid()));
             hash.update([0]);
             if let Change::Upsert { json, .. } = change {
-                hash.update(json.to_string());
+                hash.update(canonical(json));
             }
             hash.update([0]);
         }
         let digest = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Ok(Some(RequestKey { id: id.to_string(), digest }))
     }
+}
+
+/// A JSON text that is the same for the same entity however Cedar ordered it: object keys sorted,
+/// and the parents (a set, in hash order) sorted too.
+fn canonical(value: &serde_json::Value) -> String {
+    fn write(value: &serde_json::Value, sort_array: bool, out: &mut String) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, key) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::Value::String(key.clone()).to_string());
+                    out.push(':');
+                    write(&map[key], key == "parents", out);
+                }
+                out.push('}');
+            }
+            serde_json::Value::Array(items) => {
+                let mut parts: Vec<String> = items
+                    .iter()
+                    .map(|item| {
+                        let mut text = String::new();
+                        write(item, false, &mut text);
+                        text
+                    })
+                    .collect();
+                if sort_array {
+                    parts.sort();
+                }
+                out.push('[');
+                out.push_str(&parts.join(","));
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, false, &mut out);
+    out
 }
 
 /// An entity as a client sent it to the EntityService.
@@ -211,12 +254,12 @@ impl EntityStore {
                 if store.revision() == store.origin() {
                     legacy::migrate(&store, &config.legacy_audit_file)?;
                 }
-                cache.subscribed(store.revision());
+                cache.subscribed(0, store.revision());
                 Backend::Local { store: Arc::new(store), cache }
             }
             StoreKind::Memory => {
                 let store = local::LocalStore::in_memory()?;
-                cache.subscribed(store.revision());
+                cache.subscribed(0, store.revision());
                 Backend::Local { store: Arc::new(store), cache }
             }
         };
@@ -330,7 +373,7 @@ impl EntityStore {
             Backend::Redis { store, cache } => {
                 let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
                 let revision = store.apply(&changes, actor, cache.highest(), request.as_ref()).await?;
-                cache.observe(revision);
+                cache.note(revision);
                 // This replica reads its own write at once; the others hear of it through the subscription.
                 cache.invalidate(&uids);
                 Ok(revision)
@@ -360,8 +403,9 @@ impl EntityStore {
     pub(crate) async fn decision_floor(&self, min_revision: u64) -> Result<u64, StoreError> {
         match &self.backend {
             Backend::Redis { store, cache } if cache.confirms_every_decision() => {
+                let floor = cache.highest();
                 let (_, current) = store.read(&[], min_revision).await?;
-                cache.observe(current);
+                cache.observe(floor, current);
                 Ok(min_revision.max(current))
             }
             _ => Ok(min_revision),

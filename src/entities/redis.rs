@@ -60,7 +60,11 @@ local stored = tonumber(redis.call('GET', p .. 'rev') or '0')
 if not stored then
   return redis.error_reply('cedar-pdp: key ' .. p .. 'rev is not a number')
 end
-local rev = string.format('%d', math.max(stored, floor) + 1)
+-- Revisions follow the clock too (µs), so a replica that never saw revisions Redis later lost
+-- does not issue them again either.
+local now = redis.call('TIME')
+local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local rev = string.format('%d', math.max(stored, floor, clock) + 1)
 redis.call('SET', p .. 'rev', rev)
 local uids = {}
 for i = 7, #ARGV, 4 do
@@ -343,10 +347,11 @@ impl RedisStore {
                     let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
                     tokio::time::timeout(timeout, pubsub.subscribe(&channel)).await??;
                     // Read after subscribing: every later write arrives as a message.
+                    let floor = cache.highest();
                     let revision: Option<u64> = tokio::time::timeout(timeout, conn.get(&rev_key)).await??;
-                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((pubsub, revision.unwrap_or(0)))
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>((pubsub, floor, revision.unwrap_or(0)))
                 };
-                let (pubsub, revision) = tokio::select! {
+                let (pubsub, floor, revision) = tokio::select! {
                     () = stop.cancelled() => return,
                     session = session => match session {
                         Ok(ok) => ok,
@@ -361,7 +366,7 @@ impl RedisStore {
                         }
                     },
                 };
-                cache.subscribed(revision);
+                cache.subscribed(floor, revision);
                 tracing::info!(revision, "entity invalidations: subscribed; local cache cleared");
                 cache.set_persistence_warning(persistence_risk(&mut conn, timeout).await);
                 backoff = Duration::from_millis(50);

@@ -83,6 +83,8 @@ impl Health for HealthApi {
                     return;
                 }
                 tokio::select! {
+                    // The watcher went away: nothing more to tell it.
+                    () = tx.closed() => return,
                     changed = status.changed() => if changed.is_err() { return },
                     () = closing.cancelled() => {
                         let last = *status.borrow();

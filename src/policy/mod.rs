@@ -85,19 +85,25 @@ impl PolicyStore {
         self.apply(loaded)
     }
 
-    /// A reload the file watcher asked for. An edit that empties a policy file or removes every
-    /// `forbid` from one is what a writer that truncates first and writes later (a shell redirect,
-    /// many deploy tools) looks like halfway through: it waits `settle` for the rest of the write
-    /// and loads again, and applies such an edit only once it is still there after the wait.
+    /// A reload the file watcher asked for. An edit that empties a policy file or removes a `forbid`
+    /// from one is what a writer that truncates first and writes later (a shell redirect, many deploy
+    /// tools) looks like halfway through: it waits `settle` for the rest of the write and loads again,
+    /// and applies such an edit only once it held still for a whole wait.
     pub async fn reload_watched(&self, settle: std::time::Duration) -> Result<ReloadOutcome, PolicyLoadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let mut loaded = self.load_settled().await;
-        for _ in 0..3 {
+        const ROUNDS: usize = 3;
+        for round in 0..=ROUNDS {
             let why = match &loaded {
                 Ok(snapshot) => self.shrinks(snapshot),
                 Err(_) => None,
             };
             let Some(why) = why else { break };
+            if round == ROUNDS {
+                // Still shrinking and still changing: never apply a state that did not hold still.
+                let message = format!("an edit that {why} kept changing for {ROUNDS} × {settle:?}; not applied");
+                return self.apply(Err(PolicyLoadError::single(&self.dir.display().to_string(), message)));
+            }
             tracing::warn!(?settle, "a policy edit {why}: waiting for the write to finish before applying it");
             tokio::time::sleep(settle).await;
             let again = self.load_settled().await;
@@ -147,8 +153,11 @@ impl PolicyStore {
             if before.policies > 0 && after.policies == 0 {
                 return Some(format!("empties `{file}` ({} policies before)", before.policies));
             }
-            if before.forbids > 0 && after.forbids == 0 {
-                return Some(format!("removes every forbid from `{file}` ({} before)", before.forbids));
+            if after.forbids < before.forbids {
+                return Some(format!(
+                    "removes forbids from `{file}` ({} before, {} after)",
+                    before.forbids, after.forbids
+                ));
             }
         }
         None
