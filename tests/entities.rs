@@ -533,10 +533,7 @@ async fn decisions_on_redis_equal_cedar_on_the_whole_entity_set() {
 /// One batch moves `pat` out of group `g` and `g` into `readers`; the next moves both back. In neither
 /// state is `pat` in `readers`, so no decision read while the batches land may allow: a slice read
 /// level by level must not combine `pat`'s old parents with `g`'s new ones.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_never_mixes_two_revisions() {
-    let redis = RedisServer::start();
-    let (writer, reader) = (start(Some(&redis)).await, start(Some(&redis)).await);
+async fn never_mixes_two_revisions(writer: &TestServer, reader: &TestServer) {
     let (pat, view, doc) = (r#"User::"pat""#, r#"Action::"view""#, r#"Document::"ledger""#);
     let ledger = entity(doc, json!({"owner": {"__entity": {"type": "User", "id": "nobody"}}}), &[]);
     let state = |in_group: bool| {
@@ -547,7 +544,7 @@ async fn a_decision_never_mixes_two_revisions() {
     };
     let mut batch = state(true);
     batch.push(ledger);
-    upsert(&writer, batch).await;
+    upsert(writer, batch).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let checks = {
         let (stop, client) = (stop.clone(), reader.client.clone());
@@ -566,11 +563,25 @@ async fn a_decision_never_mixes_two_revisions() {
         })
     };
     for i in 0..300 {
-        upsert(&writer, state(i % 2 == 1)).await;
+        upsert(writer, state(i % 2 == 1)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let n = checks.await.unwrap();
     assert!(n > 10, "only {n} checks ran during the writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_never_mixes_two_revisions_on_redis() {
+    let redis = RedisServer::start();
+    never_mixes_two_revisions(&start(Some(&redis)).await, &start(Some(&redis)).await).await;
+}
+
+/// The embedded store's writer invalidates the cache itself: decisions on the same server, between
+/// its commits, must not mix either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_never_mixes_two_revisions_embedded() {
+    let server = start(None).await;
+    never_mixes_two_revisions(&server, &server).await;
 }
 
 /// A key of the wrong type under the prefix (another tool's, say) fails the write before anything
@@ -708,6 +719,12 @@ async fn a_redis_that_lost_acknowledged_writes_is_detected_and_revisions_never_r
     assert_eq!(gone.unwrap_err().code(), Code::NotFound);
 }
 
+/// The audit records of one entity.
+async fn history(server: &TestServer, of: &str) -> Vec<pb::AuditRecord> {
+    let request = pb::ReadAuditRequest { uid: Some(uid(of)), ..Default::default() };
+    server.entities(None).await.read_audit(request).await.unwrap().into_inner().records
+}
+
 /// The same request id twice writes once and answers with the first revision; on another batch it
 /// is refused.
 async fn idempotency_scenario(server: &TestServer) {
@@ -724,12 +741,7 @@ async fn idempotency_scenario(server: &TestServer) {
     assert!(other.message().contains("`request_id` `sync-41` was already used"), "{other:?}");
     let bad = client.upsert_entities(write(&"x".repeat(200), "kim")).await.unwrap_err();
     assert!(bad.message().contains("`request_id`"), "{bad:?}");
-    let trail = client
-        .read_audit(pb::ReadAuditRequest { uid: Some(uid(r#"User::"kim""#)), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let trail = history(server, r#"User::"kim""#).await;
     assert_eq!(trail.len(), 1, "written once");
     assert_eq!(server.status().await.entity_revision, first);
 }
@@ -768,12 +780,7 @@ async fn a_write_whose_outcome_is_unknown_is_said_so_and_retried_safely() {
     assert!(err.message().contains("outcome of this write is unknown"), "{err:?}");
     // Redis is answering again: the retry with the same id returns the first (applied) outcome.
     let revision = client.upsert_entities(request.clone()).await.unwrap().into_inner().revision;
-    let trail = client
-        .read_audit(pb::ReadAuditRequest { uid: Some(uid(r#"User::"ola""#)), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .records;
+    let trail = history(&server, r#"User::"ola""#).await;
     assert_eq!(trail.len(), 1, "applied once, though sent twice");
     assert_eq!(trail[0].revision, revision);
 }

@@ -59,17 +59,7 @@ async fn shutdown_with_nothing_in_flight_is_prompt() {
 #[tokio::test]
 async fn reflection_lists_the_services() {
     let server = TestServer::start(&example_policies()).await;
-    let mut reflection = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
-    else {
-        panic!("not a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = listed_services(server.channel().await).await;
     for expected in ["cedar_pdp.v1.AuthorizationService", "cedar_pdp.v1.AdminService", "grpc.health.v1.Health"] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
