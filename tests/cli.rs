@@ -237,3 +237,35 @@ fn reload_applies_an_edit_now_and_reports_a_broken_one() {
     // The last good set keeps serving.
     assert!(check(&server).starts_with("decision: ALLOW"));
 }
+
+/// Redis stalls under an import: the server answers UNAVAILABLE, the CLI retries the batch (with the
+/// same request id, which `entities.rs` shows applies a batch once) and the import completes, every
+/// entity recorded once.
+#[test]
+fn import_retries_through_a_stalled_redis() {
+    let redis = common::redis::RedisServer::start();
+    let url = redis.url();
+    let server = Process::start(&fixture("org"), &["--redis-url", &url, "--redis-timeout", "300ms"]);
+    let file = server.scratch.path().join("users.jsonl");
+    // No parents: nothing is read before a batch's write goes out, so the stall hits the write itself
+    // (sent, applied once Redis goes on, its answer too late: an outcome the server cannot know).
+    let lines: Vec<String> = (0..400)
+        .map(|i| json!({"uid": {"type": "User", "id": format!("v{i}")}, "attrs": {"suspended": false}}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    redis.pause();
+    let import = Command::new(BIN)
+        .args(["entities", "import", file.to_str().unwrap(), "--batch-size", "100", "--addr", &server.url()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for the first attempt to time out and a retry to be under way.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    redis.resume();
+    let out = import.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("imported 400 entities"), "{}", stdout(&out));
+    let trail = cli(&server, &["audit", "--json", "--limit", "5000"]);
+    assert_eq!(stdout(&trail).lines().count(), 400, "one record per entity");
+}
