@@ -111,9 +111,9 @@ pub async fn serve(
     };
 
     // Reflection lists what each port serves, nothing it would answer UNIMPLEMENTED.
-    let main_reflection = match provisioning_listener {
-        Some(_) => reflection(Some(&DECISION_SERVICES))?,
-        None => reflection(None)?,
+    let (main_reflection, provisioning_reflection) = match provisioning_listener {
+        Some(_) => (reflection(Some(&DECISION_SERVICES))?, Some(reflection(Some(&PROVISIONING_SERVICES))?)),
+        None => (reflection(None)?, None),
     };
     let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
     let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
@@ -172,7 +172,7 @@ pub async fn serve(
             Some(tokio::spawn(
                 Server::builder()
                     .layer(over_limit)
-                    .add_service(reflection(Some(&PROVISIONING_SERVICES))?)
+                    .add_optional_service(provisioning_reflection)
                     .add_service(provisioning)
                     .add_service(admin)
                     .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),

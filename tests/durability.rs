@@ -290,3 +290,27 @@ async fn a_revision_from_a_wiped_data_dir_is_refused_not_honoured() {
     // Its own starting revision is fine.
     second.check(pb::CheckRequest { min_revision: fresh, ..check }).await.unwrap();
 }
+
+/// A creation interrupted after the database was built but before its rename: the whole file under
+/// the temporary name is what the server may already have served from (a power loss can undo a
+/// rename), so it is used, never thrown away; a broken one is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_left_under_its_temporary_name_is_used_when_whole() {
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    {
+        let server = Process::start(&fixture("org"), &["--data-dir", first.path().to_str().unwrap()]);
+        let mut client = EntityServiceClient::connect(server.url()).await.unwrap();
+        client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(7), ..Default::default() }).await.unwrap();
+        server.signal("TERM");
+    }
+    std::fs::rename(first.path().join("entities.redb"), second.path().join("entities.redb.new")).unwrap();
+    let server = Process::start(&fixture("org"), &["--data-dir", second.path().to_str().unwrap()]);
+    assert_eq!(exported(&server.url()).await.len(), PER_BATCH, "the renamed-back database, whole");
+    drop(server);
+
+    let third = tempfile::tempdir().unwrap();
+    std::fs::write(third.path().join("entities.redb.new"), b"half a database").unwrap();
+    let server = Process::start(&fixture("org"), &["--data-dir", third.path().to_str().unwrap()]);
+    assert!(exported(&server.url()).await.is_empty());
+    assert!(!third.path().join("entities.redb.new").exists());
+}

@@ -304,7 +304,7 @@ impl EntityStore {
         fresh: bool,
     ) -> Result<(Vec<Option<Arc<Record>>>, Option<u64>), StoreError> {
         match &self.backend {
-            Backend::Local { store, cache } => cache.fetch(&**store, uids, min_revision, fresh).await,
+            Backend::Local { store, cache } => cache.fetch(store, uids, min_revision, fresh).await,
             Backend::Redis { store, cache } => cache.fetch(&**store, uids, min_revision, fresh).await,
         }
     }
@@ -340,7 +340,10 @@ impl EntityStore {
     pub async fn get(&self, uid: &EntityUid) -> Result<Option<Arc<Record>>, StoreError> {
         let uids = std::slice::from_ref(uid);
         let (mut records, _) = match &self.backend {
-            Backend::Local { store, .. } => store.fetch_now(uids, 0)?,
+            Backend::Local { store, .. } => {
+                let uid = uid.clone();
+                store.blocking(move |store| store.fetch_now(std::slice::from_ref(&uid), 0)).await?
+            }
             Backend::Redis { store, .. } => store.read(uids, 0).await?,
         };
         Ok(records.pop().flatten())
@@ -349,7 +352,10 @@ impl EntityStore {
     /// Up to `limit` entities of type `ty` whose uid sorts after `after`, in uid order.
     pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
         match &self.backend {
-            Backend::Local { store, .. } => store.list(ty, after, limit),
+            Backend::Local { store, .. } => {
+                let (ty, after) = (ty.to_string(), after.to_string());
+                store.blocking(move |store| store.list(&ty, &after, limit)).await
+            }
             Backend::Redis { store, .. } => store.list(ty, after, limit).await,
         }
     }
@@ -384,10 +390,8 @@ impl EntityStore {
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         match &self.backend {
             Backend::Local { store, .. } => {
-                let (store, filter) = (store.clone(), filter.clone());
-                tokio::task::spawn_blocking(move || store.audit(&filter))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                let filter = filter.clone();
+                store.blocking(move |store| store.audit(&filter)).await
             }
             Backend::Redis { store, .. } => store.audit(filter).await,
         }
@@ -395,12 +399,7 @@ impl EntityStore {
 
     async fn trim_audit(&self, before: SystemTime) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Local { store, .. } => {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.trim_audit(before))
-                    .await
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?
-            }
+            Backend::Local { store, .. } => store.blocking(move |store| store.trim_audit(before)).await,
             Backend::Redis { store, .. } => store.trim_audit(before).await,
         }
     }
@@ -439,8 +438,7 @@ async fn forget_requests_forever(store: std::sync::Weak<local::LocalStore>, stop
         }
         let Some(store) = store.upgrade() else { return };
         let Some(before) = SystemTime::now().checked_sub(RequestKey::KEPT) else { continue };
-        let done = tokio::task::spawn_blocking(move || store.forget_requests(before)).await;
-        if let Ok(Err(e)) = done {
+        if let Err(e) = store.blocking(move |store| store.forget_requests(before)).await {
             tracing::warn!("forgetting old request keys: {e}");
         }
     }
@@ -452,6 +450,13 @@ fn redact_url(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_string(),
     }
+}
+
+/// The entity JSON inside a stored value `{"rev": N, "entity": …}`, for the audit trail; None where
+/// there was none.
+pub(crate) fn stored_entity(bytes: &[u8]) -> Option<serde_json::Value> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    value.get_mut("entity").map(serde_json::Value::take)
 }
 
 /// Parses a stored value `{"rev": N, "entity": …}`, as both stores keep it.

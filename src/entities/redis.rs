@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{EntityCache, Source};
 use super::{
     AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339,
+    stored_entity,
 };
 use crate::error::StoreError;
 
@@ -458,11 +459,6 @@ impl Drop for LostOnDrop {
 }
 
 /// The entity JSON inside a stored value, for the audit trail; None where there was none.
-fn stored_entity(text: &str) -> Option<serde_json::Value> {
-    let mut value: serde_json::Value = serde_json::from_str(text).ok()?;
-    value.get_mut("entity").map(serde_json::Value::take)
-}
-
 fn audit_record(entry: &redis::streams::StreamId) -> Result<AuditRecord, StoreError> {
     let field = |name: &str| entry.get::<String>(name).unwrap_or_default();
     let ms: u64 = entry.id.split('-').next().and_then(|m| m.parse().ok()).unwrap_or(0);
@@ -472,8 +468,8 @@ fn audit_record(entry: &redis::streams::StreamId) -> Result<AuditRecord, StoreEr
         actor: field("actor"),
         operation: field("op"),
         uid: field("uid"),
-        before: stored_entity(&field("before")),
-        after: stored_entity(&field("after")),
+        before: stored_entity(field("before").as_bytes()),
+        after: stored_entity(field("after").as_bytes()),
         cursor: entry.id.clone(),
     })
 }

@@ -21,7 +21,7 @@ use cedar_policy::EntityUid;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::cache::{EntityCache, Source};
-use super::{AuditRecord, Change, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339};
+use super::{AuditRecord, Change, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339, stored_entity};
 use crate::error::StoreError;
 
 mod trail;
@@ -366,11 +366,24 @@ impl LocalStore {
     }
 }
 
-impl Source for LocalStore {
+impl Source for Arc<LocalStore> {
     async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
-        // A lookup is served from redb's page cache or the OS's: microseconds, less than a hop to
-        // the blocking pool would cost.
-        self.fetch_now(uids, min_revision)
+        let uids = uids.to_vec();
+        self.blocking(move |store| store.fetch_now(&uids, min_revision)).await
+    }
+}
+
+impl LocalStore {
+    /// Runs a read on the blocking pool: a page that is not cached is read from disk, and the
+    /// runtime's workers must not wait for a disk.
+    pub async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        read: impl FnOnce(&LocalStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
@@ -440,11 +453,6 @@ fn read_meta(db: &Database) -> Result<Meta, redb::Error> {
     let meta = txn.open_table(META)?;
     let get = |key: &str| -> Result<u64, redb::Error> { Ok(meta.get(key)?.map_or(0, |v| v.value())) };
     Ok(Meta { revision: get("revision")?, count: get("entities")?, origin: get("origin")? })
-}
-
-fn stored_entity(bytes: &[u8]) -> Option<serde_json::Value> {
-    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    value.get_mut("entity").map(serde_json::Value::take)
 }
 
 fn millis(t: SystemTime) -> u64 {
