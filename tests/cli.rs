@@ -269,3 +269,22 @@ fn import_retries_through_a_stalled_redis() {
     let trail = cli(&server, &["audit", "--json", "--limit", "5000"]);
     assert_eq!(stdout(&trail).lines().count(), 400, "one record per entity");
 }
+
+/// The CLI presents a token from a file, read as the server reads its own.
+#[test]
+fn the_cli_takes_its_token_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_tokens, cli_token) = (dir.path().join("tokens"), dir.path().join("my.token"));
+    std::fs::write(&server_tokens, "ops=t0ken-from-file\n").unwrap();
+    std::fs::write(&cli_token, "# ops\nt0ken-from-file\n").unwrap();
+    let server = Process::start(&fixture("org"), &["--provisioning-token-file", server_tokens.to_str().unwrap()]);
+    let refused = cli(&server, &["audit"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("Unauthenticated"), "{}", stderr(&refused));
+    let file = server.scratch.path().join("u.jsonl");
+    std::fs::write(&file, users(3, None)).unwrap();
+    let imported =
+        cli(&server, &["entities", "import", file.to_str().unwrap(), "--token-file", cli_token.to_str().unwrap()]);
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let trail = cli(&server, &["audit", "--json", "--token-file", cli_token.to_str().unwrap()]);
+    assert!(stdout(&trail).lines().all(|l| l.contains(r#""actor":"ops""#)), "{}", stdout(&trail));
+}

@@ -17,16 +17,11 @@ pub async fn channel(addr: &str) -> Result<Channel, CliError> {
     Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))?)
 }
 
-/// The token given inline or in a file (first line, surrounding whitespace dropped).
+/// The token given inline or in a file, read as the server reads its own token files.
 pub fn token(inline: Option<&str>, file: Option<&Path>) -> Result<Option<String>, CliError> {
     if let Some(path) = file {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
-        let token = text.lines().next().unwrap_or_default().trim().to_string();
-        if token.is_empty() {
-            return Err(format!("the token file {} is empty", path.display()).into());
-        }
-        return Ok(Some(token));
+        let tokens = crate::config::read_tokens(path, false)?;
+        return Ok(tokens.into_iter().next().map(|(_, token)| token));
     }
     Ok(inline.map(str::to_string))
 }
