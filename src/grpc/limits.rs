@@ -59,12 +59,14 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // `/cedar_pdp.v1.AuthorizationService/Check` → `Check`.
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+        // A reference-counted copy, no allocation: only a refusal needs the method's name.
+        let path = request.uri().path_and_query().cloned();
         let limit = self.limit;
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
-            rewrite(response.headers_mut(), &method, limit);
+            let method = path.as_ref().and_then(|p| p.path().rsplit('/').next()).unwrap_or_default();
+            rewrite(response.headers_mut(), method, limit);
             Ok(response)
         })
     }
