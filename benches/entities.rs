@@ -2,7 +2,8 @@
 //! manager, with its entities (a) in the policy files, (m) provisioned in the in-memory store, (e)
 //! in the embedded store on disk with a warm cache, (f) embedded with a cold cache (every level read
 //! from the database), (b) provisioned in Redis with a warm local cache, (c) in Redis with a cold
-//! cache (every level read from Redis).
+//! cache (every level read from Redis); and (n) the in-memory store with its entities cached but
+//! every slice built anew.
 //!
 //! `taskset -c 1 cargo bench --bench entities` (figures in docs/benchmarks.md). Starts its own
 //! redis-server on a free loopback port.
@@ -151,6 +152,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("m_in_process_store", |b| {
         b.iter(|| runtime.block_on(entities::decide(&memory, black_box(&bare), &INPUT, &limits, 0)).unwrap())
     });
+    group.bench_function("n_in_process_store_new_slice", |b| {
+        b.iter_batched(
+            || memory.clear_slices(),
+            |()| runtime.block_on(entities::decide(&memory, black_box(&bare), &INPUT, &limits, 0)).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
     group.bench_function("e_embedded_warm_cache", |b| {
         b.iter(|| runtime.block_on(entities::decide(&embedded, black_box(&bare), &INPUT, &limits, 0)).unwrap())
     });
@@ -170,6 +178,17 @@ fn bench(c: &mut Criterion) {
             |()| runtime.block_on(entities::decide(&shared, black_box(&bare), &INPUT, &limits, 0)).unwrap(),
             BatchSize::PerIteration,
         )
+    });
+    group.finish();
+
+    // What a cached entity costs a new slice: a copy of Cedar's entity, or a parse of its stored text.
+    let user = organisation().into_iter().find(|e| e["uid"]["id"] == "u8").unwrap();
+    let text = user.to_string();
+    let entity = cedar_policy::Entity::from_json_value(user, None).unwrap();
+    let mut group = c.benchmark_group("record");
+    group.bench_function("clone_cedar_entity", |b| b.iter(|| black_box(&entity).clone()));
+    group.bench_function("parse_stored_text", |b| {
+        b.iter(|| cedar_policy::Entity::from_json_str(black_box(&text), None).unwrap())
     });
     group.finish();
 }

@@ -117,7 +117,8 @@ pub struct ServeConfig {
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "CEDAR_PDP_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-    /// Bearer token for the AdminService, required from every peer. Unset: loopback only.
+    /// Bearer token for the AdminService, required from every peer. With no admin token or
+    /// `--admin-peer`, the server generates one at start (see `cli.token` in `--data-dir`).
     #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// File holding the AdminService token (first line): unlike a flag, not readable in the process list.
@@ -127,7 +128,64 @@ pub struct ServeConfig {
     #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
+    pub tls: TlsConfig,
+    #[command(flatten)]
     pub entities: EntityConfig,
+}
+
+/// TLS on every listener, and the certificate identities allowed to call each service.
+#[derive(Debug, Clone, Args)]
+pub struct TlsConfig {
+    /// PEM certificate chain: turns on TLS for every listener (gRPC, provisioning, metrics).
+    /// Reloaded when the file changes.
+    #[arg(long, env = "CEDAR_PDP_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "CEDAR_PDP_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to: turns on mTLS.
+    #[arg(long, env = "CEDAR_PDP_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With `--tls-client-ca`: `required` refuses clients without a certificate at the handshake;
+    /// `optional` serves them, without a certificate identity.
+    #[arg(long, env = "CEDAR_PDP_TLS_CLIENT_AUTH", value_enum, default_value_t = crate::tls::ClientAuth::Required)]
+    pub tls_client_auth: crate::tls::ClientAuth,
+    /// Certificate identity (URI SAN such as a SPIFFE id, else DNS SAN, else CN) allowed to call the
+    /// EntityService, alongside the tokens; repeatable (comma-separated in the variable).
+    #[arg(long = "provisioning-peer", env = "CEDAR_PDP_PROVISIONING_PEERS", value_delimiter = ',')]
+    pub provisioning_peers: Vec<String>,
+    /// Certificate identity allowed to call the AdminService, alongside the admin token; repeatable.
+    #[arg(long = "admin-peer", env = "CEDAR_PDP_ADMIN_PEERS", value_delimiter = ',')]
+    pub admin_peers: Vec<String>,
+    /// When set, only these certificate identities may ask for decisions (Check, BatchCheck,
+    /// ext_authz); repeatable. Unset: any caller the TLS policy lets in.
+    #[arg(long = "check-peer", env = "CEDAR_PDP_CHECK_PEERS", value_delimiter = ',')]
+    pub check_peers: Vec<String>,
+}
+
+impl TlsConfig {
+    /// The TLS files, when TLS is on; peers without TLS are an error (no certificate can be seen).
+    pub fn files(&self) -> Result<Option<crate::tls::TlsFiles>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            let peers = [&self.provisioning_peers, &self.admin_peers, &self.check_peers];
+            if peers.iter().any(|p| !p.is_empty()) {
+                return Err(
+                    "--provisioning-peer, --admin-peer and --check-peer need TLS (--tls-cert, --tls-key)".into()
+                );
+            }
+            return Ok(None);
+        };
+        let peers = [&self.provisioning_peers, &self.admin_peers, &self.check_peers];
+        if self.tls_client_ca.is_none() && peers.iter().any(|p| !p.is_empty()) {
+            return Err("certificate identities (--*-peer) need client certificates: set --tls-client-ca".into());
+        }
+        Ok(Some(crate::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: self.tls_client_ca.clone(),
+            client_auth: self.tls_client_auth,
+        }))
+    }
 }
 
 /// Where provisioned entities live.
@@ -186,7 +244,8 @@ pub struct EntityConfig {
     #[arg(long, env = "CEDAR_PDP_AUDIT_RETENTION", value_parser = humantime::parse_duration)]
     pub audit_retention: Option<Duration>,
     /// EntityService credential `NAME=TOKEN`, repeatable (comma-separated in the variable). A caller
-    /// presents `authorization: Bearer TOKEN` and is audited as NAME. None: loopback callers only.
+    /// presents `authorization: Bearer TOKEN` and is audited as NAME. With no token or
+    /// `--provisioning-peer`, the server generates one at start (see `cli.token` in `--data-dir`).
     #[arg(long = "provisioning-token", env = "CEDAR_PDP_PROVISIONING_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
     pub provisioning_tokens: Vec<(String, String)>,
     /// File of EntityService credentials, one `NAME=TOKEN` per line (`#` comments), with those above.
@@ -305,6 +364,31 @@ pub struct CheckArgs {
     /// Decide on provisioned entities at least as fresh as this EntityService write revision.
     #[arg(long, default_value_t = 0)]
     pub min_revision: u64,
+    #[command(flatten)]
+    pub tls: ClientTls,
+}
+
+/// How the CLI reaches a TLS server (`--addr https://…`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTls {
+    /// PEM CA certificates to trust for the server's certificate. Unset: the system's roots.
+    #[arg(long = "tls-ca", env = "CEDAR_PDP_CLIENT_TLS_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate to present (mTLS).
+    #[arg(long = "tls-cert", env = "CEDAR_PDP_CLIENT_TLS_CERT", requires = "key", global = true)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long = "tls-key", env = "CEDAR_PDP_CLIENT_TLS_KEY", requires = "cert", global = true)]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it is not the host of `--addr`.
+    #[arg(long = "tls-server-name", env = "CEDAR_PDP_CLIENT_TLS_SERVER_NAME", global = true)]
+    pub server_name: Option<String>,
+}
+
+impl ClientTls {
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.server_name.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -318,6 +402,11 @@ pub struct AdminArgs {
     /// File holding the admin token (kept out of the process list and shell history).
     #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
+    /// The server's data directory: without a token, the token it generated there is used.
+    #[arg(long, env = "CEDAR_PDP_DATA_DIR", default_value = "./cedar-pdp-data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 /// How the provisioning commands reach the server's EntityService.
@@ -332,6 +421,11 @@ pub struct ProvisioningClient {
     /// File holding the provisioning token (kept out of the process list and shell history).
     #[arg(long, env = "CEDAR_PDP_TOKEN_FILE", conflicts_with = "token", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The server's data directory: without a token, the token it generated there is used.
+    #[arg(long, env = "CEDAR_PDP_DATA_DIR", default_value = "./cedar-pdp-data", global = true)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 #[derive(Debug, Clone, Args)]

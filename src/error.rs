@@ -78,7 +78,9 @@ pub enum ServiceError {
     #[error("no policy set is loaded yet")]
     NotReady,
     #[error("call refused: {0}")]
-    Unauthenticated(&'static str),
+    Unauthenticated(String),
+    #[error("call refused: {0}")]
+    PermissionDenied(String),
     #[error("not found: {0}")]
     NotFound(String),
     /// Details go to the log; the caller gets a generic message.
@@ -141,6 +143,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(std::net::SocketAddr, std::io::Error),
     #[error("server failed: {0}")]
@@ -193,6 +197,7 @@ impl From<ServiceError> for Status {
         match err {
             ServiceError::NotReady => Status::unavailable(err.to_string()),
             ServiceError::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
+            ServiceError::PermissionDenied(_) => Status::permission_denied(err.to_string()),
             ServiceError::NotFound(_) => Status::not_found(bounded(err.to_string())),
             ServiceError::Internal(detail) => {
                 tracing::error!("internal error: {detail}");
@@ -275,7 +280,8 @@ mod tests {
     #[test]
     fn service_errors_are_never_ok() {
         assert_eq!(Status::from(ServiceError::NotReady).code(), Code::Unavailable);
-        assert_eq!(Status::from(ServiceError::Unauthenticated("x")).code(), Code::Unauthenticated);
+        assert_eq!(Status::from(ServiceError::Unauthenticated("x".into())).code(), Code::Unauthenticated);
+        assert_eq!(Status::from(ServiceError::PermissionDenied("x".into())).code(), Code::PermissionDenied);
         assert_eq!(Status::from(StoreError::Unavailable("down".into())).code(), Code::Unavailable);
         assert_eq!(Status::from(StoreError::Audit("disk full".into())).code(), Code::Unavailable);
         let ahead = Status::from(StoreError::AheadOfStore { requested: 9, current: 3 });

@@ -14,5 +14,6 @@ pub mod json;
 pub mod policy;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use server::{serve, shutdown_signal};

@@ -10,19 +10,20 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::Router;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 
 use crate::config::ServeConfig;
 use crate::entities::EntityStore;
-use crate::error::ServeError;
+use crate::error::{ServeError, StoreError};
 use crate::grpc::{
-    AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, EntityApi, EntityServiceServer,
-    HealthApi, HealthState, pb,
+    AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, CheckGate, EntityApi,
+    EntityServiceServer, Gate, HealthApi, HealthState, LocalToken, RefusalsLayer, pb,
 };
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
+use crate::tls::{Alpn, Incoming, Tls};
 
 /// What the main port serves when provisioning and admin have their own listener.
 const DECISION_SERVICES: [&str; 3] =
@@ -38,15 +39,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let health = HealthState::default();
-    let health_service = HealthServer::new(HealthApi::new(health.clone()));
-
-    // Metrics first, so that the initial load is counted too.
+    // TLS first: every listener, metrics included, needs it.
+    let tls = match config.tls.files().map_err(ServeError::Tls)? {
+        Some(files) => Some(Tls::load(files).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    let background = CancellationToken::new();
+    // Metrics next, so that the initial load is counted too.
     if let Some(addr) = config.metrics_listen {
-        telemetry::serve_metrics(addr).map_err(ServeError::Metrics)?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| ServeError::Bind(addr, e))?;
+        let incoming =
+            Incoming::new(listener, tls.clone().map(|t| (t, Alpn::Http))).map_err(|e| ServeError::Bind(addr, e))?;
+        telemetry::serve_metrics(incoming, background.clone()).map_err(ServeError::Metrics)?;
     }
     let store = Arc::new(PolicyStore::new(&config.policy));
     // Watch first, then load: an edit landing during the first load still triggers a reload.
-    let background = CancellationToken::new();
     let reloader = match watch::spawn(
         store.clone(),
         &config.policy.policies,
@@ -57,71 +64,73 @@ pub async fn serve(
     ) {
         Ok(reloader) => reloader,
         Err(e) => {
+            background.cancel();
             // A directory that cannot be watched usually cannot be loaded either: say why.
             store.reload().await?;
             return Err(e.into());
         }
     };
-    if let Err(e) = store.reload().await {
-        background.cancel();
-        let _ = reloader.await;
-        return Err(e.into());
-    }
-
-    let store_config = config.entities.store().map_err(crate::error::StoreError::Config);
-    let entities = match store_config.and_then(|c| EntityStore::open(&c, background.clone())) {
-        Ok(entities) => entities,
-        Err(e) => {
-            background.cancel();
-            let _ = reloader.await;
-            return Err(e.into());
-        }
+    let tls_reloader = tls.as_ref().map(|tls| tls.spawn_reloader(background.clone()));
+    let result = match start(&config, &store, tls, &health, &background).await {
+        Ok(parts) => run(listener, parts, &config, health, shutdown, &background).await,
+        Err(e) => Err(e),
     };
+    background.cancel();
+    // A reload in progress is not worth waiting for beyond the grace.
+    let _ = tokio::time::timeout(config.shutdown_grace, reloader).await;
+    if let Some(tls_reloader) = tls_reloader {
+        let _ = tls_reloader.await;
+    }
+    result
+}
+
+/// What `start` prepares: the services, and the provisioning listener when there is one.
+struct Parts {
+    main: Router<tower::layer::util::Stack<RefusalsLayer, tower::layer::util::Identity>>,
+    provisioning: Option<(Incoming, Router<tower::layer::util::Stack<RefusalsLayer, tower::layer::util::Identity>>)>,
+    tls: Option<Arc<Tls>>,
+}
+
+/// Loads the policies, opens the entity store, settles the credentials and builds every service.
+async fn start(
+    config: &ServeConfig,
+    store: &Arc<PolicyStore>,
+    tls: Option<Arc<Tls>>,
+    health: &HealthState,
+    background: &CancellationToken,
+) -> Result<Parts, ServeError> {
+    store.reload().await?;
+    let store_config = config.entities.store().map_err(StoreError::Config)?;
+    let entities = EntityStore::open(&store_config, background.clone())?;
     if !entities.wait_ready(config.entities.redis_timeout * 4).await {
         tracing::warn!("entity invalidations not subscribed yet; decisions needing Redis fail closed until it answers");
     }
     let (_, revision) = entities.coherence();
     tracing::info!(store = entities.kind(), location = %entities.location(), revision, "entity store open");
-    let credentials = config.entities.provisioning_credentials().and_then(|p| Ok((p, config.admin_tokens()?)));
-    let (provisioning_tokens, admin_tokens) = match credentials {
-        Ok(tokens) => tokens,
-        Err(e) => {
-            background.cancel();
-            let _ = reloader.await;
-            return Err(ServeError::Credentials(e));
-        }
-    };
-    if provisioning_tokens.is_empty() {
-        tracing::warn!(
-            "no --provisioning-token: EntityService serves loopback callers only, which includes \
-             anything relayed by a proxy on this host"
-        );
-    }
+    let (provisioning_gate, admin_gate) = gates(config)?;
     // Its own listener, bound before SERVING, so a bad address fails the start.
-    let provisioning_listener = match config.entities.provisioning_listen {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                background.cancel();
-                let _ = reloader.await;
-                return Err(ServeError::Bind(addr, e));
-            }
-        },
+    let provisioning_incoming = match config.entities.provisioning_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| ServeError::Bind(addr, e))?;
+            Some(Incoming::new(listener, tls.clone().map(|t| (t, Alpn::Grpc))).map_err(|e| ServeError::Bind(addr, e))?)
+        }
         None => None,
     };
 
     // Reflection lists what each port serves, nothing it would answer UNIMPLEMENTED.
-    let (main_reflection, provisioning_reflection) = match provisioning_listener {
+    let (main_reflection, provisioning_reflection) = match provisioning_incoming {
         Some(_) => (reflection(Some(&DECISION_SERVICES))?, Some(reflection(Some(&PROVISIONING_SERVICES))?)),
         None => (reflection(None)?, None),
     };
     let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
+    let callers = Arc::new(CheckGate::new(&config.tls.check_peers));
     let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
         store.clone(),
         entities.clone(),
         config.decision_log,
         config.max_batch,
         limits,
+        callers.clone(),
     ))
     .max_decoding_message_size(config.max_message_bytes);
     let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(
@@ -129,23 +138,55 @@ pub async fn serve(
         entities.clone(),
         config.decision_log,
         limits,
+        callers,
     ))
     .max_decoding_message_size(config.max_message_bytes);
-    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), admin_tokens));
-    let provisioning = EntityServiceServer::new(EntityApi::new(
-        store.clone(),
-        entities.clone(),
-        provisioning_tokens,
-        config.max_batch,
-    ))
-    .max_decoding_message_size(config.max_message_bytes);
+    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), admin_gate, tls.clone()));
+    let provisioning =
+        EntityServiceServer::new(EntityApi::new(store.clone(), entities, provisioning_gate, config.max_batch))
+            .max_decoding_message_size(config.max_message_bytes);
 
+    let over_limit = RefusalsLayer::new(config.max_message_bytes);
+    let health_service = HealthServer::new(HealthApi::new(health.clone()));
+    let mut main = Server::builder()
+        .layer(over_limit.clone())
+        .add_service(health_service)
+        .add_service(main_reflection)
+        .add_service(authorization)
+        .add_service(ext_authz);
+    // The provisioning and admin services go to their own listener when one is configured.
+    let provisioning = match provisioning_incoming {
+        Some(incoming) => Some((
+            incoming,
+            Server::builder()
+                .layer(over_limit)
+                .add_optional_service(provisioning_reflection)
+                .add_service(provisioning)
+                .add_service(admin),
+        )),
+        None => {
+            main = main.add_service(provisioning).add_service(admin);
+            None
+        }
+    };
+    Ok(Parts { main, provisioning, tls })
+}
+
+/// Serves until `shutdown`, then drains for at most the grace.
+async fn run(
+    listener: TcpListener,
+    parts: Parts,
+    config: &ServeConfig,
+    health: HealthState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    background: &CancellationToken,
+) -> Result<(), ServeError> {
+    let bind = |e| ServeError::Bind(config.listen, e);
+    let incoming = Incoming::new(listener, parts.tls.clone().map(|t| (t, Alpn::Grpc))).map_err(bind)?;
     health.set(ServingStatus::Serving);
-    tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving");
+    let scheme = if parts.tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %incoming.local_addr(), scheme, "serving");
 
-    // As tonic does when it binds itself: without TCP_NODELAY a multi-segment request waits out the
-    // peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (draining, drain_started) = tokio::sync::oneshot::channel::<()>();
     let stop_accepting = {
         let health = health.clone();
@@ -156,34 +197,12 @@ pub async fn serve(
             let _ = draining.send(());
         }
     };
-    let over_limit = crate::grpc::RefusalsLayer::new(config.max_message_bytes);
-    let mut router = Server::builder()
-        .layer(over_limit.clone())
-        .add_service(health_service)
-        .add_service(main_reflection)
-        .add_service(authorization)
-        .add_service(ext_authz);
-    // The provisioning and admin services go to their own listener when one is configured.
-    let second = match provisioning_listener {
-        Some(listener) => {
-            tracing::info!(listen = %listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string()), "serving provisioning and admin");
-            let stop = background.clone();
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            Some(tokio::spawn(
-                Server::builder()
-                    .layer(over_limit)
-                    .add_optional_service(provisioning_reflection)
-                    .add_service(provisioning)
-                    .add_service(admin)
-                    .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await }),
-            ))
-        }
-        None => {
-            router = router.add_service(provisioning).add_service(admin);
-            None
-        }
-    };
-    let server = router.serve_with_incoming_shutdown(incoming, stop_accepting);
+    let second = parts.provisioning.map(|(incoming, router)| {
+        tracing::info!(listen = %incoming.local_addr(), scheme, "serving provisioning and admin");
+        let stop = background.clone();
+        tokio::spawn(router.serve_with_incoming_shutdown(incoming.into_stream(), async move { stop.cancelled().await }))
+    });
+    let server = parts.main.serve_with_incoming_shutdown(incoming.into_stream(), stop_accepting);
     let grace = config.shutdown_grace;
     let result = tokio::select! {
         result = server => result,
@@ -201,9 +220,38 @@ pub async fn serve(
     if let Some(second) = second {
         let _ = tokio::time::timeout(grace, second).await;
     }
-    // A reload in progress is not worth waiting for beyond the grace.
-    let _ = tokio::time::timeout(grace, reloader).await;
     result.map_err(ServeError::from)
+}
+
+/// The EntityService and AdminService gates. A service with no credential configured gets a
+/// token generated now, in a file only this user can read, for the CLI on this machine.
+fn gates(config: &ServeConfig) -> Result<(Gate, Gate), ServeError> {
+    let credentials = config.entities.provisioning_credentials().and_then(|p| Ok((p, config.admin_tokens()?)));
+    let (mut provisioning_tokens, mut admin_tokens) = credentials.map_err(ServeError::Credentials)?;
+    let local = LocalToken::path(&config.entities.data_dir);
+    let bare_provisioning = provisioning_tokens.is_empty() && config.tls.provisioning_peers.is_empty();
+    let bare_admin = admin_tokens.is_empty() && config.tls.admin_peers.is_empty();
+    if bare_provisioning || bare_admin {
+        let token = LocalToken::generate(&local).map_err(ServeError::Credentials)?;
+        let services = match (bare_provisioning, bare_admin) {
+            (true, true) => "EntityService and AdminService",
+            (true, false) => "EntityService",
+            _ => "AdminService",
+        };
+        tracing::warn!(file = %local.display(), "no credential configured for the {services}: generated a token (the CLI on this machine reads it)");
+        for (bare, tokens) in [(bare_provisioning, &mut provisioning_tokens), (bare_admin, &mut admin_tokens)] {
+            if bare {
+                tokens.push(("local".to_string(), token.clone()));
+            }
+        }
+    } else {
+        // A token from an earlier start would no longer be accepted: do not leave it around.
+        let _ = std::fs::remove_file(&local);
+    }
+    Ok((
+        Gate::new("EntityService", provisioning_tokens, config.tls.provisioning_peers.clone()),
+        Gate::new("AdminService", admin_tokens, config.tls.admin_peers.clone()),
+    ))
 }
 
 /// The reflection service over every descriptor set, listing `only` these services if given.

@@ -6,17 +6,14 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use common::process::{BIN, Process, run};
+use common::process::Process;
 use common::*;
 use serde_json::{Value, json};
 
 fn cli(server: &Process, args: &[&str]) -> Output {
-    let url = server.url();
-    let mut all = args.to_vec();
-    all.extend(["--addr", &url]);
-    run(&all)
+    server.cli_command().args(args).args(["--addr", &server.url()]).output().unwrap()
 }
 
 fn stdout(out: &Output) -> String {
@@ -163,7 +160,8 @@ fn import_refuses_malformed_input_before_writing() {
 #[test]
 fn import_reads_standard_input() {
     let server = Process::start(&fixture("org"), &[]);
-    let mut child = Command::new(BIN)
+    let mut child = server
+        .cli_command()
         .args(["entities", "import", "-", "--addr", &server.url()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -191,7 +189,8 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
         &["audit"],
     ];
     for args in commands {
-        let mut child = Command::new(BIN)
+        let mut child = server
+            .cli_command()
             .args(args)
             .args(["--addr", &server.url()])
             .stdout(Stdio::piped())
@@ -254,7 +253,8 @@ fn import_retries_through_a_stalled_redis() {
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     redis.pause();
-    let import = Command::new(BIN)
+    let import = server
+        .cli_command()
         .args(["entities", "import", file.to_str().unwrap(), "--batch-size", "100", "--addr", &server.url()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,8 +8,8 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use cedar_pdp::grpc::{AdminServiceClient, EntityServiceClient, pb};
-use common::process::Process;
+use cedar_pdp::grpc::pb;
+use common::process::{Process, Remote};
 use common::*;
 use serde_json::json;
 use tonic::Code;
@@ -23,8 +23,8 @@ fn batch(k: u64) -> Vec<pb::Entity> {
 }
 
 /// Every provisioned uid, through ExportEntities.
-async fn exported(url: &str) -> HashSet<String> {
-    let mut client = EntityServiceClient::connect(url.to_string()).await.unwrap();
+async fn exported(server: &Remote) -> HashSet<String> {
+    let mut client = server.entities().await.unwrap();
     let mut stream = client.export_entities(pb::ExportEntitiesRequest::default()).await.unwrap().into_inner();
     let mut out = HashSet::new();
     while let Some(chunk) = stream.message().await.unwrap() {
@@ -34,8 +34,8 @@ async fn exported(url: &str) -> HashSet<String> {
 }
 
 /// Every audit record, page by page.
-async fn audit_trail(url: &str) -> Vec<pb::AuditRecord> {
-    let mut client = EntityServiceClient::connect(url.to_string()).await.unwrap();
+async fn audit_trail(server: &Remote) -> Vec<pb::AuditRecord> {
+    let mut client = server.entities().await.unwrap();
     let mut request = pb::ReadAuditRequest { limit: 1000, ..Default::default() };
     let mut out = Vec::new();
     loop {
@@ -50,8 +50,8 @@ async fn audit_trail(url: &str) -> Vec<pb::AuditRecord> {
 
 /// Writes batches, one after another, until the server stops answering: the batches acknowledged
 /// (with their revisions) and the one in flight when it died.
-async fn write_until_killed(url: String, batches: std::ops::Range<u64>) -> (Vec<(u64, u64)>, Option<u64>) {
-    let Ok(mut client) = EntityServiceClient::connect(url).await else { return (Vec::new(), None) };
+async fn write_until_killed(server: Remote, batches: std::ops::Range<u64>) -> (Vec<(u64, u64)>, Option<u64>) {
+    let Ok(mut client) = server.entities().await else { return (Vec::new(), None) };
     let mut acked = Vec::new();
     for k in batches {
         match client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(k), ..Default::default() }).await {
@@ -71,7 +71,7 @@ impl Ledger {
     /// Every acknowledged batch is there whole; one in flight at the kill is whole or absent; the
     /// revision is at least the highest acknowledged; one audit record per entity written.
     async fn verify(&self, server: &Process) {
-        let present = exported(&server.url()).await;
+        let present = exported(&server.remote()).await;
         for k in self.acked.keys() {
             let missing: Vec<usize> = (0..PER_BATCH).filter(|i| !present.contains(&format!("b{k}-{i}"))).collect();
             assert!(missing.is_empty(), "acknowledged batch {k} lost entities {missing:?}");
@@ -80,11 +80,11 @@ impl Ledger {
             let n = (0..PER_BATCH).filter(|i| present.contains(&format!("b{k}-{i}"))).count();
             assert!(n == 0 || n == PER_BATCH, "batch {k}, unacknowledged, is there in part ({n} of {PER_BATCH})");
         }
-        let mut admin = AdminServiceClient::connect(server.url()).await.unwrap();
+        let mut admin = server.remote().admin().await.unwrap();
         let status = admin.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner();
         let highest = self.acked.values().max().copied().unwrap_or(0);
         assert!(status.entity_revision >= highest, "revision went back: {} < {highest}", status.entity_revision);
-        let trail = audit_trail(&server.url()).await;
+        let trail = audit_trail(&server.remote()).await;
         assert_eq!(trail.len(), present.len(), "one audit record per entity written");
         let mut per_revision: BTreeMap<u64, usize> = BTreeMap::new();
         trail.iter().for_each(|r| *per_revision.entry(r.revision).or_default() += 1);
@@ -106,7 +106,7 @@ async fn a_killed_server_keeps_every_acknowledged_batch_whole() {
         ledger.verify(&server).await;
         // Three writers at once, so that a kill can land inside any of several commits.
         let writers: Vec<_> = (0..3)
-            .map(|w| tokio::spawn(write_until_killed(server.url(), next + w * 10_000..next + (w + 1) * 10_000)))
+            .map(|w| tokio::spawn(write_until_killed(server.remote(), next + w * 10_000..next + (w + 1) * 10_000)))
             .collect();
         next += 30_000;
         // The kill point: somewhere in the first few hundred commits of this round.
@@ -152,7 +152,7 @@ async fn a_damaged_database_is_a_start_up_error_naming_the_file() {
     let dir = data.path().to_str().unwrap();
     {
         let server = Process::start(&fixture("org"), &["--data-dir", dir]);
-        let mut client = EntityServiceClient::connect(server.url()).await.unwrap();
+        let mut client = server.remote().entities().await.unwrap();
         for k in 0..20 {
             client
                 .upsert_entities(pb::UpsertEntitiesRequest { entities: batch(k), ..Default::default() })
@@ -184,7 +184,7 @@ async fn a_damaged_database_is_a_start_up_error_naming_the_file() {
     // The good file still opens, with everything in it.
     std::fs::write(&file, good).unwrap();
     let server = Process::start(&fixture("org"), &["--data-dir", dir]);
-    assert_eq!(exported(&server.url()).await.len(), 20 * PER_BATCH);
+    assert_eq!(exported(&server.remote()).await.len(), 20 * PER_BATCH);
 }
 
 #[tokio::test]
@@ -299,18 +299,18 @@ async fn a_database_left_under_its_temporary_name_is_used_when_whole() {
     let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     {
         let server = Process::start(&fixture("org"), &["--data-dir", first.path().to_str().unwrap()]);
-        let mut client = EntityServiceClient::connect(server.url()).await.unwrap();
+        let mut client = server.remote().entities().await.unwrap();
         client.upsert_entities(pb::UpsertEntitiesRequest { entities: batch(7), ..Default::default() }).await.unwrap();
         server.signal("TERM");
     }
     std::fs::rename(first.path().join("entities.redb"), second.path().join("entities.redb.new")).unwrap();
     let server = Process::start(&fixture("org"), &["--data-dir", second.path().to_str().unwrap()]);
-    assert_eq!(exported(&server.url()).await.len(), PER_BATCH, "the renamed-back database, whole");
+    assert_eq!(exported(&server.remote()).await.len(), PER_BATCH, "the renamed-back database, whole");
     drop(server);
 
     let third = tempfile::tempdir().unwrap();
     std::fs::write(third.path().join("entities.redb.new"), b"half a database").unwrap();
     let server = Process::start(&fixture("org"), &["--data-dir", third.path().to_str().unwrap()]);
-    assert!(exported(&server.url()).await.is_empty());
+    assert!(exported(&server.remote()).await.is_empty());
     assert!(!third.path().join("entities.redb.new").exists());
 }

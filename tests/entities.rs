@@ -107,7 +107,7 @@ async fn membership_scenario(server: &TestServer) {
     let ops: Vec<&str> = audit.iter().map(|r| r.operation.as_str()).collect();
     assert_eq!(ops, ["upsert", "upsert", "upsert", "delete"]);
     assert!(audit.windows(2).all(|w| w[0].revision < w[1].revision), "{audit:?}");
-    assert!(audit.iter().all(|r| r.actor == "loopback" && !r.at.is_empty()));
+    assert!(audit.iter().all(|r| r.actor == "local" && !r.at.is_empty()));
     assert_eq!(audit[0].before_json, "");
     assert!(audit[1].before_json.contains("readers") && !audit[1].after_json.contains("readers"));
     assert_eq!(audit[3].after_json, "");
@@ -149,7 +149,13 @@ async fn memory_store_provisions_and_revokes() {
     membership_scenario(&server).await;
     let status = server.status().await;
     assert_eq!((status.entity_store.as_str(), status.entity_store_location.as_str()), ("memory", "memory"));
-    assert!(!server.scratch.path().join("data").exists(), "the memory store writes no files");
+    // The memory store writes no database: the data directory holds only the token generated for
+    // the local CLI.
+    let files: Vec<String> = std::fs::read_dir(server.scratch.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, [cedar_pdp::grpc::LocalToken::FILE], "the memory store writes no files");
 }
 
 #[tokio::test]

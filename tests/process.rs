@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,8 +41,19 @@ fn check_prints_decisions_and_the_server_exits_cleanly_on_sigterm() {
     let deny = server.check(r#"User::"dave""#, r#"Action::"view""#, r#"Document::"design-doc""#);
     assert!(deny.contains("decision: DENY") && deny.contains("suspended-users-denied"), "{deny}");
 
-    let status = run(&["status", "--addr", &server.url()]);
-    assert!(status.status.success());
+    // No credential is configured: the server generated a token only its user can read, which the
+    // CLI on this machine finds in the data directory; without it, nothing is served.
+    let token = server.data_dir.join("cli.token");
+    assert_eq!(std::fs::metadata(&token).unwrap().permissions().mode() & 0o777, 0o600);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let refused = Command::new(BIN)
+        .args(["status", "--addr", &server.url()])
+        .env("CEDAR_PDP_DATA_DIR", elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"), "{refused:?}");
+    let status = server.cli_command().args(["status", "--addr", &server.url()]).output().unwrap();
+    assert!(status.status.success(), "{status:?}");
     assert!(String::from_utf8_lossy(&status.stdout).contains("policies: 8, templates: 1"));
 
     server.signal("TERM");
@@ -84,7 +96,7 @@ fn sighup_reloads_when_watching_is_off() {
     while std::time::Instant::now() < window {
         assert!(bob_edits().contains("decision: DENY"), "reloaded without SIGHUP");
     }
-    let status = run(&["status", "--addr", &server.url()]);
+    let status = server.cli_command().args(["status", "--addr", &server.url()]).output().unwrap();
     assert!(String::from_utf8_lossy(&status.stdout).contains("reloads: 1 succeeded"));
     server.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);

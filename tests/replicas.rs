@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use cedar_pdp::grpc::{AuthorizationServiceClient, EntityServiceClient, pb};
+use cedar_pdp::grpc::{AuthorizationServiceClient, pb};
 use common::process::Process;
 use common::redis::RedisServer;
 use common::*;
@@ -22,7 +22,7 @@ fn propagation(rounds: usize) -> (Vec<Duration>, usize) {
     let (a, b) = (Process::start(&fixture("org"), &args), Process::start(&fixture("org"), &args));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        let mut writer = EntityServiceClient::connect(a.url()).await.unwrap();
+        let mut writer = a.remote().entities().await.unwrap();
         let mut reader = AuthorizationServiceClient::connect(b.url()).await.unwrap();
         let (user, view, doc) = (r#"User::"olga""#, r#"Action::"view""#, r#"Document::"roadmap""#);
         let roadmap = entity(doc, json!({"owner": {"__entity": {"type": "User", "id": "nobody"}}}), &[]);

@@ -10,8 +10,8 @@ use crate::grpc::{AdminServiceClient, pb};
 type Client = AdminServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
 async fn client(args: &AdminArgs) -> Result<Client, CliError> {
-    let bearer = Bearer::new(token(args.admin_token.as_deref(), args.admin_token_file.as_deref())?)?;
-    Ok(AdminServiceClient::with_interceptor(channel(&args.addr).await?, bearer)
+    let bearer = Bearer::new(token(args.admin_token.as_deref(), args.admin_token_file.as_deref(), &args.data_dir)?)?;
+    Ok(AdminServiceClient::with_interceptor(channel(&args.addr, &args.tls).await?, bearer)
         .max_decoding_message_size(super::remote::MAX_ANSWER_BYTES))
 }
 

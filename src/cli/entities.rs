@@ -19,8 +19,8 @@ use crate::grpc::{EntityServiceClient, pb};
 type Client = EntityServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
 async fn client(args: &ProvisioningClient) -> Result<Client, CliError> {
-    let bearer = Bearer::new(token(args.token.as_deref(), args.token_file.as_deref())?)?;
-    Ok(EntityServiceClient::with_interceptor(channel(&args.addr).await?, bearer)
+    let bearer = Bearer::new(token(args.token.as_deref(), args.token_file.as_deref(), &args.data_dir)?)?;
+    Ok(EntityServiceClient::with_interceptor(channel(&args.addr, &args.tls).await?, bearer)
         .max_decoding_message_size(super::remote::MAX_ANSWER_BYTES))
 }
 

@@ -133,7 +133,7 @@ pub async fn check(args: &CheckArgs) -> Result<ExitCode, CliError> {
         entities_json: args.entities.clone(),
         min_revision: args.min_revision,
     };
-    let mut client = AuthorizationServiceClient::new(remote::channel(&args.addr).await?);
+    let mut client = AuthorizationServiceClient::new(remote::channel(&args.addr, &args.tls).await?);
     let response = client.check(request).await?.into_inner();
     let decision = match response.decision() {
         pb::Decision::Allow => "ALLOW",

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::config::ClientTls;
 
 use super::CliError;
 
@@ -11,19 +13,68 @@ use super::CliError;
 /// after, which can exceed gRPC's default 4 MiB.
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
-pub async fn channel(addr: &str) -> Result<Channel, CliError> {
+/// A channel to `addr`: TLS for `https://`, plaintext for `http://`.
+pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, CliError> {
     let endpoint =
         Channel::from_shared(addr.to_string()).map_err(|e| format!("--addr `{addr}` is not a server address: {e}"))?;
-    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {e}"))?)
+    let (endpoint, hint) = match addr.split_once("://").map(|(scheme, _)| scheme) {
+        Some("https") => {
+            let endpoint = endpoint.tls_config(tls_config(tls)?).map_err(|e| format!("TLS settings: {e}"))?;
+            (endpoint, " (is the server plaintext? then use http://)")
+        }
+        Some("http") if tls.is_set() => {
+            return Err(format!("--addr `{addr}` is plaintext (http://) but TLS options are set: use https://").into());
+        }
+        Some("http") => (endpoint, " (does the server use TLS? then use https://)"),
+        _ => return Err(format!("--addr `{addr}` needs a scheme: https:// (TLS) or http:// (plaintext)").into()),
+    };
+    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {}{hint}", source_chain(&e)))?)
 }
 
-/// The token given inline or in a file, read as the server reads its own token files.
-pub fn token(inline: Option<&str>, file: Option<&Path>) -> Result<Option<String>, CliError> {
+fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, CliError> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let mut config = match &tls.ca {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "CA file")?)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        config = config.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
+    }
+    if let Some(name) = &tls.server_name {
+        config = config.domain_name(name.clone());
+    }
+    Ok(config)
+}
+
+/// An error and its causes on one line: tonic's own message is often just "transport error".
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
+}
+
+/// The token given inline or in a file, read as the server reads its own token files; else the
+/// token a server on this machine generated in its data directory, if there is one.
+pub fn token(inline: Option<&str>, file: Option<&Path>, data_dir: &Path) -> Result<Option<String>, CliError> {
     if let Some(path) = file {
         let tokens = crate::config::read_tokens(path, false)?;
         return Ok(tokens.into_iter().next().map(|(_, token)| token));
     }
-    Ok(inline.map(str::to_string))
+    if let Some(token) = inline {
+        return Ok(Some(token.to_string()));
+    }
+    let local = crate::grpc::LocalToken::path(data_dir);
+    if !local.exists() {
+        return Ok(None);
+    }
+    let tokens = crate::config::read_tokens(&local, false)?;
+    Ok(tokens.into_iter().next().map(|(_, token)| token))
 }
 
 /// Adds `authorization: Bearer <token>` to every call, when there is a token.

@@ -241,6 +241,11 @@ impl EntityStore {
         self.slices.invalidate_all();
     }
 
+    /// Drops the built slices only: the next decisions build theirs from cached entities.
+    pub fn clear_slices(&self) {
+        self.slices.invalidate_all();
+    }
+
     pub fn kind(&self) -> &'static str {
         match self.kind {
             StoreKind::Embedded { .. } => "embedded",

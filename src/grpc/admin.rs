@@ -1,27 +1,28 @@
 //! `cedar_pdp.v1.AdminService`: operator queries, closed to anyone who merely reaches the port.
 //!
-//! With an admin token configured, every call must carry `authorization: Bearer <token>` matching it
-//! (compared in constant time). Without one, only loopback peers are served.
+//! Every call needs the admin token, the token the server generated when none is configured, or a
+//! client certificate listed with `--admin-peer` (`auth.rs`).
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::TokenGate;
+use super::auth::Gate;
 use super::{convert, pb};
 use crate::entities::EntityStore;
 use crate::policy::{PolicyStore, ReloadOutcome};
+use crate::tls::Tls;
 
 pub struct AdminApi {
     store: Arc<PolicyStore>,
     entities: Arc<EntityStore>,
-    gate: TokenGate,
+    gate: Gate,
+    tls: Option<Arc<Tls>>,
 }
 
 impl AdminApi {
-    pub fn new(store: Arc<PolicyStore>, entities: Arc<EntityStore>, tokens: Vec<(String, String)>) -> Self {
-        let gate = TokenGate::new(tokens);
-        AdminApi { store, entities, gate }
+    pub fn new(store: Arc<PolicyStore>, entities: Arc<EntityStore>, gate: Gate, tls: Option<Arc<Tls>>) -> Self {
+        AdminApi { store, entities, gate, tls }
     }
 }
 
@@ -40,6 +41,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         status.entity_revision = revision;
         status.entity_store_location = self.entities.location();
         status.entity_store_warnings = self.entities.warnings();
+        status.tls = self.tls.as_ref().map(|tls| convert::tls_status(tls.status()));
         Ok(Response::new(status))
     }
 

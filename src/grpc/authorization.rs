@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::CheckGate;
 use super::{convert, pb};
 use crate::authz;
 use crate::entities::{self, EntityStore};
@@ -18,6 +19,7 @@ pub struct AuthorizationApi {
     decision_log: bool,
     max_batch: usize,
     limits: authz::Limits,
+    callers: Arc<CheckGate>,
 }
 
 impl AuthorizationApi {
@@ -27,8 +29,9 @@ impl AuthorizationApi {
         decision_log: bool,
         max_batch: usize,
         limits: authz::Limits,
+        callers: Arc<CheckGate>,
     ) -> Self {
-        AuthorizationApi { store, entities, decision_log, max_batch, limits }
+        AuthorizationApi { store, entities, decision_log, max_batch, limits, callers }
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
@@ -56,6 +59,7 @@ impl AuthorizationApi {
 #[tonic::async_trait]
 impl pb::authorization_service_server::AuthorizationService for AuthorizationApi {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        self.callers.admit(&request)?;
         let snapshot = self.snapshot()?;
         let response =
             self.decide(&snapshot, request.get_ref()).await.inspect_err(|e| tracing::debug!("check rejected: {e}"))?;
@@ -66,6 +70,7 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
         &self,
         request: Request<pb::BatchCheckRequest>,
     ) -> Result<Response<pb::BatchCheckResponse>, Status> {
+        self.callers.admit(&request)?;
         let checks = &request.get_ref().checks;
         if checks.len() > self.max_batch {
             return Err(

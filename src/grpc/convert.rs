@@ -39,6 +39,18 @@ pub fn check_response(outcome: Outcome, policy_version: &str, decision_id: Strin
     }
 }
 
+pub fn tls_status(tls: crate::tls::TlsStatus) -> pb::TlsStatus {
+    let not_after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(tls.certificate.not_after.max(0) as u64);
+    pb::TlsStatus {
+        subject: tls.certificate.subject,
+        serial: tls.certificate.serial,
+        not_after: humantime::format_rfc3339(not_after).to_string(),
+        last_reload_error: tls.last_error.unwrap_or_default(),
+        reload_failures: tls.failures,
+        warnings: tls.warnings,
+    }
+}
+
 pub fn status_response(snapshot: Option<&Snapshot>, stats: ReloadStats) -> pb::GetStatusResponse {
     let rfc3339 = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
     let mut out = pb::GetStatusResponse {

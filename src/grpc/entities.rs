@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
-use super::auth::TokenGate;
+use super::auth::Gate;
 use super::{convert, pb};
 use crate::authz::parse_uid;
 use crate::entities::{self, AuditFilter, EntityStore};
@@ -23,18 +23,13 @@ const PAGE: (u32, u32) = (100, 1000);
 pub struct EntityApi {
     policies: Arc<PolicyStore>,
     store: Arc<EntityStore>,
-    gate: TokenGate,
+    gate: Gate,
     max_batch: usize,
 }
 
 impl EntityApi {
-    pub fn new(
-        policies: Arc<PolicyStore>,
-        store: Arc<EntityStore>,
-        tokens: impl IntoIterator<Item = (String, String)>,
-        max_batch: usize,
-    ) -> Self {
-        EntityApi { policies, store, gate: TokenGate::new(tokens), max_batch }
+    pub fn new(policies: Arc<PolicyStore>, store: Arc<EntityStore>, gate: Gate, max_batch: usize) -> Self {
+        EntityApi { policies, store, gate, max_batch }
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {

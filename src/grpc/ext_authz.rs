@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
+use super::auth::CheckGate;
 use crate::authz::{CheckInput, Limits, UidRef};
 use crate::entities::{self, EntityStore};
 use crate::envoy::{Fallback, Mapping, Source, percent_decode};
@@ -39,11 +40,18 @@ pub struct ExtAuthzApi {
     entities: Arc<EntityStore>,
     decision_log: bool,
     limits: Limits,
+    callers: Arc<CheckGate>,
 }
 
 impl ExtAuthzApi {
-    pub fn new(policies: Arc<PolicyStore>, entities: Arc<EntityStore>, decision_log: bool, limits: Limits) -> Self {
-        ExtAuthzApi { policies, entities, decision_log, limits }
+    pub fn new(
+        policies: Arc<PolicyStore>,
+        entities: Arc<EntityStore>,
+        decision_log: bool,
+        limits: Limits,
+        callers: Arc<CheckGate>,
+    ) -> Self {
+        ExtAuthzApi { policies, entities, decision_log, limits, callers }
     }
 }
 
@@ -299,6 +307,7 @@ fn fallback(
 #[tonic::async_trait]
 impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        self.callers.admit(&request)?;
         let started = Instant::now();
         let snapshot = self.policies.current().ok_or(ServiceError::NotReady)?;
         let req = request.get_ref();

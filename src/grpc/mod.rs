@@ -13,6 +13,7 @@ mod health;
 mod limits;
 
 pub use admin::AdminApi;
+pub use auth::{CheckGate, Gate, LocalToken};
 pub use authorization::AuthorizationApi;
 pub use entities::EntityApi;
 pub use ext_authz::ExtAuthzApi;

@@ -32,9 +32,18 @@ pub fn init(config: &LogConfig) -> Result<FlushGuard, String> {
     Ok(guard)
 }
 
-/// Installs the Prometheus recorder and serves `/metrics` on `addr`.
-pub fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install().map_err(|e| e.to_string())
+/// Installs the Prometheus recorder and serves `/metrics` on `listener` (over TLS when the
+/// listener's connections are), until `stop`.
+pub fn serve_metrics(listener: crate::tls::Incoming, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().map_err(|e| e.to_string())?;
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        if let Err(e) = served {
+            tracing::error!("the metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
 }
 
 /// Counts one decision and, when enabled, writes its decision-log record.

@@ -13,8 +13,9 @@ use cedar_pdp::grpc::{AdminServiceClient, AuthorizationServiceClient, EntityServ
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod redis;
@@ -24,6 +25,9 @@ pub struct TestServer {
     pub client: AuthorizationServiceClient<Channel>,
     /// Holds the embedded entity store's data directory.
     pub scratch: tempfile::TempDir,
+    /// How the harness's own clients reach the server, when it serves TLS.
+    pub tls: Option<ClientTlsConfig>,
+    data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -39,6 +43,19 @@ impl TestServer {
     }
 
     pub async fn try_start_with(policies: &Path, adjust: impl FnOnce(&mut ServeConfig)) -> Result<Self, ServeError> {
+        Self::try_start_as(policies, None, adjust).await
+    }
+
+    /// Starts a TLS server; the harness's clients use `tls`.
+    pub async fn start_tls(policies: &Path, tls: ClientTlsConfig, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::try_start_as(policies, Some(tls), adjust).await.unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    async fn try_start_as(
+        policies: &Path,
+        tls: Option<ClientTlsConfig>,
+        adjust: impl FnOnce(&mut ServeConfig),
+    ) -> Result<Self, ServeError> {
         // Bound before the server starts: the address is known and connectable at once.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -50,31 +67,51 @@ impl TestServer {
         config.entities.audit_file = scratch.path().join("audit.jsonl");
         config.entities.data_dir = scratch.path().join("data");
         adjust(&mut config);
+        let data_dir = config.entities.data_dir.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(cedar_pdp::serve(listener, config, async move {
             let _ = stopped.await;
         }));
-        match connect_client(addr, &task).await {
-            Some(client) => Ok(TestServer { addr, client, scratch, stop: Some(stop), task: Some(task) }),
+        match connect_client(addr, tls.clone(), &task).await {
+            Some(client) => Ok(TestServer { addr, client, scratch, tls, data_dir, stop: Some(stop), task: Some(task) }),
             None => Err(task.await.unwrap().expect_err("server ended without error before serving")),
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+        let endpoint = Channel::from_shared(self.url()).unwrap();
+        let endpoint = match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).unwrap(),
+            None => endpoint,
+        };
+        endpoint.connect().await.unwrap()
     }
 
-    pub async fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel().await)
+    /// The token the server generated for local use when no credential is configured, if it did.
+    pub fn local_token(&self) -> Option<String> {
+        let path = self.data_dir.join(cedar_pdp::grpc::LocalToken::FILE);
+        std::fs::read_to_string(path).ok().map(|t| t.trim().to_string())
     }
 
-    /// An EntityService client presenting `token`, if any.
+    /// An AdminService client presenting the generated local token, if there is one.
+    pub async fn admin(&self) -> AdminServiceClient<InterceptedService<Channel, Bearer>> {
+        AdminServiceClient::with_interceptor(self.channel().await, Bearer(self.local_token()))
+    }
+
+    /// An EntityService client presenting `token`, else the generated local token if there is one.
     pub async fn entities(&self, token: Option<&str>) -> EntityServiceClient<InterceptedService<Channel, Bearer>> {
-        EntityServiceClient::with_interceptor(self.channel().await, Bearer(token.map(str::to_string)))
+        let token = token.map(str::to_string).or_else(|| self.local_token());
+        EntityServiceClient::with_interceptor(self.channel().await, Bearer(token))
+    }
+
+    /// An EntityService client presenting nothing at all.
+    pub async fn entities_anonymous(&self) -> EntityServiceClient<Channel> {
+        EntityServiceClient::new(self.channel().await)
     }
 
     pub async fn status(&self) -> pb::GetStatusResponse {
@@ -113,6 +150,7 @@ impl Drop for TestServer {
 
 async fn connect_client(
     addr: SocketAddr,
+    tls: Option<ClientTlsConfig>,
     task: &JoinHandle<Result<(), ServeError>>,
 ) -> Option<AuthorizationServiceClient<Channel>> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -121,7 +159,11 @@ async fn connect_client(
             return None;
         }
         // Health answers SERVING only after the policy set loaded.
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await {
+        let endpoint = match &tls {
+            Some(tls) => Channel::from_shared(format!("https://{addr}")).unwrap().tls_config(tls.clone()).unwrap(),
+            None => Channel::from_shared(format!("http://{addr}")).unwrap(),
+        };
+        if let Ok(channel) = endpoint.connect().await {
             let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
             let req = tonic_health::pb::HealthCheckRequest { service: String::new() };
             if let Ok(resp) = health.check(req).await
@@ -220,7 +262,10 @@ pub struct Bearer(pub Option<String>);
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
+        // A token set on the request itself wins: tests present wrong ones on purpose.
+        if let Some(token) = &self.0
+            && !request.metadata().contains_key("authorization")
+        {
             request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         Ok(request)

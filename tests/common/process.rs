@@ -20,6 +20,8 @@ pub struct Process {
     pub lines: mpsc::Receiver<String>,
     /// The data directory, unless `extra` named one.
     pub scratch: tempfile::TempDir,
+    /// Where the server keeps its data (and the token it generates when no credential is set).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Process {
@@ -33,9 +35,13 @@ impl Process {
         let scratch = tempfile::tempdir().unwrap();
         let mut command = Command::new(BIN);
         command.args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0", "--policies"]).arg(policies);
-        if !extra.contains(&"--data-dir") {
-            command.arg("--data-dir").arg(scratch.path().join("data"));
-        }
+        let data_dir = match extra.iter().position(|a| *a == "--data-dir") {
+            Some(i) => std::path::PathBuf::from(extra[i + 1]),
+            None => {
+                command.arg("--data-dir").arg(scratch.path().join("data"));
+                scratch.path().join("data")
+            }
+        };
         command.arg("--audit-file").arg(scratch.path().join("audit.jsonl"));
         let mut child = command.args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let (tx, lines) = mpsc::channel();
@@ -61,7 +67,7 @@ impl Process {
             log.push_str(&line);
             log.push('\n');
         };
-        Ok(Process { child, addr, lines, scratch })
+        Ok(Process { child, addr, lines, scratch, data_dir })
     }
 
     pub fn url(&self) -> String {
@@ -71,6 +77,20 @@ impl Process {
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
+    }
+
+    /// The CLI as an operator on this server's machine runs it: it finds the server's data directory
+    /// (and in it the token the server generated when no credential is configured).
+    pub fn cli_command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command.env("CEDAR_PDP_LOG", "warn").env("CEDAR_PDP_DATA_DIR", &self.data_dir);
+        command
+    }
+
+    /// How a client on this machine reaches the server: its URL and the token it generated.
+    pub fn remote(&self) -> Remote {
+        let token = std::fs::read_to_string(self.data_dir.join(cedar_pdp::grpc::LocalToken::FILE)).ok();
+        Remote { url: self.url(), token: token.map(|t| t.trim().to_string()) }
     }
 
     /// `cedar-pdp check` against this server, as a person runs it.
@@ -100,5 +120,26 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A server's address and the credential a local operator would use.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub url: String,
+    pub token: Option<String>,
+}
+
+type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, super::Bearer>;
+
+impl Remote {
+    pub async fn entities(&self) -> Result<cedar_pdp::grpc::EntityServiceClient<Authed>, tonic::transport::Error> {
+        let channel = tonic::transport::Channel::from_shared(self.url.clone()).unwrap().connect().await?;
+        Ok(cedar_pdp::grpc::EntityServiceClient::with_interceptor(channel, super::Bearer(self.token.clone())))
+    }
+
+    pub async fn admin(&self) -> Result<cedar_pdp::grpc::AdminServiceClient<Authed>, tonic::transport::Error> {
+        let channel = tonic::transport::Channel::from_shared(self.url.clone()).unwrap().connect().await?;
+        Ok(cedar_pdp::grpc::AdminServiceClient::with_interceptor(channel, super::Bearer(self.token.clone())))
     }
 }
