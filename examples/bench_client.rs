@@ -4,7 +4,8 @@
 //! `bench_client body <check|batch100|health|ext_authz|ext_authz_jwt> FILE` — one length-prefixed gRPC frame.
 //! `bench_client verify <check|batch100|health> URL` — sends the same message, checks the answer,
 //! prints the response frame's size in bytes (h2load's DATA bytes must be a multiple of it).
-//! `bench_client provision URL FILE` — upserts a Cedar entity JSON file through the EntityService.
+//! `bench_client provision URL FILE` — upserts a Cedar entity JSON file through the EntityService,
+//! presenting `CEDAR_PDP_TOKEN` when set.
 
 use cedar_pdp::grpc::{AuthorizationServiceClient, EntityServiceClient, pb};
 use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, SocketAddress, address, socket_address};
@@ -118,6 +119,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match verb {
         "provision" => {
             let request = pb::UpsertEntitiesRequest { entities: entities(&target)?, ..Default::default() };
+            let mut request = tonic::Request::new(request);
+            if let Ok(token) = std::env::var("CEDAR_PDP_TOKEN") {
+                request.metadata_mut().insert("authorization", format!("Bearer {}", token.trim()).parse()?);
+            }
             let revision = EntityServiceClient::connect(kind.to_string()).await?.upsert_entities(request).await?;
             println!("{}", revision.into_inner().revision);
         }

@@ -43,7 +43,7 @@ taskset -c 1 "$BIN" serve --listen 127.0.0.1:50165 --decision-log false --polici
 mkdir -p "$OUT/no-entities" && cp policies/*.cedar policies/*.cedarschema policies/links.json "$OUT/no-entities/"
 taskset -c 1 redis-server --port 50170 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --listen 127.0.0.1:50164 --decision-log false --policies "$OUT/no-entities" \
-  --redis-url redis://127.0.0.1:50170/ >"$OUT/pdp-redis.out" 2>&1 & PIDS+=($!)
+  --redis-url redis://127.0.0.1:50170/ --data-dir "$OUT/data-50164" >"$OUT/pdp-redis.out" 2>&1 & PIDS+=($!)
 
 verify() { # kind url → prints the verified response frame size
   local deadline=$((SECONDS + 30))
@@ -61,7 +61,9 @@ declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/ced
                 [health]=/grpc.health.v1.Health/Check [ext_authz]=/envoy.service.auth.v3.Authorization/Check
                 [ext_authz_jwt]=/envoy.service.auth.v3.Authorization/Check)
 deadline=$((SECONDS + 30))
-until "$CLIENT" provision "${URL[check-redis]}" policies/entities.json >/dev/null 2>&1; do
+# With the token that server generated (no credential is configured).
+until CEDAR_PDP_TOKEN=$(cat "$OUT/data-50164/cli.token" 2>/dev/null) \
+  "$CLIENT" provision "${URL[check-redis]}" policies/entities.json >/dev/null 2>&1; do
   [ $SECONDS -lt $deadline ] || { echo "provisioning the Redis-backed server failed" >&2; exit 1; }
   sleep 0.2
 done

@@ -211,6 +211,15 @@ pub struct EntityConfig {
     /// Redis URL (`redis://host:6379/0`): the entity store and cache shared by all replicas.
     #[arg(long, env = "CEDAR_PDP_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// PEM CA certificates trusted for a `rediss://` Redis (a private CA). Unset: the system's roots.
+    #[arg(long, env = "CEDAR_PDP_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate presented to a `rediss://` Redis that requires one.
+    #[arg(long, env = "CEDAR_PDP_REDIS_TLS_CERT", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `--redis-tls-cert`.
+    #[arg(long, env = "CEDAR_PDP_REDIS_TLS_KEY", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Prefix of every Redis key and channel, so that deployments can share one Redis.
     #[arg(long, env = "CEDAR_PDP_REDIS_PREFIX", default_value = "cedar-pdp:")]
     pub redis_prefix: String,
@@ -308,7 +317,12 @@ impl EntityConfig {
         use crate::entities::StoreKind;
         let kind = match (self.store, &self.redis_url) {
             (Some(StoreChoice::Redis) | None, Some(url)) => {
-                StoreKind::Redis { url: url.clone(), prefix: self.redis_prefix.clone() }
+                let tls = crate::entities::RedisTls {
+                    ca: self.redis_tls_ca.clone(),
+                    cert: self.redis_tls_cert.clone(),
+                    key: self.redis_tls_key.clone(),
+                };
+                StoreKind::Redis { url: url.clone(), prefix: self.redis_prefix.clone(), tls }
             }
             (Some(StoreChoice::Redis), None) => return Err("--store redis needs --redis-url".into()),
             (Some(choice), Some(_)) => {

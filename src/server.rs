@@ -39,6 +39,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let health = HealthState::default();
+    // One crypto provider for every TLS client and server in the process (Redis's client asks for
+    // the process default); an error means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // TLS first: every listener, metrics included, needs it.
     let tls = match config.tls.files().map_err(ServeError::Tls)? {
         Some(files) => Some(Tls::load(files).map_err(ServeError::Tls)?),

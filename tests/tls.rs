@@ -249,3 +249,191 @@ fn x509_serial(pem: &str) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     cert.raw_serial_as_string()
 }
+
+/// A TLS client trusting `ca_pem`, offering `alpn`.
+fn rustls_client(ca_pem: &str, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn metrics_are_served_over_tls_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = start(&pki, None, pki.client_tls(), |config| config.metrics_listen = Some(metrics)).await;
+    assert_eq!(check_with(&server, pki.client_tls()).await, Ok(true));
+
+    let tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    let connector = rustls_client(&pki.ca.pem, b"http/1.1");
+    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    tls.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("cedar_pdp_decisions_total"), "{body}");
+
+    // Plain HTTP to the metrics port gets no metrics.
+    let mut plain = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    plain.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!String::from_utf8_lossy(&answer).contains("cedar_pdp_"), "metrics served in plaintext");
+}
+
+#[tokio::test]
+async fn a_certificate_close_to_expiry_is_a_warning_in_status() {
+    let pki = Pki::new();
+    let (cert, key) = pki.ca.server_expiring("pdp-short", 3);
+    std::fs::write(pki.cert(), cert).unwrap();
+    std::fs::write(pki.key(), key).unwrap();
+    let server = start(&pki, None, pki.client_tls(), |_| {}).await;
+    let tls = server.status().await.tls.unwrap();
+    assert!(tls.subject.contains("pdp-short"), "{tls:?}");
+    assert!(tls.warnings.iter().any(|w| w.contains("expires in")), "{tls:?}");
+    assert!(tls.not_after.starts_with(&(time::OffsetDateTime::now_utc() + time::Duration::days(3)).year().to_string()));
+}
+
+#[test]
+fn the_cli_talks_tls_and_refuses_a_scheme_mismatch() {
+    use common::process::Process;
+    let pki = Pki::new();
+    let (cert, key) = pki.client_files("operator", "spiffe://example.org/ns/ops/sa/operator");
+    let (ca, cert_s, key_s) = (pki.ca_file(), pki.cert(), pki.key());
+    let server = Process::start(
+        &example_policies(),
+        &[
+            "--tls-cert",
+            cert_s.to_str().unwrap(),
+            "--tls-key",
+            key_s.to_str().unwrap(),
+            "--tls-client-ca",
+            ca.to_str().unwrap(),
+            "--admin-peer",
+            "spiffe://example.org/ns/ops/sa/operator",
+        ],
+    );
+    let https = format!("https://{}", server.addr);
+    let tls_args =
+        ["--tls-ca", ca.to_str().unwrap(), "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    // The admin peer's certificate is its credential: no token involved (the CLI looks in an empty
+    // data directory).
+    let empty = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::process::BIN)
+            .args(args)
+            .env("CEDAR_PDP_DATA_DIR", empty.path())
+            .env("CEDAR_PDP_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let status = run(&[&["status", "--addr", &https][..], &tls_args[..]].concat());
+    assert!(status.status.success(), "{status:?}");
+    assert!(String::from_utf8_lossy(&status.stdout).contains("policy version"), "{status:?}");
+
+    // Without the client certificate, the handshake fails: a clear error, not a decision.
+    let refused = run(&[
+        "check",
+        "--addr",
+        &https,
+        "--tls-ca",
+        ca.to_str().unwrap(),
+        "--principal",
+        r#"User::"bob""#,
+        "--action",
+        r#"Action::"view""#,
+        "--resource",
+        r#"Document::"handbook""#,
+    ]);
+    assert!(!refused.status.success());
+    // TLS options with a plaintext address are refused before connecting.
+    let mixed = run(&[&["status", "--addr", &format!("http://{}", server.addr)][..], &tls_args[..]].concat());
+    let text = String::from_utf8_lossy(&mixed.stderr);
+    assert!(!mixed.status.success() && text.contains("use https://"), "{text}");
+    // Plaintext to the TLS port fails, and says what to try.
+    let plain = run(&["status", "--addr", &format!("http://{}", server.addr)]);
+    let text = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success() && text.contains("https://"), "{text}");
+}
+
+#[tokio::test]
+async fn peers_without_client_certificates_are_a_configuration_error() {
+    let pki = Pki::new();
+    let error = TestServer::try_start_with(&example_policies(), |config| {
+        config.tls.tls_cert = Some(pki.cert());
+        config.tls.tls_key = Some(pki.key());
+        config.tls.provisioning_peers = vec![PROVISIONER.to_string()];
+    })
+    .await
+    .err()
+    .expect("a peer list without a client CA must not start");
+    assert!(error.to_string().contains("--tls-client-ca"), "{error}");
+}
+
+/// Provisioning and decisions through a Redis that only speaks TLS, with a private CA and a client
+/// certificate it requires; a PDP that does not trust Redis's certificate fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca_and_a_client_certificate() {
+    let pki = Pki::new();
+    let (client_cert, client_key) = pki.client_files("pdp-to-redis", "spiffe://example.org/ns/pdp/sa/pdp");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _redis = common::redis::RedisServer::start_tls(tls_port, &pki.cert(), &pki.key(), &pki.ca_file(), true);
+    let url = format!("rediss://127.0.0.1:{tls_port}/");
+    let server = TestServer::start_with(&example_policies(), |config| {
+        config.entities.redis_url = Some(url.clone());
+        config.entities.redis_tls_ca = Some(pki.ca_file());
+        config.entities.redis_tls_cert = Some(client_cert.clone());
+        config.entities.redis_tls_key = Some(client_key.clone());
+    })
+    .await;
+    let user = entity(
+        r#"User::"newhire""#,
+        serde_json::json!({"name": "n", "suspended": false}),
+        &[r#"Group::"engineering""#],
+    );
+    let written = server
+        .entities(None)
+        .await
+        .upsert_entities(pb::UpsertEntitiesRequest { entities: vec![user], ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = server.status().await;
+    assert_eq!(status.entity_store, "redis");
+    assert!(status.entity_invalidations_live, "{status:?}");
+    let got = server
+        .entities(None)
+        .await
+        .get_entity(pb::GetEntityRequest { uid: Some(common::uid(r#"User::"newhire""#)) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.revision, written.revision);
+
+    // A PDP that does not trust Redis's certificate reads nothing: its decisions fail closed.
+    let stranger = Ca::new("another CA");
+    let other_ca = pki.dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, &stranger.pem).unwrap();
+    let untrusting = TestServer::start_with(&example_policies(), |config| {
+        config.entities.redis_url = Some(url.clone());
+        config.entities.redis_tls_ca = Some(other_ca.clone());
+        config.entities.redis_tls_cert = Some(client_cert.clone());
+        config.entities.redis_tls_key = Some(client_key.clone());
+        config.entities.redis_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let err =
+        untrusting.check(req(r#"User::"newhire""#, r#"Action::"view""#, r#"Document::"handbook""#)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}

@@ -56,7 +56,13 @@ impl From<&str> for CliError {
 
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
-        CliError::Failed(format!("{:?}: {}", status.code(), status.message()))
+        // What a plaintext client gets from a TLS port: the server's handshake bytes are not HTTP/2.
+        let hint = if status.message().contains("h2 protocol error") {
+            " (if the server uses TLS, use an https:// address)"
+        } else {
+            ""
+        };
+        CliError::Failed(format!("{:?}: {}{hint}", status.code(), status.message()))
     }
 }
 

@@ -103,7 +103,15 @@ pub enum StoreKind {
     /// A redb database in memory: lost on restart.
     Memory,
     /// Redis, shared by every replica.
-    Redis { url: String, prefix: String },
+    Redis { url: String, prefix: String, tls: RedisTls },
+}
+
+/// PEM files for a `rediss://` connection: a private CA, and a client certificate if Redis asks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// Store settings from the configuration.
@@ -154,8 +162,8 @@ impl EntityStore {
     pub fn open(config: &StoreConfig, stop: tokio_util::sync::CancellationToken) -> Result<Arc<Self>, StoreError> {
         let cache = Arc::new(cache::EntityCache::new(config.cache_capacity, config.cache_ttl, config.stale_for));
         let backend = match &config.kind {
-            StoreKind::Redis { url, prefix } => {
-                let store = redis::RedisStore::connect(url, prefix, config.redis_timeout)?;
+            StoreKind::Redis { url, prefix, tls } => {
+                let store = redis::RedisStore::connect(url, prefix, tls, config.redis_timeout)?;
                 store.spawn_subscriber(cache.clone(), stop.clone())?;
                 Backend::Redis { store: Box::new(store), cache }
             }
@@ -264,7 +272,7 @@ impl EntityStore {
     pub fn location(&self) -> String {
         match (&self.kind, &self.backend) {
             (_, Backend::Local { store, .. }) => store.path().map_or("memory".into(), |p| p.display().to_string()),
-            (StoreKind::Redis { url, prefix }, _) => format!("{} (prefix `{prefix}`)", redact_url(url)),
+            (StoreKind::Redis { url, prefix, .. }, _) => format!("{} (prefix `{prefix}`)", redact_url(url)),
             _ => String::new(),
         }
     }

@@ -94,6 +94,33 @@ return tonumber(rev)
 /// Redis timeout.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
+/// A client for `url`: over TLS for `rediss://`, trusting `tls.ca` (else the system's roots) and
+/// presenting `tls.cert` when given.
+fn client(url: &str, tls: &super::RedisTls) -> Result<redis::Client, StoreError> {
+    let config = |message: String| StoreError::Config(message);
+    let secure = url.starts_with("rediss://");
+    if !secure {
+        if *tls != super::RedisTls::default() {
+            return Err(config("--redis-tls-* options need a TLS URL: rediss://host:port/db".into()));
+        }
+        return redis::Client::open(url).map_err(|e| config(format!("--redis-url: {e}")));
+    }
+    let read = |path: &std::path::Path, flag: &str| {
+        std::fs::read(path).map_err(|e| config(format!("{flag} {}: {e}", path.display())))
+    };
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert, "--redis-tls-cert")?,
+            client_key: read(key, "--redis-tls-key")?,
+        }),
+        (None, None) => None,
+        _ => return Err(config("--redis-tls-cert and --redis-tls-key go together".into())),
+    };
+    let root_cert = tls.ca.as_deref().map(|ca| read(ca, "--redis-tls-ca")).transpose()?;
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert })
+        .map_err(|e| config(format!("--redis-url: {e}")))
+}
+
 pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
@@ -105,8 +132,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: the server starts while Redis is down, and the connection manager reconnects.
-    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
+    pub fn connect(url: &str, prefix: &str, tls: &super::RedisTls, timeout: Duration) -> Result<Self, StoreError> {
+        let client = client(url, tls)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))

@@ -30,6 +30,15 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A server certificate for 127.0.0.1 and localhost that expires in `days` days.
+    pub fn server_expiring(&self, cn: &str, days: i64) -> (String, String) {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+        self.sign(params)
+    }
+
     /// A client certificate whose identity is `uri` (a SPIFFE id): (cert PEM, key PEM).
     pub fn client(&self, uri: &str) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -10,17 +10,42 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra arguments it was started with (TLS settings).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server; append-only persistence on, so a restart keeps what was written.
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// Also serves TLS on `tls_port` with these PEM files; `verify_clients` requires client
+    /// certificates signed by `ca`. The plain port stays for the harness's own commands.
+    pub fn start_tls(tls_port: u16, cert: &Path, key: &Path, ca: &Path, verify_clients: bool) -> Self {
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let extra = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(cert),
+            "--tls-key-file".into(),
+            path(key),
+            "--tls-ca-cert-file".into(),
+            path(ca),
+            "--tls-auth-clients".into(),
+            (if verify_clients { "yes" } else { "no" }).into(),
+        ];
+        Self::start_with(extra)
+    }
+
+    fn start_with(extra: Vec<String>) -> Self {
         for _ in 0..5 {
             // Another process may take the port between here and redis-server's bind: retry then.
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let dir = tempfile::tempdir().unwrap();
-            if let Some(child) = spawn(port, dir.path()) {
-                return RedisServer { child: Some(child), port, dir };
+            if let Some(child) = spawn(port, dir.path(), &extra) {
+                return RedisServer { child: Some(child), port, dir, extra };
             }
         }
         panic!("redis-server did not start (is it installed?)")
@@ -43,7 +68,7 @@ impl RedisServer {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Some(child) = spawn(self.port, self.dir.path()) {
+            if let Some(child) = spawn(self.port, self.dir.path(), &self.extra) {
                 self.child = Some(child);
                 return;
             }
@@ -119,11 +144,12 @@ impl Drop for RedisServer {
 }
 
 /// Starts redis-server and waits until it answers PING; None if it exited (port taken).
-fn spawn(port: u16, dir: &Path) -> Option<Child> {
+fn spawn(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
         .arg("--dir")
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
