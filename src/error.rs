@@ -128,6 +128,17 @@ pub enum DecideError {
     Store(#[from] StoreError),
 }
 
+/// An error and its causes on one line: a transport's own message is often just "transport error".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    text
+}
+
 /// Start-up failures of `serve`.
 #[derive(Debug, Error)]
 pub enum ServeError {

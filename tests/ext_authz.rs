@@ -441,3 +441,172 @@ fn base64_url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// A JWKS endpoint over HTTPS on loopback: the set it serves, or an error status, and a count of
+/// the fetches it answered.
+struct JwksServer {
+    url: String,
+    answer: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _stop: tokio_util::sync::CancellationToken,
+}
+
+impl JwksServer {
+    async fn start(pki: &common::pki::Pki) -> JwksServer {
+        use axum::http::StatusCode;
+        let files = cedar_pdp::tls::TlsFiles {
+            cert: pki.cert(),
+            key: pki.key(),
+            client_ca: None,
+            client_auth: cedar_pdp::tls::ClientAuth::Required,
+        };
+        let tls = cedar_pdp::tls::Tls::load(files).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let incoming = cedar_pdp::tls::Incoming::new(listener, Some((tls, cedar_pdp::tls::Alpn::Http))).unwrap();
+        let answer = std::sync::Arc::new(std::sync::Mutex::new((200, String::new())));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (state, count) = (answer.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (status, body) = state.lock().unwrap().clone();
+                std::future::ready((StatusCode::from_u16(status).unwrap(), body))
+            }),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(incoming, app).with_graceful_shutdown(async move { until.cancelled().await }).await.unwrap();
+        });
+        JwksServer { url: format!("https://localhost:{port}/jwks.json"), answer, fetches, _stop: stop }
+    }
+
+    /// Serves a set of HS256 keys: (kid, secret).
+    fn publish(&self, keys: &[(&str, &[u8])]) {
+        let keys: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(kid, secret)| serde_json::json!({"kty": "oct", "kid": kid, "alg": "HS256", "k": base64url(secret)}))
+            .collect();
+        *self.answer.lock().unwrap() = (200, serde_json::json!({ "keys": keys }).to_string());
+    }
+
+    fn fail(&self) {
+        *self.answer.lock().unwrap() = (500, "down".into());
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A token for alice signed with `secret`, naming key `kid`.
+fn token_signed(kid: &str, secret: &[u8]) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = serde_json::json!({"sub": "alice", "aud": "docs", "iss": "https://issuer.test", "exp": now + 300});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// The mesh fixture with its keys at `jwks`'s URL, fetched again every `refresh`.
+async fn mesh_with_jwks_url(
+    pki: &common::pki::Pki,
+    jwks: &JwksServer,
+    refresh: &str,
+) -> (tempfile::TempDir, TestServer) {
+    let dir = copy_dir(&fixture("mesh"));
+    let path = dir.path().join("ext_authz.toml");
+    std::fs::copy(pki.ca_file(), dir.path().join("idp-ca.crt")).unwrap();
+    let toml = std::fs::read_to_string(&path).unwrap().replace(
+        "jwks_file = \"jwks.json\"",
+        &format!("jwks_url = \"{}\"\njwks_ca_file = \"idp-ca.crt\"\njwks_refresh = \"{refresh}\"", jwks.url),
+    );
+    std::fs::write(&path, toml).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    (dir, server)
+}
+
+async fn with_bearer(server: &TestServer, token: &str) -> CheckResponse {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    ext_authz(server, Call { method: "GET", path: "/docs/plan", headers: &headers, ..Default::default() }).await
+}
+
+const K1: &[u8] = b"first-key-0123456789abcdef-0123456789";
+const K2: &[u8] = b"second-key-0123456789abcdef-012345678";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_again_when_a_token_names_an_unknown_key() {
+    let pki = common::pki::Pki::new();
+    let jwks = JwksServer::start(&pki).await;
+    jwks.publish(&[("k1", K1)]);
+    let (_dir, server) = mesh_with_jwks_url(&pki, &jwks, "1h").await;
+    assert_eq!(code(&with_bearer(&server, &token_signed("k1", K1)).await), 0);
+    assert_eq!(jwks.fetches(), 1, "fetched once, at load");
+
+    // The IdP rotates a key in: the first token naming it is accepted, after one fetch.
+    jwks.publish(&[("k1", K1), ("k2", K2)]);
+    assert_eq!(code(&with_bearer(&server, &token_signed("k2", K2)).await), 0);
+    assert_eq!(jwks.fetches(), 2);
+    // Made-up key ids get a 401, and do not make the server hammer the IdP: at most one fetch per
+    // 30 s, and there was one just now.
+    for _ in 0..3 {
+        assert_eq!(denial(&with_bearer(&server, &token_signed("k9", K2)).await).0, 401);
+    }
+    assert_eq!(jwks.fetches(), 2);
+    let status = server.status().await.jwks.unwrap();
+    assert_eq!((status.url.as_str(), status.keys), (jwks.url.as_str(), 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_key_is_refused_after_a_refresh_and_a_failing_endpoint_keeps_the_last_keys() {
+    let pki = common::pki::Pki::new();
+    let jwks = JwksServer::start(&pki).await;
+    jwks.publish(&[("k1", K1), ("k2", K2)]);
+    let (_dir, server) = mesh_with_jwks_url(&pki, &jwks, "200ms").await;
+    assert_eq!(code(&with_bearer(&server, &token_signed("k1", K1)).await), 0);
+
+    // k1 is withdrawn: once a refresh has run, tokens signed with it are refused.
+    jwks.publish(&[("k2", K2)]);
+    let server = &server;
+    eventually("a token on the removed key is refused", std::time::Duration::from_secs(5), || async move {
+        code(&with_bearer(server, &token_signed("k1", K1)).await) == 16
+    })
+    .await;
+    assert_eq!(code(&with_bearer(server, &token_signed("k2", K2)).await), 0);
+
+    // The endpoint fails: the last keys stay, the failure is counted and shown.
+    jwks.fail();
+    eventually("the failed fetch shows in status", std::time::Duration::from_secs(5), || async move {
+        server.status().await.jwks.is_some_and(|j| j.fetch_failures > 0 && j.last_error.contains("500"))
+    })
+    .await;
+    assert_eq!(code(&with_bearer(server, &token_signed("k2", K2)).await), 0);
+    assert_eq!(server.status().await.jwks.unwrap().keys, 1);
+}
+
+#[test]
+fn a_jwks_url_must_be_https_except_on_loopback() {
+    let dir = copy_dir(&fixture("mesh"));
+    let path = dir.path().join("ext_authz.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, toml.replace("jwks_file = \"jwks.json\"", "jwks_url = \"http://idp.example/jwks\"")).unwrap();
+    let Err(error) = cedar_pdp::policy::load_dir(dir.path(), cedar_pdp::config::ValidationMode::Strict) else {
+        panic!("a plain-HTTP JWKS URL to another host loaded")
+    };
+    assert!(error.to_string().contains("must be https://"), "{error}");
+}

@@ -6,6 +6,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::config::ClientTls;
+use crate::error::error_chain;
 
 use super::CliError;
 
@@ -28,7 +29,7 @@ pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, CliError> {
         Some("http") => (endpoint, " (does the server use TLS? then use https://)"),
         _ => return Err(format!("--addr `{addr}` needs a scheme: https:// (TLS) or http:// (plaintext)").into()),
     };
-    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {}{hint}", source_chain(&e)))?)
+    Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {}{hint}", error_chain(&e)))?)
 }
 
 fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, CliError> {
@@ -46,17 +47,6 @@ fn tls_config(tls: &ClientTls) -> Result<ClientTlsConfig, CliError> {
         config = config.domain_name(name.clone());
     }
     Ok(config)
-}
-
-/// An error and its causes on one line: tonic's own message is often just "transport error".
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        text.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    text
 }
 
 /// The token given inline or in a file, read as the server reads its own token files; else the

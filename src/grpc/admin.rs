@@ -41,6 +41,8 @@ impl pb::admin_service_server::AdminService for AdminApi {
         status.entity_revision = revision;
         status.entity_store_location = self.entities.location();
         status.entity_store_warnings = self.entities.warnings();
+        let jwks = snapshot.as_deref().and_then(|s| s.ext_authz.as_deref()).and_then(|m| m.jwt.as_ref());
+        status.jwks = jwks.and_then(|j| j.remote_status()).map(convert::jwks_status);
         status.tls = self.tls.as_ref().map(|tls| convert::tls_status(tls.status()));
         Ok(Response::new(status))
     }

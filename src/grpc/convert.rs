@@ -51,6 +51,16 @@ pub fn tls_status(tls: crate::tls::TlsStatus) -> pb::TlsStatus {
     }
 }
 
+pub fn jwks_status(jwks: crate::envoy::RemoteStatus) -> pb::JwksStatus {
+    pb::JwksStatus {
+        url: jwks.url,
+        keys: u32::try_from(jwks.keys).unwrap_or(u32::MAX),
+        fetched_at: humantime::format_rfc3339_millis(jwks.fetched_at).to_string(),
+        last_error: jwks.last_error.unwrap_or_default(),
+        fetch_failures: jwks.failures,
+    }
+}
+
 pub fn status_response(snapshot: Option<&Snapshot>, stats: ReloadStats) -> pb::GetStatusResponse {
     let rfc3339 = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
     let mut out = pb::GetStatusResponse {

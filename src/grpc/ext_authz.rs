@@ -339,6 +339,12 @@ impl Authorization for ExtAuthzApi {
                 &request_id,
             )));
         };
+        // Keys at a URL may not know a rotated-in key yet: fetch them first (awaited, rate-limited).
+        if let (Some(jwt), Some(value)) = (&mapping.jwt, headers.get("authorization"))
+            && let Some((_, token)) = value.split_once(' ')
+        {
+            jwt.prepare(token.trim()).await;
+        }
         let identified = match principal(mapping, req, &headers) {
             Ok(identified) => identified,
             Err(why) => {

@@ -5,9 +5,13 @@
 //! mapping says otherwise in so many words; nothing is allowed by accident.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use cedar_policy::{EntityTypeName, EntityUid};
 use serde::Deserialize;
+
+mod jwks;
+pub use jwks::RemoteStatus;
 
 /// The file's name, at the top of the policy directory.
 pub const FILE: &str = "ext_authz.toml";
@@ -85,7 +89,18 @@ fn default_claim() -> String {
 #[serde(deny_unknown_fields)]
 struct JwtFile {
     /// A JWKS file, relative to the policy directory.
-    jwks_file: String,
+    #[serde(default)]
+    jwks_file: Option<String>,
+    /// A JWKS URL (https://, or http:// to loopback), fetched and refreshed.
+    #[serde(default)]
+    jwks_url: Option<String>,
+    /// PEM CA certificates to trust for `jwks_url`, relative to the policy directory; unset: the
+    /// system's roots.
+    #[serde(default)]
+    jwks_ca_file: Option<String>,
+    /// How often `jwks_url` is fetched again, e.g. `5m`.
+    #[serde(default = "default_refresh")]
+    jwks_refresh: String,
     /// Required `iss`, if set.
     #[serde(default)]
     issuer: Option<String>,
@@ -102,6 +117,10 @@ struct JwtFile {
 
 fn default_leeway() -> u64 {
     30
+}
+
+fn default_refresh() -> String {
+    "5m".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -200,8 +219,7 @@ pub struct Mapping {
 
 /// Verifies bearer JWTs with keys parsed once per load.
 pub struct JwtVerifier {
-    /// (kid, key, the JWK's own algorithm if it names one).
-    keys: Vec<(Option<String>, jsonwebtoken::DecodingKey, Option<jsonwebtoken::Algorithm>)>,
+    keys: jwks::Keys,
     issuer: Option<String>,
     audiences: Vec<String>,
     leeway: u64,
@@ -212,26 +230,30 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("keys", &self.keys.len()).field("issuer", &self.issuer).finish()
+        f.debug_struct("JwtVerifier").field("keys", &self.keys.current().len()).field("issuer", &self.issuer).finish()
     }
 }
 
 impl JwtVerifier {
     fn load(file: &JwtFile, dir: &std::path::Path) -> Result<Self, String> {
-        let path = dir.join(&file.jwks_file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("jwt.jwks_file: cannot read {}: {e}", path.display()))?;
-        let set: jsonwebtoken::jwk::JwkSet =
-            serde_json::from_str(&text).map_err(|e| format!("jwt.jwks_file: not a JWKS: {e}"))?;
-        let mut keys = Vec::with_capacity(set.keys.len());
-        for (i, jwk) in set.keys.iter().enumerate() {
-            let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| format!("jwt.jwks_file: key {i}: {e}"))?;
-            let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse().ok());
-            keys.push((jwk.common.key_id.clone(), key, alg));
-        }
-        if keys.is_empty() {
-            return Err("jwt.jwks_file: the key set is empty".into());
-        }
+        let read = |name: &str, what: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| format!("jwt.{what}: cannot read {}: {e}", path.display()))
+        };
+        let (keys, source) = match (&file.jwks_file, &file.jwks_url) {
+            (Some(name), None) => {
+                let bytes = read(name, "jwks_file")?;
+                let keys = jwks::Keys::Fixed(Arc::new(jwks::parse(&bytes, "jwt.jwks_file")?));
+                (keys, String::from_utf8_lossy(&bytes).into_owned())
+            }
+            (None, Some(url)) => {
+                let refresh = humantime::parse_duration(&file.jwks_refresh)
+                    .map_err(|e| format!("jwt.jwks_refresh: `{}`: {e}", file.jwks_refresh))?;
+                let ca = file.jwks_ca_file.as_deref().map(|name| read(name, "jwks_ca_file")).transpose()?;
+                (jwks::Keys::Remote(jwks::RemoteKeys::open(url, ca, refresh)?), url.clone())
+            }
+            _ => return Err("jwt: set exactly one of `jwks_file` and `jwks_url`".into()),
+        };
         let algorithms = file
             .algorithms
             .iter()
@@ -243,8 +265,25 @@ impl JwtVerifier {
             audiences: file.audiences.clone(),
             leeway: file.leeway_seconds,
             algorithms,
-            source: text,
+            source,
         })
+    }
+
+    /// With keys at a URL: fetches them now if the token names a key id they lack (rate-limited).
+    pub async fn prepare(&self, token: &str) {
+        if let jwks::Keys::Remote(remote) = &self.keys
+            && let Ok(Some(kid)) = jsonwebtoken::decode_header(token).map(|h| h.kid)
+        {
+            remote.ensure_kid(&kid).await;
+        }
+    }
+
+    /// The key set fetched from a URL, if that is where the keys come from.
+    pub fn remote_status(&self) -> Option<jwks::RemoteStatus> {
+        match &self.keys {
+            jwks::Keys::Remote(remote) => Some(remote.status()),
+            jwks::Keys::Fixed(_) => None,
+        }
     }
 
     /// The token's claims if its signature, `exp`, `nbf`, `iss` and `aud` check out.
@@ -253,7 +292,8 @@ impl JwtVerifier {
         if !self.algorithms.is_empty() && !self.algorithms.contains(&header.alg) {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
         }
-        let candidates = self.keys.iter().filter(|(kid, _, alg)| {
+        let keys = self.keys.current();
+        let candidates = keys.iter().filter(|(kid, _, alg)| {
             (header.kid.is_none() || kid.is_none() || *kid == header.kid) && alg.is_none_or(|a| a == header.alg)
         });
         let mut validation = jsonwebtoken::Validation::new(header.alg);
