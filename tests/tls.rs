@@ -340,7 +340,8 @@ fn the_cli_talks_tls_and_refuses_a_scheme_mismatch() {
     };
     let status = run(&[&["status", "--addr", &https][..], &tls_args[..]].concat());
     assert!(status.status.success(), "{status:?}");
-    assert!(String::from_utf8_lossy(&status.stdout).contains("policy version"), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("policy version") && text.contains("tls: CN=pdp-1"), "{text}");
 
     // Without the client certificate, the handshake fails: a clear error, not a decision.
     let refused = run(&[

@@ -33,6 +33,19 @@ pub async fn status(args: &AdminArgs) -> Result<ExitCode, CliError> {
         format!("reloads: {} succeeded, {} failed", s.reloads_succeeded, s.reloads_failed),
     ];
     lines.extend(s.entity_store_warnings.iter().map(|w| format!("WARNING: entity store: {w}")));
+    if let Some(tls) = &s.tls {
+        lines.push(format!("tls: {} (serial {}), valid until {}", tls.subject, tls.serial, tls.not_after));
+        if !tls.last_reload_error.is_empty() {
+            lines.push(format!("WARNING: tls: the certificate files were not reloaded: {}", tls.last_reload_error));
+        }
+        lines.extend(tls.warnings.iter().map(|w| format!("WARNING: tls: {w}")));
+    }
+    if let Some(jwks) = &s.jwks {
+        lines.push(format!("jwks: {} keys from {}, fetched at {}", jwks.keys, jwks.url, jwks.fetched_at));
+        if !jwks.last_error.is_empty() {
+            lines.push(format!("WARNING: jwks: the last fetch failed (the keys above are used): {}", jwks.last_error));
+        }
+    }
     let code = match &s.last_error {
         Some(err) => {
             lines.push(format!("last reload failed at {} (the version above is still serving):", err.at));
