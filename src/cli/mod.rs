@@ -56,8 +56,12 @@ impl From<&str> for CliError {
 
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
-        // What a plaintext client gets from a TLS port: the server's handshake bytes are not HTTP/2.
-        let hint = if status.message().contains("h2 protocol error") {
+        // A plaintext client gets no answer from a TLS port (its handshake bytes are not HTTP/2):
+        // the call fails in transport, not with the server's status.
+        use tonic::Code;
+        let no_answer = matches!(status.code(), Code::Cancelled | Code::Unknown | Code::Unavailable)
+            || status.message().contains("h2 protocol error");
+        let hint = if no_answer && remote::PLAINTEXT.load(std::sync::atomic::Ordering::Relaxed) {
             " (if the server uses TLS, use an https:// address)"
         } else {
             ""

@@ -14,6 +14,9 @@ use super::CliError;
 /// after, which can exceed gRPC's default 4 MiB.
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
+/// Whether this command talks plaintext: its transport failures may mean the server wants TLS.
+pub static PLAINTEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A channel to `addr`: TLS for `https://`, plaintext for `http://`.
 pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, CliError> {
     let endpoint =
@@ -26,7 +29,10 @@ pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, CliError> {
         Some("http") if tls.is_set() => {
             return Err(format!("--addr `{addr}` is plaintext (http://) but TLS options are set: use https://").into());
         }
-        Some("http") => (endpoint, " (does the server use TLS? then use https://)"),
+        Some("http") => {
+            PLAINTEXT.store(true, std::sync::atomic::Ordering::Relaxed);
+            (endpoint, " (does the server use TLS? then use https://)")
+        }
         _ => return Err(format!("--addr `{addr}` needs a scheme: https:// (TLS) or http:// (plaintext)").into()),
     };
     Ok(endpoint.connect().await.map_err(|e| format!("cannot connect to {addr}: {}{hint}", error_chain(&e)))?)

@@ -177,23 +177,20 @@ pub(crate) async fn gather(
             if depth < depth_limit {
                 next.extend(record.refs.iter().map(|r| (r.clone(), depth + 1)));
             }
-            if included.insert(uid) {
-                slice.push(record.entity.clone());
+            if included.insert(uid.clone()) {
+                slice.push(store.cedar_entity(&uid, record)?);
             }
         }
         frontier = next;
     }
     // A request entity must not be something a provisioned entity points to: it would give a stored
     // user new ancestors or define the owner a stored document names.
-    for record in fetched.values().flatten() {
+    for (stored, record) in fetched.iter().filter_map(|(uid, r)| Some((uid, r.as_ref()?))) {
         for uid in record.parents.iter().chain(&record.refs) {
             if let Some(&i) = own.get(uid) {
                 return Err(RequestError::invalid(
                     &format!("entities_json[{i}]"),
-                    format!(
-                        "`{uid}` is referred to by provisioned entity `{}`; a request cannot define it",
-                        record.entity.uid()
-                    ),
+                    format!("`{uid}` is referred to by provisioned entity `{}`; a request cannot define it", stored),
                 )
                 .into());
             }

@@ -160,7 +160,7 @@ impl pb::entity_service_server::EntityService for EntityApi {
         let size = page_size(req.page_size);
         let records = self.store.list(&ty, &req.page_token, size).await?;
         let next_page_token = match records.last() {
-            Some(last) if records.len() == size => entities::key_of(&last.entity.uid()),
+            Some(last) if records.len() == size => entities::key_of(&last.uid()?),
             _ => String::new(),
         };
         let entities = records.iter().map(|r| convert::entity_message(&r.json())).collect();
