@@ -6,6 +6,7 @@
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod decision;
 pub mod entities;
 pub mod envoy;
 pub mod error;

@@ -15,6 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 
 use crate::config::ServeConfig;
+use crate::decision::Decisions;
 use crate::entities::EntityStore;
 use crate::error::{ServeError, StoreError};
 use crate::grpc::{
@@ -26,11 +27,19 @@ use crate::telemetry;
 use crate::tls::{Alpn, Incoming, Tls};
 
 /// What the main port serves when provisioning and admin have their own listener.
-const DECISION_SERVICES: [&str; 3] =
-    ["cedar_pdp.v1.AuthorizationService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
+const DECISION_SERVICES: [&str; 4] = [
+    "cedar_pdp.v1.AuthorizationService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 /// What the provisioning listener serves.
-const PROVISIONING_SERVICES: [&str; 3] =
-    ["cedar_pdp.v1.EntityService", "cedar_pdp.v1.AdminService", "grpc.reflection.v1.ServerReflection"];
+const PROVISIONING_SERVICES: [&str; 4] = [
+    "cedar_pdp.v1.EntityService",
+    "cedar_pdp.v1.AdminService",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
 
 /// Serves on `listener` until `shutdown` completes. Fails at once if the policy directory is invalid.
 pub async fn serve(
@@ -127,23 +136,14 @@ async fn start(
     };
     let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
     let callers = Arc::new(CheckGate::new(&config.tls.check_peers));
-    let authorization = AuthorizationServiceServer::new(AuthorizationApi::new(
-        store.clone(),
-        entities.clone(),
-        config.decision_log,
-        config.max_batch,
-        limits,
-        callers.clone(),
-    ))
-    .max_decoding_message_size(config.max_message_bytes);
-    let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(
-        store.clone(),
-        entities.clone(),
-        config.decision_log,
-        limits,
-        callers,
-    ))
-    .max_decoding_message_size(config.max_message_bytes);
+    // Every front door decides through this one service.
+    let decisions = Arc::new(Decisions::new(store.clone(), entities.clone(), limits, config.decision_log));
+    let authorization =
+        AuthorizationServiceServer::new(AuthorizationApi::new(decisions.clone(), config.max_batch, callers.clone()))
+            .max_decoding_message_size(config.max_message_bytes);
+    let ext_authz =
+        envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(decisions, callers))
+            .max_decoding_message_size(config.max_message_bytes);
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), admin_gate, tls.clone()));
     let provisioning =
         EntityServiceServer::new(EntityApi::new(store.clone(), entities, provisioning_gate, config.max_batch))
@@ -154,16 +154,19 @@ async fn start(
     let mut main = Server::builder()
         .layer(over_limit.clone())
         .add_service(health_service)
-        .add_service(main_reflection)
+        .add_service(main_reflection.0)
+        .add_service(main_reflection.1)
         .add_service(authorization)
         .add_service(ext_authz);
     // The provisioning and admin services go to their own listener when one is configured.
+    let (reflection_v1, reflection_v1alpha) = provisioning_reflection.unzip();
     let provisioning = match provisioning_incoming {
         Some(incoming) => Some((
             incoming,
             Server::builder()
                 .layer(over_limit)
-                .add_optional_service(provisioning_reflection)
+                .add_optional_service(reflection_v1)
+                .add_optional_service(reflection_v1alpha)
                 .add_service(provisioning)
                 .add_service(admin),
         )),
@@ -257,20 +260,33 @@ fn gates(config: &ServeConfig) -> Result<(Gate, Gate), ServeError> {
     ))
 }
 
-/// The reflection service over every descriptor set, listing `only` these services if given.
+/// The reflection services, v1 and v1alpha (what grpcurl, Postman and evans still ask), over every
+/// descriptor set, listing `only` these services if given.
 fn reflection(
     only: Option<&[&str]>,
 ) -> Result<
-    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
     ServeError,
 > {
-    let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    for name in only.into_iter().flatten() {
-        builder = builder.with_service_name(*name);
-    }
-    Ok(builder.build_v1()?)
+    let builder = || {
+        // Both reflection versions' descriptors in both, so that each lists the other too.
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for name in only.into_iter().flatten() {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// Completes on SIGTERM or Ctrl-C.

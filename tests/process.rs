@@ -167,3 +167,41 @@ fn metrics_count_decisions_and_reloads() {
     assert_eq!(value(line("cedar_pdp_policy_reloads_total{result=\"success\"}")).as_deref(), Some("1"), "{scrape}");
     assert!(scrape.contains("cedar_pdp_decision_seconds"), "{scrape}");
 }
+
+/// Every front door writes one decision-log format: ext_authz's answers made without the policies
+/// (here: no route matches) carry the same fields as a Check's, with the reason.
+#[test]
+fn ext_authz_answers_without_policies_are_logged_in_the_same_format() {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let server = Process::start(&fixture("mesh"), &[]);
+    let headers = [("x-request-id".to_string(), "req-42".to_string())].into();
+    let http = HttpRequest { method: "GET".into(), path: "/nowhere".into(), headers, ..Default::default() };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request { http: Some(http), ..Default::default() }),
+            ..Default::default()
+        }),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = AuthorizationClient::connect(server.url()).await.unwrap();
+        client.check(request).await.unwrap();
+    });
+    let record = loop {
+        let line = server.lines.recv_timeout(Duration::from_secs(10)).expect("a decision record");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["target"] == "cedar_pdp::decision" {
+            break event;
+        }
+    };
+    assert_eq!(record["message"], "decision");
+    assert_eq!((record["api"].as_str(), record["decision"].as_str()), (Some("ext_authz"), Some("deny")));
+    assert_eq!(record["reason"], "no route matches this request");
+    assert_eq!(record["request_id"], "req-42");
+    assert!(record["decision_id"].as_str().is_some_and(|id| !id.is_empty()));
+    for field in ["principal", "action", "resource", "determining_policies", "errors", "policy_version", "latency_us"] {
+        assert!(record.get(field).is_some(), "{field} missing from {record}");
+    }
+}

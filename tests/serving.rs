@@ -120,6 +120,37 @@ async fn listed_services(channel: tonic::transport::Channel) -> Vec<String> {
     list.service.into_iter().map(|s| s.name).collect()
 }
 
+/// The services reflection v1alpha lists: what grpcurl, Postman and evans ask.
+async fn listed_services_v1alpha(channel: tonic::transport::Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a service list");
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_same_services() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut v1 = listed_services(server.channel().await).await;
+    let mut v1alpha = listed_services_v1alpha(server.channel().await).await;
+    v1.sort();
+    v1alpha.sort();
+    assert_eq!(v1, v1alpha);
+    assert!(v1alpha.iter().any(|n| n == "cedar_pdp.v1.AuthorizationService"), "{v1alpha:?}");
+    assert!(v1alpha.iter().any(|n| n == "grpc.reflection.v1alpha.ServerReflection"), "{v1alpha:?}");
+}
+
 #[tokio::test]
 async fn reflection_lists_what_each_port_serves() {
     let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();

@@ -146,18 +146,7 @@ async fn a_mismatched_pair_at_start_is_an_error_naming_the_file() {
 
 /// The serial of the certificate a new TLS connection is served.
 async fn served_serial(server: &TestServer, ca_pem: &str) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(der.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = rustls_client(ca_pem, b"h2");
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();

@@ -1,58 +1,30 @@
 //! `cedar_pdp.v1.AuthorizationService`: Check and BatchCheck.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
 use super::auth::CheckGate;
 use super::{convert, pb};
-use crate::authz;
-use crate::entities::{self, EntityStore};
-use crate::error::{DecideError, RequestError, ServiceError};
-use crate::policy::{PolicyStore, Snapshot};
-use crate::telemetry;
+use crate::decision::{Decisions, Origin};
+use crate::error::{DecideError, RequestError};
+use crate::policy::Snapshot;
 
 pub struct AuthorizationApi {
-    store: Arc<PolicyStore>,
-    entities: Arc<EntityStore>,
-    decision_log: bool,
+    decisions: Arc<Decisions>,
     max_batch: usize,
-    limits: authz::Limits,
     callers: Arc<CheckGate>,
 }
 
 impl AuthorizationApi {
-    pub fn new(
-        store: Arc<PolicyStore>,
-        entities: Arc<EntityStore>,
-        decision_log: bool,
-        max_batch: usize,
-        limits: authz::Limits,
-        callers: Arc<CheckGate>,
-    ) -> Self {
-        AuthorizationApi { store, entities, decision_log, max_batch, limits, callers }
-    }
-
-    fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
-        self.store.current().ok_or(ServiceError::NotReady)
+    pub fn new(decisions: Arc<Decisions>, max_batch: usize, callers: Arc<CheckGate>) -> Self {
+        AuthorizationApi { decisions, max_batch, callers }
     }
 
     async fn decide(&self, snapshot: &Snapshot, req: &pb::CheckRequest) -> Result<pb::CheckResponse, DecideError> {
-        let started = Instant::now();
         let input = convert::check_input(req);
-        let outcome = entities::decide(&self.entities, snapshot, &input, &self.limits, req.min_revision).await?;
-        let decision_id = uuid::Uuid::now_v7().to_string();
-        telemetry::record_decision(
-            self.decision_log,
-            "check",
-            &decision_id,
-            &snapshot.version,
-            &outcome,
-            started.elapsed(),
-            None,
-        );
-        Ok(convert::check_response(outcome, &snapshot.version, decision_id))
+        let decided = self.decisions.decide(snapshot, &input, req.min_revision, Origin::CHECK).await?;
+        Ok(convert::check_response(decided.outcome, &snapshot.version, decided.decision_id))
     }
 }
 
@@ -60,7 +32,7 @@ impl AuthorizationApi {
 impl pb::authorization_service_server::AuthorizationService for AuthorizationApi {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
         self.callers.admit(&request)?;
-        let snapshot = self.snapshot()?;
+        let snapshot = self.decisions.snapshot()?;
         let response =
             self.decide(&snapshot, request.get_ref()).await.inspect_err(|e| tracing::debug!("check rejected: {e}"))?;
         Ok(Response::new(response))
@@ -78,7 +50,7 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
             );
         }
         // One snapshot for the whole batch: every item is decided by the same policy version.
-        let snapshot = self.snapshot()?;
+        let snapshot = self.decisions.snapshot()?;
         let mut results = Vec::with_capacity(checks.len());
         for (i, check) in checks.iter().enumerate() {
             let result = self.decide(&snapshot, check).await.map_err(|e| match e {

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::ext_authz::v3::pb::{
@@ -19,12 +18,11 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use super::auth::CheckGate;
-use crate::authz::{CheckInput, Limits, UidRef};
-use crate::entities::{self, EntityStore};
+use crate::authz::{CheckInput, UidRef};
+use crate::decision::{Decided, Decisions, Origin};
 use crate::envoy::{Fallback, Mapping, Source, percent_decode};
-use crate::error::{DecideError, ServiceError};
-use crate::policy::PolicyStore;
-use crate::telemetry;
+use crate::error::DecideError;
+use crate::telemetry::HttpInfo;
 
 /// gRPC codes carried in `CheckResponse.status`.
 const OK: i32 = 0;
@@ -36,22 +34,13 @@ const INVALID_ARGUMENT: i32 = 3;
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
 
 pub struct ExtAuthzApi {
-    policies: Arc<PolicyStore>,
-    entities: Arc<EntityStore>,
-    decision_log: bool,
-    limits: Limits,
+    decisions: Arc<Decisions>,
     callers: Arc<CheckGate>,
 }
 
 impl ExtAuthzApi {
-    pub fn new(
-        policies: Arc<PolicyStore>,
-        entities: Arc<EntityStore>,
-        decision_log: bool,
-        limits: Limits,
-        callers: Arc<CheckGate>,
-    ) -> Self {
-        ExtAuthzApi { policies, entities, decision_log, limits, callers }
+    pub fn new(decisions: Arc<Decisions>, callers: Arc<CheckGate>) -> Self {
+        ExtAuthzApi { decisions, callers }
     }
 }
 
@@ -267,78 +256,55 @@ fn deny(code: i32, http: u16, reason: &str, decision_id: Option<&str>, mapping: 
 }
 
 /// An answer made without a policy decision (no route, not HTTP, bad credentials, a request the schema
-/// refuses). It gets a decision id and a log line too; it allows only when the mapping says so, or in
-/// global dry run, and then the upstream still gets identity headers of our making, never the client's.
-fn fallback(
-    log: bool,
-    choice: Fallback,
-    code: i32,
-    http: u16,
-    reason: &str,
-    mapping: &Mapping,
-    request_id: &str,
-) -> CheckResponse {
-    let decision_id = uuid::Uuid::now_v7().to_string();
-    let allowed = choice == Fallback::Allow || mapping.dry_run;
-    metrics::counter!("cedar_pdp_decisions_total", "decision" => if allowed { "allow" } else { "deny" }, "api" => "ext_authz")
-        .increment(1);
-    if log {
-        tracing::info!(
-        target: "cedar_pdp::decision",
-        decision_id,
-        api = "ext_authz",
-        decision = if allowed { "allow" } else { "deny" },
-        reason,
-        request_id,
-        dry_run = mapping.dry_run,
-        "decision without policies"
-        );
-    }
+/// refuses). It gets a decision id and a log record too; it allows only when the mapping says so, or
+/// in global dry run, and then the upstream still gets identity headers of our making, never the
+/// client's.
+fn fallback(decisions: &Decisions, refusal: Refusal<'_>, mapping: &Mapping, http: HttpInfo<'_>) -> CheckResponse {
+    let allowed = refusal.choice == Fallback::Allow || mapping.dry_run;
+    let origin = Origin { api: "ext_authz", http: Some(HttpInfo { dry_run: mapping.dry_run, ..http }) };
+    let decision_id = decisions.without_policies(allowed, refusal.reason, origin);
     if allowed {
         allow(vec![
             header(&mapping.principal_header, &mapping.anonymous_uid),
             header(&mapping.decision_header, &decision_id),
         ])
     } else {
-        deny(code, http, reason, Some(&decision_id), Some(mapping))
+        deny(refusal.code, refusal.http, refusal.reason, Some(&decision_id), Some(mapping))
     }
+}
+
+/// Why and how a request is answered without the policies.
+struct Refusal<'a> {
+    choice: Fallback,
+    code: i32,
+    http: u16,
+    reason: &'a str,
 }
 
 #[tonic::async_trait]
 impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         self.callers.admit(&request)?;
-        let started = Instant::now();
-        let snapshot = self.policies.current().ok_or(ServiceError::NotReady)?;
+        let snapshot = self.decisions.snapshot()?;
         let req = request.get_ref();
         let Some(mapping) = snapshot.ext_authz.as_deref() else {
             return Ok(Response::new(deny(PERMISSION_DENIED, 403, "no ext_authz mapping is configured", None, None)));
         };
         let Some(http) = req.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref()) else {
-            return Ok(Response::new(fallback(
-                self.decision_log,
-                mapping.non_http,
-                PERMISSION_DENIED,
-                403,
-                "not an HTTP request",
-                mapping,
-                "",
-            )));
+            let refusal =
+                Refusal { choice: mapping.non_http, code: PERMISSION_DENIED, http: 403, reason: "not an HTTP request" };
+            let http = HttpInfo { route: "", request_id: "", dry_run: false };
+            return Ok(Response::new(fallback(&self.decisions, refusal, mapping, http)));
         };
         let headers = request_headers(http);
         let request_id = headers.get("x-request-id").cloned().unwrap_or_default();
+        let unrouted = HttpInfo { route: "", request_id: &request_id, dry_run: false };
         let Some(route) = mapping.route(&http.method, &http.path) else {
             let reason = "no route matches this request";
-            return Ok(Response::new(fallback(
-                self.decision_log,
-                mapping.unmatched,
-                PERMISSION_DENIED,
-                403,
-                reason,
-                mapping,
-                &request_id,
-            )));
+            let refusal = Refusal { choice: mapping.unmatched, code: PERMISSION_DENIED, http: 403, reason };
+            return Ok(Response::new(fallback(&self.decisions, refusal, mapping, unrouted)));
         };
+        let routed = HttpInfo { route: route.route, ..unrouted };
         // Keys at a URL may not know a rotated-in key yet: fetch them first (awaited, rate-limited).
         if let (Some(jwt), Some(value)) = (&mapping.jwt, headers.get("authorization"))
             && let Some((_, token)) = value.split_once(' ')
@@ -351,15 +317,8 @@ impl Authorization for ExtAuthzApi {
                 // The details go to the log, not to the client.
                 tracing::info!(route = route.route, request_id, "ext_authz: credentials refused: {why}");
                 let reason = "invalid bearer token";
-                return Ok(Response::new(fallback(
-                    self.decision_log,
-                    Fallback::Deny,
-                    UNAUTHENTICATED,
-                    401,
-                    reason,
-                    mapping,
-                    &request_id,
-                )));
+                let refusal = Refusal { choice: Fallback::Deny, code: UNAUTHENTICATED, http: 401, reason };
+                return Ok(Response::new(fallback(&self.decisions, refusal, mapping, routed)));
             }
         };
         let (ty, id) = match &identified {
@@ -374,15 +333,8 @@ impl Authorization for ExtAuthzApi {
             Ok(context) => context,
             Err(why) => {
                 tracing::info!(route = route.route, request_id, "ext_authz: {why}");
-                return Ok(Response::new(fallback(
-                    self.decision_log,
-                    Fallback::Deny,
-                    INVALID_ARGUMENT,
-                    400,
-                    &why,
-                    mapping,
-                    &request_id,
-                )));
+                let refusal = Refusal { choice: Fallback::Deny, code: INVALID_ARGUMENT, http: 400, reason: &why };
+                return Ok(Response::new(fallback(&self.decisions, refusal, mapping, routed)));
             }
         };
         let input = CheckInput {
@@ -392,36 +344,19 @@ impl Authorization for ExtAuthzApi {
             context_json: &context_json,
             entities_json: own_entities.as_deref().unwrap_or_default(),
         };
-        let outcome = match entities::decide(&self.entities, &snapshot, &input, &self.limits, 0).await {
-            Ok(outcome) => outcome,
+        let origin = Origin { api: "ext_authz", http: Some(HttpInfo { dry_run: route.dry_run, ..routed }) };
+        let Decided { outcome, decision_id } = match self.decisions.decide(&snapshot, &input, 0, origin).await {
+            Ok(decided) => decided,
             // The mapping produced a request the schema refuses: a deny the operator must fix.
             Err(DecideError::Request(e)) => {
                 tracing::warn!(route = route.route, request_id, "ext_authz: request not decidable: {e}");
                 let reason = "the request cannot be decided (see the PDP's log)";
-                return Ok(Response::new(fallback(
-                    self.decision_log,
-                    Fallback::Deny,
-                    INVALID_ARGUMENT,
-                    403,
-                    reason,
-                    mapping,
-                    &request_id,
-                )));
+                let refusal = Refusal { choice: Fallback::Deny, code: INVALID_ARGUMENT, http: 403, reason };
+                return Ok(Response::new(fallback(&self.decisions, refusal, mapping, routed)));
             }
             // The store cannot answer: an error, which Envoy turns into `status_on_error`.
             Err(DecideError::Store(e)) => return Err(e.into()),
         };
-        let decision_id = uuid::Uuid::now_v7().to_string();
-        let http_info = telemetry::HttpInfo { route: route.route, request_id: &request_id, dry_run: route.dry_run };
-        telemetry::record_decision(
-            self.decision_log,
-            "ext_authz",
-            &decision_id,
-            &snapshot.version,
-            &outcome,
-            started.elapsed(),
-            Some(http_info),
-        );
         let principal_text = outcome.principal.to_string();
         let response = if outcome.allow || route.dry_run {
             if !outcome.allow {

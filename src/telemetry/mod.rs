@@ -46,7 +46,6 @@ pub fn serve_metrics(listener: crate::tls::Incoming, stop: tokio_util::sync::Can
     Ok(())
 }
 
-/// Counts one decision and, when enabled, writes its decision-log record.
 /// What an ext_authz decision adds to its decision-log entry.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpInfo<'a> {
@@ -56,6 +55,7 @@ pub struct HttpInfo<'a> {
     pub dry_run: bool,
 }
 
+/// Counts one decision and, when enabled, writes its decision-log record.
 pub fn record_decision(
     log: bool,
     front_door: &'static str,
@@ -72,21 +72,89 @@ pub fn record_decision(
         return;
     }
     let errors: Vec<String> = outcome.errors.iter().map(|e| format!("{}: {}", e.policy_id, e.message)).collect();
+    let record = Record {
+        decision_id,
+        front_door,
+        principal: &outcome.principal.to_string(),
+        action: &outcome.action.to_string(),
+        resource: &outcome.resource.to_string(),
+        decision,
+        determining: &outcome.determining,
+        errors: &errors,
+        policy_version,
+        latency,
+        reason: None,
+        http,
+    };
+    write(&record);
+}
+
+/// Counts and logs an answer made without the policies, in the decision log's one format (no
+/// principal, action or resource; the reason instead of determining policies).
+pub fn record_without_policies(
+    log: bool,
+    front_door: &'static str,
+    decision_id: &str,
+    allowed: bool,
+    reason: &str,
+    http: Option<HttpInfo<'_>>,
+) {
+    let decision = if allowed { "allow" } else { "deny" };
+    metrics::counter!("cedar_pdp_decisions_total", "decision" => decision, "api" => front_door).increment(1);
+    if !log {
+        return;
+    }
+    let record = Record {
+        decision_id,
+        front_door,
+        principal: "",
+        action: "",
+        resource: "",
+        decision,
+        determining: &[],
+        errors: &[],
+        policy_version: "",
+        latency: Duration::ZERO,
+        reason: Some(reason),
+        http,
+    };
+    write(&record);
+}
+
+/// One decision-log record: every front door, every kind of answer.
+struct Record<'a> {
+    decision_id: &'a str,
+    front_door: &'static str,
+    principal: &'a str,
+    action: &'a str,
+    resource: &'a str,
+    decision: &'static str,
+    determining: &'a [String],
+    errors: &'a [String],
+    policy_version: &'a str,
+    latency: Duration,
+    /// Why the answer was made without the policies, if it was.
+    reason: Option<&'a str>,
+    http: Option<HttpInfo<'a>>,
+}
+
+fn write(r: &Record<'_>) {
     tracing::info!(
         target: "cedar_pdp::decision",
-        decision_id,
-        api = front_door,
-        principal = %outcome.principal,
-        action = %outcome.action,
-        resource = %outcome.resource,
-        decision,
-        determining_policies = ?outcome.determining,
-        errors = ?errors,
-        policy_version,
-        latency_us = latency.as_micros() as u64,
-        route = http.map(|h| h.route),
-        request_id = http.map(|h| h.request_id),
-        dry_run = http.map(|h| h.dry_run),
+        decision_id = r.decision_id,
+        api = r.front_door,
+        principal = r.principal,
+        action = r.action,
+        resource = r.resource,
+        decision = r.decision,
+        determining_policies = ?r.determining,
+        errors = ?r.errors,
+        policy_version = r.policy_version,
+        latency_us = r.latency.as_micros() as u64,
+        reason = r.reason,
+        route = r.http.map(|h| h.route),
+        request_id = r.http.map(|h| h.request_id),
+        dry_run = r.http.map(|h| h.dry_run),
         "decision"
     );
 }

@@ -1,0 +1,85 @@
+//! The one home of a decision, whatever front door asked: the snapshot it is made on, the
+//! provisioned entities it reads, its id, its latency, its metrics and its decision-log record, in
+//! one format for every front door. Front doors (gRPC Check and BatchCheck, ext_authz) turn their
+//! requests into a `CheckInput` and the `Decided` back into their answers; nothing else.
+//!
+//! Architecture invariant: every answer a front door gives about access has a decision id and one
+//! decision-log record, made here — answers made without the policies (ext_authz's fallbacks) too.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::authz::{CheckInput, Limits, Outcome};
+use crate::entities::{self, EntityStore};
+use crate::error::{DecideError, ServiceError};
+use crate::policy::{PolicyStore, Snapshot};
+use crate::telemetry::{self, HttpInfo};
+
+/// A decision and what identifies it.
+pub struct Decided {
+    pub outcome: Outcome,
+    pub decision_id: String,
+}
+
+/// Which front door asked, and (ext_authz) about which HTTP request.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    pub api: &'static str,
+    pub http: Option<HttpInfo<'a>>,
+}
+
+impl Origin<'static> {
+    pub const CHECK: Origin<'static> = Origin { api: "check", http: None };
+}
+
+/// Makes decisions for every front door.
+pub struct Decisions {
+    policies: Arc<PolicyStore>,
+    entities: Arc<EntityStore>,
+    limits: Limits,
+    log: bool,
+}
+
+impl Decisions {
+    pub fn new(policies: Arc<PolicyStore>, entities: Arc<EntityStore>, limits: Limits, log: bool) -> Self {
+        Decisions { policies, entities, limits, log }
+    }
+
+    /// The policy set answering now; a batch takes it once so that every item has the same version.
+    pub fn snapshot(&self) -> Result<Arc<Snapshot>, ServiceError> {
+        self.policies.current().ok_or(ServiceError::NotReady)
+    }
+
+    /// Decides `input` on `snapshot` and the provisioned entities (at least as fresh as
+    /// `min_revision`), counted and logged once. A request or store error is not a decision and is
+    /// neither counted nor logged as one.
+    pub async fn decide(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        min_revision: u64,
+        origin: Origin<'_>,
+    ) -> Result<Decided, DecideError> {
+        let started = Instant::now();
+        let outcome = entities::decide(&self.entities, snapshot, input, &self.limits, min_revision).await?;
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        telemetry::record_decision(
+            self.log,
+            origin.api,
+            &decision_id,
+            &snapshot.version,
+            &outcome,
+            started.elapsed(),
+            origin.http,
+        );
+        Ok(Decided { outcome, decision_id })
+    }
+
+    /// An answer made without the policies (ext_authz: no route, not HTTP, refused credentials):
+    /// numbered, counted and logged like a decision. Returns its decision id.
+    pub fn without_policies(&self, allowed: bool, reason: &str, origin: Origin<'_>) -> String {
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        telemetry::record_without_policies(self.log, origin.api, &decision_id, allowed, reason, origin.http);
+        decision_id
+    }
+}
