@@ -17,10 +17,11 @@ RUN mkdir -p /var/lib/cedar-pdp && chown 10001 /var/lib/cedar-pdp
 VOLUME /var/lib/cedar-pdp
 USER 10001
 ENV CEDAR_PDP_LISTEN=0.0.0.0:50051 \
+    CEDAR_PDP_HTTP_LISTEN=0.0.0.0:8180 \
     CEDAR_PDP_POLICIES=/etc/cedar-pdp/policies \
     CEDAR_PDP_DATA_DIR=/var/lib/cedar-pdp/data \
     CEDAR_PDP_AUDIT_FILE=/var/lib/cedar-pdp/audit.jsonl \
     CEDAR_PDP_LOG_FORMAT=json
-EXPOSE 50051
+EXPOSE 50051 8180
 ENTRYPOINT ["cedar-pdp"]
 CMD ["serve"]

@@ -35,14 +35,14 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 taskset -c 1 "$NOOP" 127.0.0.1:50161 >"$OUT/noop.out" 2>&1 & PIDS+=($!)
-taskset -c 1 "$BIN" serve --listen 127.0.0.1:50162 --decision-log false --data-dir "$OUT/data-50162" >"$OUT/pdp.out" 2>&1 & PIDS+=($!)
-taskset -c 1 "$BIN" --log-format json serve --listen 127.0.0.1:50163 --data-dir "$OUT/data-50163" >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
-taskset -c 1 "$BIN" serve --listen 127.0.0.1:50165 --decision-log false --policies tests/fixtures/mesh --data-dir "$OUT/data-50165" \
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50162 --decision-log false --data-dir "$OUT/data-50162" >"$OUT/pdp.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" --log-format json serve --http-listen off --listen 127.0.0.1:50163 --data-dir "$OUT/data-50163" >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50165 --decision-log false --policies tests/fixtures/mesh --data-dir "$OUT/data-50165" \
   >"$OUT/pdp-mesh.out" 2>&1 & PIDS+=($!)
 # The example policies without their entity file; the entities go to Redis instead.
 mkdir -p "$OUT/no-entities" && cp policies/*.cedar policies/*.cedarschema policies/links.json "$OUT/no-entities/"
 taskset -c 1 redis-server --port 50170 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.out" 2>&1 & PIDS+=($!)
-taskset -c 1 "$BIN" serve --listen 127.0.0.1:50164 --decision-log false --policies "$OUT/no-entities" \
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50164 --decision-log false --policies "$OUT/no-entities" \
   --redis-url redis://127.0.0.1:50170/ --data-dir "$OUT/data-50164" >"$OUT/pdp-redis.out" 2>&1 & PIDS+=($!)
 
 verify() { # kind url → prints the verified response frame size

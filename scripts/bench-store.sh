@@ -35,7 +35,7 @@ PY
 # The CLI finds the token the server generated in the data directory it is given.
 serve() { # port data-dir extra-args… → pid, once serving
   local port=$1 data=$2; shift 2
-  "$BIN" serve --listen "127.0.0.1:$port" --decision-log false --log warn --data-dir "$data" "$@" >"$OUT/serve-$port.log" 2>&1 &
+  "$BIN" serve --http-listen off --listen "127.0.0.1:$port" --decision-log false --log warn --data-dir "$data" "$@" >"$OUT/serve-$port.log" 2>&1 &
   local pid=$!
   until "$BIN" status --addr "http://127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1; do sleep 0.1; done
   echo "$pid"

@@ -31,9 +31,9 @@ openssl x509 -req -in "$OUT/tls.csr" -CA "$OUT/ca.crt" -CAkey "$OUT/ca.key" -CAc
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-taskset -c 1 "$BIN" serve --listen 127.0.0.1:50182 --decision-log false --data-dir "$OUT/data-plain" \
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50182 --decision-log false --data-dir "$OUT/data-plain" \
   >"$OUT/plain.out" 2>&1 & PIDS+=($!)
-taskset -c 1 "$BIN" serve --listen 127.0.0.1:50183 --decision-log false --data-dir "$OUT/data-tls" \
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50183 --decision-log false --data-dir "$OUT/data-tls" \
   --tls-cert "$OUT/tls.crt" --tls-key "$OUT/tls.key" >"$OUT/tls.out" 2>&1 & PIDS+=($!)
 TLS_PID=$!
 

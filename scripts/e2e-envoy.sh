@@ -18,7 +18,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 LISTEN=$(free_port); PDP=$(free_port); UPSTREAM=$(free_port)
 
 python3 scripts/e2e/upstream.py "$UPSTREAM" & PIDS+=($!)
-"$BIN" --log-format json serve --listen "127.0.0.1:$PDP" --policies tests/fixtures/mesh --data-dir "$WORK/data" >"$WORK/pdp.log" 2>&1 &
+"$BIN" --log-format json serve --http-listen off --listen "127.0.0.1:$PDP" --policies tests/fixtures/mesh --data-dir "$WORK/data" >"$WORK/pdp.log" 2>&1 &
 PDP_PID=$!; PIDS+=($PDP_PID)
 sed -e "s/@LISTEN@/$LISTEN/" -e "s/@PDP@/$PDP/" -e "s/@UPSTREAM@/$UPSTREAM/" scripts/e2e/envoy.yaml.in >"$WORK/envoy.yaml"
 envoy -c "$WORK/envoy.yaml" --disable-hot-restart --log-level warn >"$WORK/envoy.log" 2>&1 & PIDS+=($!)
@@ -97,7 +97,7 @@ entities.append({"uid": {"type": "User", "id": "spiffe://example.org/ns/docs/sa/
 json.dump(entities, open(sys.argv[1], "w"))
 PY
 MLISTEN=$(free_port); MPDP=$(free_port)
-"$BIN" --log-format json serve --listen "127.0.0.1:$MPDP" --policies "$WORK/mesh" --data-dir "$WORK/mdata" \
+"$BIN" --log-format json serve --http-listen off --listen "127.0.0.1:$MPDP" --policies "$WORK/mesh" --data-dir "$WORK/mdata" \
   --tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key" --tls-client-ca "$CERTS/ca.crt" \
   --check-peer spiffe://example.org/ns/mesh/sa/envoy >"$WORK/mpdp.log" 2>&1 & PIDS+=($!)
 sed -e "s/@LISTEN@/$MLISTEN/" -e "s/@PDP@/$MPDP/" -e "s/@UPSTREAM@/$UPSTREAM/" -e "s#@CERTS@#$CERTS#" \

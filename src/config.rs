@@ -124,6 +124,13 @@ pub struct ServeConfig {
     /// File holding the AdminService token (first line): unlike a flag, not readable in the process list.
     #[arg(long, env = "CEDAR_PDP_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
     pub admin_token_file: Option<PathBuf>,
+    /// Serve the HTTP API (OpenID AuthZEN) on this address; `off`: no HTTP listener.
+    #[arg(long, env = "CEDAR_PDP_HTTP_LISTEN", default_value = "127.0.0.1:8180", value_parser = parse_listen)]
+    pub http_listen: Listen,
+    /// HTTP API credential `NAME=TOKEN`, repeatable (comma-separated in the variable). Unset, with no
+    /// `--check-peer` either: any caller the TLS policy admits, as for the gRPC Check.
+    #[arg(long = "http-token", env = "CEDAR_PDP_HTTP_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
+    pub http_tokens: Vec<(String, String)>,
     /// Serve Prometheus metrics on this address (`/metrics`). Unset: no metrics endpoint.
     #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -263,6 +270,17 @@ pub struct EntityConfig {
     /// Serve the EntityService and AdminService on this address instead of `--listen`.
     #[arg(long, env = "CEDAR_PDP_PROVISIONING_LISTEN")]
     pub provisioning_listen: Option<SocketAddr>,
+}
+
+/// A listener address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    match text {
+        "off" => Ok(Listen(None)),
+        _ => text.parse().map(|a| Listen(Some(a))).map_err(|e| format!("`{text}`: {e} (or `off`)")),
+    }
 }
 
 fn parse_named_token(text: &str) -> Result<(String, String), String> {

@@ -62,7 +62,12 @@ impl RequestError {
 
     /// The same error, its field placed under `prefix` (`principal` → `checks[2].principal`).
     pub fn within(self, prefix: &str) -> Self {
-        let nest = |field: String| format!("{prefix}.{field}");
+        self.renamed(|field| format!("{prefix}.{field}"))
+    }
+
+    /// The same error, its field named by `rename` (another API's names for the same fields).
+    pub fn renamed(self, rename: impl Fn(&str) -> String) -> Self {
+        let nest = |field: String| rename(&field);
         match self {
             RequestError::Missing { field } => RequestError::Missing { field: nest(field) },
             RequestError::Invalid { field, reason } => RequestError::Invalid { field: nest(field), reason },
@@ -126,6 +131,26 @@ pub enum DecideError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The HTTP status of a gRPC status code: the HTTP front door answers what gRPC would, by this table.
+pub fn http_status(code: tonic::Code) -> u16 {
+    use tonic::Code;
+    match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::FailedPrecondition => 412,
+        Code::ResourceExhausted => 429,
+        Code::Cancelled => 499,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        Code::Unimplemented => 501,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+    }
 }
 
 /// An error and its causes on one line: a transport's own message is often just "transport error".

@@ -11,6 +11,7 @@ pub mod entities;
 pub mod envoy;
 pub mod error;
 pub mod grpc;
+pub mod http;
 pub mod json;
 pub mod policy;
 pub mod server;

@@ -22,6 +22,7 @@ use crate::grpc::{
     AdminApi, AdminServiceServer, AuthorizationApi, AuthorizationServiceServer, CheckGate, EntityApi,
     EntityServiceServer, Gate, HealthApi, HealthState, LocalToken, RefusalsLayer, pb,
 };
+use crate::http::HttpApi;
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 use crate::tls::{Alpn, Incoming, Tls};
@@ -100,6 +101,8 @@ pub async fn serve(
 struct Parts {
     main: Router<tower::layer::util::Stack<RefusalsLayer, tower::layer::util::Identity>>,
     provisioning: Option<(Incoming, Router<tower::layer::util::Stack<RefusalsLayer, tower::layer::util::Identity>>)>,
+    /// The HTTP API and its listener.
+    http: Option<(Incoming, Arc<HttpApi>)>,
     tls: Option<Arc<Tls>>,
 }
 
@@ -141,9 +144,23 @@ async fn start(
     let authorization =
         AuthorizationServiceServer::new(AuthorizationApi::new(decisions.clone(), config.max_batch, callers.clone()))
             .max_decoding_message_size(config.max_message_bytes);
-    let ext_authz =
-        envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(decisions, callers))
-            .max_decoding_message_size(config.max_message_bytes);
+    let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(
+        decisions.clone(),
+        callers,
+    ))
+    .max_decoding_message_size(config.max_message_bytes);
+    // Bound before SERVING too.
+    let http = match config.http_listen.0 {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| ServeError::Bind(addr, e))?;
+            let incoming =
+                Incoming::new(listener, tls.clone().map(|t| (t, Alpn::Http))).map_err(|e| ServeError::Bind(addr, e))?;
+            let api =
+                HttpApi::new(decisions, config.max_batch, config.http_tokens.clone(), config.tls.check_peers.clone());
+            Some((incoming, Arc::new(api)))
+        }
+        None => None,
+    };
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), admin_gate, tls.clone()));
     let provisioning =
         EntityServiceServer::new(EntityApi::new(store.clone(), entities, provisioning_gate, config.max_batch))
@@ -175,7 +192,7 @@ async fn start(
             None
         }
     };
-    Ok(Parts { main, provisioning, tls })
+    Ok(Parts { main, provisioning, http, tls })
 }
 
 /// Serves until `shutdown`, then drains for at most the grace.
@@ -203,6 +220,10 @@ async fn run(
             let _ = draining.send(());
         }
     };
+    if let Some((incoming, api)) = parts.http {
+        tracing::info!(listen = %incoming.local_addr(), scheme, "serving the HTTP API (AuthZEN)");
+        crate::http::serve(incoming, api, background.clone());
+    }
     let second = parts.provisioning.map(|(incoming, router)| {
         tracing::info!(listen = %incoming.local_addr(), scheme, "serving provisioning and admin");
         let stop = background.clone();

@@ -38,8 +38,8 @@ impl Gate {
         Gate { service, tokens, peers: peers.into_iter().collect() }
     }
 
-    /// Whether any credential is configured (without one, the server generates a local token).
-    pub fn is_open_to_nobody(&self) -> bool {
+    /// Whether no credential is configured.
+    pub fn is_unconfigured(&self) -> bool {
         self.tokens.is_empty() && self.peers.is_empty()
     }
 

@@ -66,6 +66,8 @@ impl TestServer {
         let scratch = tempfile::tempdir().unwrap();
         config.entities.audit_file = scratch.path().join("audit.jsonl");
         config.entities.data_dir = scratch.path().join("data");
+        // Tests run many servers at once: no HTTP listener on the default port unless a test asks.
+        config.http_listen = cedar_pdp::config::Listen(None);
         adjust(&mut config);
         let data_dir = config.entities.data_dir.clone();
         let (stop, stopped) = oneshot::channel::<()>();

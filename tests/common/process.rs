@@ -43,6 +43,10 @@ impl Process {
             }
         };
         command.arg("--audit-file").arg(scratch.path().join("audit.jsonl"));
+        // Tests run many servers at once: no HTTP listener on the default port unless a test asks.
+        if !extra.contains(&"--http-listen") {
+            command.args(["--http-listen", "off"]);
+        }
         let mut child = command.args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();

@@ -1,0 +1,297 @@
+//! OpenID AuthZEN Authorization API 1.0: access evaluation, batched evaluations and the metadata
+//! document. A subject `{type, id}` is the principal `<type>::"<id>"`, an action `{name}` is
+//! `Action::"<name>"`, a resource `{type, id}` is `<type>::"<id>"`, `context` is the Cedar context;
+//! the `properties` of a subject or resource become the attributes of a request-scoped entity, under
+//! the rules of `entities_json` (refused for an entity the store or the files define).
+
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+
+use super::{HttpApi, HttpError, with_request_id};
+use crate::authz::{CheckInput, UidRef};
+use crate::decision::Origin;
+use crate::error::{DecideError, RequestError};
+use crate::policy::Snapshot;
+use crate::telemetry::HttpInfo;
+use crate::tls::Peer;
+
+const EVALUATION: &str = "/access/v1/evaluation";
+const EVALUATIONS: &str = "/access/v1/evaluations";
+
+pub fn routes() -> axum::Router<Arc<HttpApi>> {
+    axum::Router::new()
+        .route(EVALUATION, post(evaluation))
+        .route(EVALUATIONS, post(evaluations))
+        .route("/.well-known/authzen-configuration", get(configuration))
+}
+
+/// `GET /.well-known/authzen-configuration`: the endpoints this server serves, relative to the
+/// address the caller used.
+async fn configuration(headers: HeaderMap) -> Response {
+    let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let base = format!("//{host}");
+    let body = json!({
+        "policy_decision_point": base,
+        "access_evaluation_endpoint": format!("{base}{EVALUATION}"),
+        "access_evaluations_endpoint": format!("{base}{EVALUATIONS}"),
+    });
+    with_request_id(headers.get("x-request-id"), axum::Json(body))
+}
+
+/// `POST /access/v1/evaluation`.
+async fn evaluation(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let result = async {
+        api.admit(&headers, &peer)?;
+        let request = parse_body(&body)?;
+        let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
+        let request_id = request_id(&headers);
+        let item = Item::parse(&request, "")?;
+        decide(&api, &snapshot, &item, &request_id, "evaluation").await.map_err(|e| decide_error(e, ""))
+    }
+    .await;
+    answer(&headers, result)
+}
+
+/// `POST /access/v1/evaluations`: the top-level subject, action, resource and context are defaults
+/// that an item's own key replaces as a whole.
+async fn evaluations(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let result = async {
+        api.admit(&headers, &peer)?;
+        let request = parse_body(&body)?;
+        let semantic = Semantic::parse(&request)?;
+        let items = match request.get("evaluations") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.clone(),
+            Some(_) => return Err(HttpError::bad_request("`evaluations` must be an array")),
+        };
+        if items.len() > api.max_batch {
+            let limit = api.max_batch;
+            return Err(HttpError::bad_request(format!(
+                "`evaluations` has {} items, more than the limit of {limit}",
+                items.len()
+            )));
+        }
+        // One snapshot for the whole batch: every item is decided by the same policy version.
+        let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
+        let request_id = request_id(&headers);
+        if items.is_empty() {
+            let item = Item::parse(&request, "")?;
+            let answer =
+                decide(&api, &snapshot, &item, &request_id, "evaluations").await.map_err(|e| decide_error(e, ""))?;
+            return Ok(json!({ "evaluations": [answer] }));
+        }
+        let mut answers = Vec::with_capacity(items.len());
+        for (i, own) in items.iter().enumerate() {
+            let at = format!("evaluations[{i}].");
+            let Some(own) = own.as_object() else {
+                return Err(HttpError::bad_request(format!("`evaluations[{i}]` must be an object")));
+            };
+            let merged = defaults_replaced_by(&request, own);
+            let item = Item::parse(&merged, &at)?;
+            let answer = match decide(&api, &snapshot, &item, &request_id, "evaluations").await {
+                Ok(answer) => answer,
+                // A store outage is no answer at all, for any item.
+                Err(DecideError::Store(e)) => return Err(HttpError::from_status(&e.into())),
+                // An item that cannot be decided is a deny with its reason, as the spec asks.
+                Err(DecideError::Request(e)) => {
+                    json!({ "decision": false, "context": { "error": authzen_fields(e, &at).to_string() } })
+                }
+            };
+            let allowed = answer["decision"] == Value::Bool(true);
+            answers.push(answer);
+            if semantic.stops_after(allowed) {
+                break;
+            }
+        }
+        Ok(json!({ "evaluations": answers }))
+    }
+    .await;
+    answer(&headers, result)
+}
+
+/// When a batch stops early.
+#[derive(Clone, Copy)]
+enum Semantic {
+    ExecuteAll,
+    DenyOnFirstDeny,
+    PermitOnFirstPermit,
+}
+
+impl Semantic {
+    fn parse(request: &Map<String, Value>) -> Result<Semantic, HttpError> {
+        let value = request.get("options").and_then(|o| o.get("evaluations_semantic"));
+        match value.map(|v| v.as_str()) {
+            None | Some(Some("execute_all")) => Ok(Semantic::ExecuteAll),
+            Some(Some("deny_on_first_deny")) => Ok(Semantic::DenyOnFirstDeny),
+            Some(Some("permit_on_first_permit")) => Ok(Semantic::PermitOnFirstPermit),
+            _ => Err(HttpError::bad_request(
+                "`options.evaluations_semantic` must be `execute_all`, `deny_on_first_deny` or `permit_on_first_permit`",
+            )),
+        }
+    }
+
+    fn stops_after(self, allowed: bool) -> bool {
+        match self {
+            Semantic::ExecuteAll => false,
+            Semantic::DenyOnFirstDeny => !allowed,
+            Semantic::PermitOnFirstPermit => allowed,
+        }
+    }
+}
+
+/// The request's defaults with an item's own keys replacing them whole (no deep merge).
+fn defaults_replaced_by(request: &Map<String, Value>, own: &Map<String, Value>) -> Map<String, Value> {
+    let mut merged: Map<String, Value> = ["subject", "action", "resource", "context"]
+        .into_iter()
+        .filter_map(|key| request.get(key).map(|v| (key.to_string(), v.clone())))
+        .collect();
+    merged.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged
+}
+
+fn parse_body(body: &str) -> Result<Map<String, Value>, HttpError> {
+    crate::json::refuse_duplicate_keys(body).map_err(|e| HttpError::bad_request(format!("the body: {e}")))?;
+    match serde_json::from_str(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(HttpError::bad_request("the body must be a JSON object")),
+        Err(e) => Err(HttpError::bad_request(format!("the body is not JSON: {e}"))),
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+/// One evaluation's parts, as Cedar request text.
+struct Item {
+    subject: (String, String),
+    action: String,
+    resource: (String, String),
+    context: String,
+    /// The request-scoped entities made of `properties`, and which part each came from.
+    entities: Vec<(&'static str, Value)>,
+}
+
+impl Item {
+    /// Reads subject, action, resource and context; `at` prefixes field names in errors.
+    fn parse(request: &Map<String, Value>, at: &str) -> Result<Item, HttpError> {
+        let object = |key: &str| -> Result<&Map<String, Value>, HttpError> {
+            request
+                .get(key)
+                .and_then(Value::as_object)
+                .ok_or_else(|| HttpError::bad_request(format!("`{at}{key}` is required (an object)")))
+        };
+        let text = |part: &Map<String, Value>, key: &str, field: &str| -> Result<String, HttpError> {
+            match part.get(key).and_then(Value::as_str) {
+                Some(s) if !s.is_empty() => Ok(s.to_string()),
+                _ => Err(HttpError::bad_request(format!("`{at}{field}.{key}` is required (a non-empty string)"))),
+            }
+        };
+        let (subject, action, resource) = (object("subject")?, object("action")?, object("resource")?);
+        let subject_uid = (text(subject, "type", "subject")?, text(subject, "id", "subject")?);
+        let resource_uid = (text(resource, "type", "resource")?, text(resource, "id", "resource")?);
+        let context = match request.get("context") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::Object(c)) => Value::Object(c.clone()).to_string(),
+            Some(_) => return Err(HttpError::bad_request(format!("`{at}context` must be an object"))),
+        };
+        let mut entities = Vec::new();
+        for (part, object, (ty, id)) in [("subject", subject, &subject_uid), ("resource", resource, &resource_uid)] {
+            match object.get("properties") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(attrs)) => {
+                    entities.push((part, json!({"uid": {"type": ty, "id": id}, "attrs": attrs, "parents": []})))
+                }
+                Some(_) => return Err(HttpError::bad_request(format!("`{at}{part}.properties` must be an object"))),
+            }
+        }
+        Ok(Item {
+            subject: subject_uid,
+            action: text(action, "name", "action")?,
+            resource: resource_uid,
+            context,
+            entities,
+        })
+    }
+}
+
+/// Decides one item: `{"decision": bool}` with the decision id in `context`.
+async fn decide(
+    api: &HttpApi,
+    snapshot: &Snapshot,
+    item: &Item,
+    request_id: &str,
+    route: &'static str,
+) -> Result<Value, DecideError> {
+    let entities_json = if item.entities.is_empty() {
+        String::new()
+    } else {
+        Value::Array(item.entities.iter().map(|(_, e)| e.clone()).collect()).to_string()
+    };
+    let input = CheckInput {
+        principal: Some(UidRef { ty: &item.subject.0, id: &item.subject.1 }),
+        action: Some(UidRef { ty: "Action", id: &item.action }),
+        resource: Some(UidRef { ty: &item.resource.0, id: &item.resource.1 }),
+        context_json: &item.context,
+        entities_json: &entities_json,
+    };
+    let origin = Origin { api: "authzen", http: Some(HttpInfo { route, request_id, dry_run: false }) };
+    let decided = api.decisions.decide(snapshot, &input, 0, origin).await.map_err(|e| match e {
+        DecideError::Request(e) => DecideError::Request(properties_named(e, &item.entities)),
+        other => other,
+    })?;
+    Ok(json!({ "decision": decided.outcome.allow, "context": { "decision_id": decided.decision_id } }))
+}
+
+/// `entities_json[i]` in an error is the `properties` of the part it was made from.
+fn properties_named(error: RequestError, entities: &[(&str, Value)]) -> RequestError {
+    error.renamed(|field| match field.strip_prefix("entities_json[").and_then(|rest| rest.split_once(']')) {
+        Some((i, rest)) => match i.parse::<usize>().ok().and_then(|i| entities.get(i)) {
+            Some((part, _)) => format!("{part}.properties{rest}"),
+            None => field.to_string(),
+        },
+        None => field.to_string(),
+    })
+}
+
+/// The Check API's field names in AuthZEN's terms, under `at`.
+fn authzen_fields(error: RequestError, at: &str) -> RequestError {
+    error.renamed(|field| {
+        let field = match field.split_once('.').map_or((field, ""), |(head, rest)| (head, rest)) {
+            ("principal", rest) => format!("subject.{rest}"),
+            ("context_json", rest) => format!("context.{rest}"),
+            _ => field.to_string(),
+        };
+        format!("{at}{}", field.trim_end_matches('.'))
+    })
+}
+
+fn decide_error(error: DecideError, at: &str) -> HttpError {
+    match error {
+        DecideError::Request(e) => HttpError::bad_request(authzen_fields(e, at).to_string()),
+        DecideError::Store(e) => HttpError::from_status(&e.into()),
+    }
+}
+
+fn answer(headers: &HeaderMap, result: Result<Value, HttpError>) -> Response {
+    let request_id = headers.get("x-request-id");
+    match result {
+        Ok(body) => with_request_id(request_id, (StatusCode::OK, axum::Json(body))),
+        Err(e) => with_request_id(request_id, e),
+    }
+}

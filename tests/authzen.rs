@@ -1,0 +1,193 @@
+//! The OpenID AuthZEN 1.0 access evaluation API over real HTTP (reqwest), against the same server's
+//! gRPC Check on the same questions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Api {
+    server: TestServer,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    async fn start(adjust: impl FnOnce(&mut cedar_pdp::config::ServeConfig)) -> Api {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let server = TestServer::start_with(&example_policies(), |c| {
+            c.http_listen = cedar_pdp::config::Listen(Some(addr));
+            adjust(c);
+        })
+        .await;
+        Api { server, base: format!("http://{addr}"), client: reqwest::Client::new() }
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value, Option<String>) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("x-request-id", "req-7")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let id = response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_string());
+        (status, serde_json::from_str(&response.text().await.unwrap()).unwrap(), id)
+    }
+}
+
+fn evaluation(subject: &str, action: &str, resource: &str) -> Value {
+    json!({"subject": {"type": "User", "id": subject}, "action": {"name": action},
+           "resource": {"type": "Document", "id": resource}})
+}
+
+/// The gRPC Check's answer on the same question.
+async fn grpc_allows(server: &TestServer, subject: &str, action: &str, resource: &str) -> bool {
+    let r =
+        req(&format!(r#"User::"{subject}""#), &format!(r#"Action::"{action}""#), &format!(r#"Document::"{resource}""#));
+    is_allow(&server.check(r).await.unwrap())
+}
+
+#[tokio::test]
+async fn evaluation_answers_as_the_grpc_check_does() {
+    let api = Api::start(|_| {}).await;
+    for (subject, action, resource) in [
+        ("bob", "view", "handbook"),
+        ("bob", "view", "design-doc"),
+        ("alice", "edit", "design-doc"),
+        ("dave", "view", "design-doc"),
+        ("mallory", "view", "design-doc"),
+    ] {
+        let body = evaluation(subject, action, resource).to_string();
+        let (status, answer, id) = api.post("/access/v1/evaluation", &body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(id.as_deref(), Some("req-7"), "X-Request-ID is echoed");
+        let expected = grpc_allows(&api.server, subject, action, resource).await;
+        assert_eq!(answer["decision"], Value::Bool(expected), "{subject} {action} {resource}: {answer}");
+        assert!(answer["context"]["decision_id"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_are_400s_naming_the_field() {
+    let api = Api::start(|_| {}).await;
+    for (body, field) in [
+        (json!({"action": {"name": "view"}, "resource": {"type": "Document", "id": "x"}}).to_string(), "subject"),
+        (json!({"subject": {"type": "User"}, "action": {"name": "view"}, "resource": {"type": "Document", "id": "x"}}).to_string(), "subject.id"),
+        (json!({"subject": {"type": "User", "id": "bob"}, "action": {}, "resource": {"type": "Document", "id": "x"}}).to_string(), "action.name"),
+        (json!({"subject": {"type": "User", "id": "bob"}, "action": {"name": "view"}, "resource": {"type": "Document", "id": "x"}, "context": 3}).to_string(), "context"),
+        (json!({"subject": {"type": "Nope", "id": "bob"}, "action": {"name": "view"}, "resource": {"type": "Document", "id": "x"}}).to_string(), "subject"),
+        (r#"{"subject": {"type": "User", "type": "Admin", "id": "bob"}}"#.to_string(), "duplicate key"),
+        ("not json".to_string(), "not JSON"),
+    ] {
+        let (status, answer, _) = api.post("/access/v1/evaluation", &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(field), "{body}: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn evaluations_use_defaults_and_the_three_semantics() {
+    let api = Api::start(|_| {}).await;
+    // bob: view handbook (allow), view design-doc (allow), edit design-doc (deny); an unknown type: deny with a reason.
+    let body = |semantic: &str| {
+        json!({
+            "subject": {"type": "User", "id": "bob"},
+            "action": {"name": "view"},
+            "options": {"evaluations_semantic": semantic},
+            "evaluations": [
+                {"resource": {"type": "Document", "id": "handbook"}},
+                {"action": {"name": "edit"}, "resource": {"type": "Document", "id": "design-doc"}},
+                {"resource": {"type": "Nope", "id": "x"}},
+                {"resource": {"type": "Document", "id": "design-doc"}}
+            ]
+        })
+        .to_string()
+    };
+    let decisions = |answer: &Value| -> Vec<Value> {
+        answer["evaluations"].as_array().unwrap().iter().map(|e| e["decision"].clone()).collect()
+    };
+    let expected_last = grpc_allows(&api.server, "bob", "view", "design-doc").await;
+    let (status, all, id) = api.post("/access/v1/evaluations", &body("execute_all")).await;
+    assert_eq!((status, id.as_deref()), (200, Some("req-7")), "{all}");
+    assert_eq!(decisions(&all), [json!(true), json!(false), json!(false), json!(expected_last)]);
+    assert!(all["evaluations"][2]["context"]["error"].as_str().unwrap().contains("evaluations[2].resource"), "{all}");
+    let (_, deny_first, _) = api.post("/access/v1/evaluations", &body("deny_on_first_deny")).await;
+    assert_eq!(decisions(&deny_first), [json!(true), json!(false)]);
+    let (_, permit_first, _) = api.post("/access/v1/evaluations", &body("permit_on_first_permit")).await;
+    assert_eq!(decisions(&permit_first), [json!(true)]);
+    // No `evaluations`: one evaluation of the top-level request.
+    let (status, single, _) =
+        api.post("/access/v1/evaluations", &evaluation("bob", "view", "handbook").to_string()).await;
+    assert_eq!((status, decisions(&single)), (200, vec![json!(true)]));
+    let bad = json!({"options": {"evaluations_semantic": "sometimes"}}).to_string();
+    assert_eq!(api.post("/access/v1/evaluations", &bad).await.0, 400);
+}
+
+#[tokio::test]
+async fn properties_describe_entities_the_server_does_not_hold_and_cannot_override_those_it_does() {
+    let api = Api::start(|_| {}).await;
+    // A principal unknown to the files: its properties are its attributes for this request.
+    let unknown = |suspended: bool| {
+        json!({"subject": {"type": "User", "id": "visitor", "properties": {"name": "V", "suspended": suspended}},
+               "action": {"name": "view"}, "resource": {"type": "Document", "id": "handbook"}})
+        .to_string()
+    };
+    let (status, ok, _) = api.post("/access/v1/evaluation", &unknown(false)).await;
+    assert_eq!((status, &ok["decision"]), (200, &json!(true)), "{ok}");
+    let (_, suspended, _) = api.post("/access/v1/evaluation", &unknown(true)).await;
+    assert_eq!(suspended["decision"], json!(false), "{suspended}");
+    // dave is suspended in the files: properties cannot make him active.
+    let override_ = json!({"subject": {"type": "User", "id": "dave", "properties": {"name": "D", "suspended": false}},
+                           "action": {"name": "view"}, "resource": {"type": "Document", "id": "handbook"}})
+    .to_string();
+    let (status, refused, _) = api.post("/access/v1/evaluation", &override_).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("subject.properties"), "{refused}");
+}
+
+#[tokio::test]
+async fn metadata_and_credentials() {
+    let api = Api::start(|c| c.http_tokens = vec![("pep".into(), "s3cret".into())]).await;
+    let url = format!("{}/.well-known/authzen-configuration", api.base);
+    let config: Value = serde_json::from_str(&api.client.get(url).send().await.unwrap().text().await.unwrap()).unwrap();
+    assert!(config["access_evaluation_endpoint"].as_str().unwrap().ends_with("/access/v1/evaluation"), "{config}");
+    assert!(config["access_evaluations_endpoint"].as_str().unwrap().ends_with("/access/v1/evaluations"), "{config}");
+    // With a token configured, none or a wrong one is a 401; the right one gets decisions.
+    let body = evaluation("bob", "view", "handbook").to_string();
+    assert_eq!(api.post("/access/v1/evaluation", &body).await.0, 401);
+    let send = |token: &str| {
+        api.client
+            .post(format!("{}/access/v1/evaluation", api.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(send("guess").await.unwrap().status().as_u16(), 401);
+    let ok: Value = serde_json::from_str(&send("s3cret").await.unwrap().text().await.unwrap()).unwrap();
+    assert_eq!(ok["decision"], json!(true));
+}
+
+/// A store that cannot answer is a 503, never a decision.
+#[tokio::test]
+async fn a_store_outage_is_a_503() {
+    let mut redis = common::redis::RedisServer::start();
+    let url = redis.url();
+    let api = Api::start(|c| {
+        c.entities.redis_url = Some(url);
+        c.entities.redis_timeout = std::time::Duration::from_millis(200);
+        c.entities.entity_stale_for = std::time::Duration::ZERO;
+    })
+    .await;
+    redis.kill();
+    let (status, answer, _) =
+        api.post("/access/v1/evaluation", &evaluation("newcomer", "view", "design-doc").to_string()).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.get("decision").is_none(), "{answer}");
+}
