@@ -31,6 +31,13 @@ impl pb::authorization_service_server::AuthorizationService for Noop {
     async fn batch_check(&self, r: Request<pb::BatchCheckRequest>) -> Result<Response<pb::BatchCheckResponse>, Status> {
         Ok(Response::new(pb::BatchCheckResponse { results: vec![constant(); r.get_ref().checks.len()] }))
     }
+
+    async fn list_actions(
+        &self,
+        _: Request<pb::ListActionsRequest>,
+    ) -> Result<Response<pb::ListActionsResponse>, Status> {
+        Ok(Response::new(pb::ListActionsResponse::default()))
+    }
 }
 
 #[tokio::main]

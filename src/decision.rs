@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::authz::{CheckInput, Limits, Outcome};
+use crate::authz::{CheckInput, Limits, Outcome, UidRef};
 use crate::entities::{self, EntityStore};
 use crate::error::{DecideError, ServiceError};
 use crate::policy::{PolicyStore, Snapshot};
@@ -73,6 +73,40 @@ impl Decisions {
             origin.http,
         );
         Ok(Decided { outcome, decision_id })
+    }
+
+    /// Every candidate action (`Snapshot::candidate_actions`) that `input`'s principal may take on
+    /// its resource, each decided (and logged) as a check. An action the request is not valid for is
+    /// left out; a request valid for none is that error. A store error fails the whole listing.
+    pub async fn list_actions(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        min_revision: u64,
+        origin: Origin<'_>,
+    ) -> Result<Vec<cedar_policy::EntityUid>, DecideError> {
+        let (mut allowed, mut first_error, mut decided) = (Vec::new(), None, false);
+        for action in snapshot.candidate_actions() {
+            let ty = action.type_name().to_string();
+            let id = action.id().unescaped().to_string();
+            let check = CheckInput { action: Some(UidRef { ty: &ty, id: &id }), ..*input };
+            match self.decide(snapshot, &check, min_revision, origin).await {
+                Ok(d) => {
+                    decided = true;
+                    if d.outcome.allow {
+                        allowed.push(action);
+                    }
+                }
+                Err(DecideError::Request(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(store) => return Err(store),
+            }
+        }
+        match first_error {
+            Some(e) if !decided => Err(DecideError::Request(e)),
+            _ => Ok(allowed),
+        }
     }
 
     /// An answer made without the policies (ext_authz: no route, not HTTP, refused credentials):

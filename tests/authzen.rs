@@ -191,3 +191,34 @@ async fn a_store_outage_is_a_503() {
     assert_eq!(status, 503, "{answer}");
     assert!(answer.get("decision").is_none(), "{answer}");
 }
+
+#[tokio::test]
+async fn search_action_pages_through_what_list_actions_lists() {
+    let api = Api::start(|_| {}).await;
+    let mut client = cedar_pdp::grpc::AuthorizationServiceClient::new(api.server.channel().await);
+    let request = cedar_pdp::grpc::pb::ListActionsRequest {
+        principal: Some(uid(r#"User::"alice""#)),
+        resource: Some(uid(r#"Document::"design-doc""#)),
+        ..Default::default()
+    };
+    let expected: Vec<String> =
+        client.list_actions(request).await.unwrap().into_inner().actions.into_iter().map(|a| a.id).collect();
+    assert!(expected.len() >= 2, "{expected:?}");
+    // One action a page: every page's token leads to the next, the last one's is "".
+    let (mut names, mut token) = (Vec::new(), String::new());
+    loop {
+        let body = json!({"subject": {"type": "User", "id": "alice"}, "resource": {"type": "Document", "id": "design-doc"},
+                          "page": {"limit": 1, "token": token}});
+        let (status, answer, _) = api.post("/access/v1/search/action", &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["page"]["count"], json!(expected.len()));
+        names.extend(answer["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()));
+        token = answer["page"]["next_token"].as_str().unwrap().to_string();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(names, expected);
+    let bad = json!({"subject": {"type": "User", "id": "alice"}, "resource": {"type": "Document", "id": "x"}, "page": {"limit": 0}});
+    assert_eq!(api.post("/access/v1/search/action", &bad.to_string()).await.0, 400);
+}

@@ -370,3 +370,50 @@ async fn validation_modes_as_the_server_applies_them() {
     let resp = permissive.check(req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"handbook""#)).await.unwrap();
     assert!(resp.determining_policies.contains(&"mixed".to_string()), "{resp:?}");
 }
+
+/// ListActions lists exactly the actions Check allows: brute force over every action the schema file
+/// declares (read from the file here, not from the server), for every user on every document.
+#[tokio::test]
+async fn list_actions_is_exactly_what_check_allows() {
+    let server = TestServer::start(&example_policies()).await;
+    let schema_text = std::fs::read_to_string(example_policies().join("docs.cedarschema")).unwrap();
+    let (schema, _) = cedar_policy::Schema::from_cedarschema_str(&schema_text).unwrap();
+    let actions: Vec<String> = schema.actions().map(|a| a.id().unescaped().to_string()).collect();
+    assert!(actions.len() >= 5, "{actions:?}");
+    let mut client = cedar_pdp::grpc::AuthorizationServiceClient::new(server.channel().await);
+    let mut listed_any = false;
+    for user in ["alice", "bob", "carol", "dave", "erin", "nobody"] {
+        for doc in ["design-doc", "handbook", "salaries"] {
+            let request = pb::ListActionsRequest {
+                principal: Some(uid(&format!(r#"User::"{user}""#))),
+                resource: Some(uid(&format!(r#"Document::"{doc}""#))),
+                ..Default::default()
+            };
+            let listed: Vec<String> =
+                client.list_actions(request).await.unwrap().into_inner().actions.into_iter().map(|a| a.id).collect();
+            let mut allowed = Vec::new();
+            for action in &actions {
+                let check = req(
+                    &format!(r#"User::"{user}""#),
+                    &format!(r#"Action::"{action}""#),
+                    &format!(r#"Document::"{doc}""#),
+                );
+                // Actions the request is not valid for (groups without appliesTo) are refused, not allowed.
+                if server.check(check).await.is_ok_and(|r| is_allow(&r)) {
+                    allowed.push(action.clone());
+                }
+            }
+            allowed.sort();
+            assert_eq!(listed, allowed, "{user} on {doc}");
+            listed_any |= !listed.is_empty();
+        }
+    }
+    assert!(listed_any, "some user may do something");
+    // A request valid for no action at all is the request's error.
+    let bad = pb::ListActionsRequest {
+        principal: Some(uid(r#"Nope::"x""#)),
+        resource: Some(uid(r#"Document::"handbook""#)),
+        ..Default::default()
+    };
+    assert_eq!(client.list_actions(bad).await.unwrap_err().code(), Code::InvalidArgument);
+}

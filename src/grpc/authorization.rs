@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::CheckGate;
 use super::{convert, pb};
+use crate::authz::CheckInput;
 use crate::decision::{Decisions, Origin};
 use crate::error::{DecideError, RequestError};
 use crate::policy::Snapshot;
@@ -60,5 +61,28 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
             results.push(result.inspect_err(|e| tracing::debug!("batch check rejected: {e}"))?);
         }
         Ok(Response::new(pb::BatchCheckResponse { results }))
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<pb::ListActionsRequest>,
+    ) -> Result<Response<pb::ListActionsResponse>, Status> {
+        self.callers.admit(&request)?;
+        let req = request.get_ref();
+        let snapshot = self.decisions.snapshot()?;
+        let input = CheckInput {
+            principal: req.principal.as_ref().map(convert::uid_ref),
+            action: None,
+            resource: req.resource.as_ref().map(convert::uid_ref),
+            context_json: &req.context_json,
+            entities_json: &req.entities_json,
+        };
+        let origin = Origin { api: "list_actions", http: None };
+        let actions = self.decisions.list_actions(&snapshot, &input, req.min_revision, origin).await?;
+        let actions = actions
+            .iter()
+            .map(|a| pb::EntityUid { r#type: a.type_name().to_string(), id: a.id().unescaped().to_string() })
+            .collect();
+        Ok(Response::new(pb::ListActionsResponse { actions, policy_version: snapshot.version.clone() }))
     }
 }

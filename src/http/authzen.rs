@@ -22,11 +22,15 @@ use crate::tls::Peer;
 
 const EVALUATION: &str = "/access/v1/evaluation";
 const EVALUATIONS: &str = "/access/v1/evaluations";
+const SEARCH_ACTION: &str = "/access/v1/search/action";
+/// Default and largest page of a search.
+const PAGE: (usize, usize) = (100, 1000);
 
 pub fn routes() -> axum::Router<Arc<HttpApi>> {
     axum::Router::new()
         .route(EVALUATION, post(evaluation))
         .route(EVALUATIONS, post(evaluations))
+        .route(SEARCH_ACTION, post(search_action))
         .route("/.well-known/authzen-configuration", get(configuration))
 }
 
@@ -39,6 +43,7 @@ async fn configuration(headers: HeaderMap) -> Response {
         "policy_decision_point": base,
         "access_evaluation_endpoint": format!("{base}{EVALUATION}"),
         "access_evaluations_endpoint": format!("{base}{EVALUATIONS}"),
+        "search_action_endpoint": format!("{base}{SEARCH_ACTION}"),
     });
     with_request_id(headers.get("x-request-id"), axum::Json(body))
 }
@@ -122,6 +127,63 @@ async fn evaluations(
     }
     .await;
     answer(&headers, result)
+}
+
+/// `POST /access/v1/search/action`: the actions the subject may take on the resource (the
+/// `ListActions` RPC), a page at a time.
+async fn search_action(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let result = async {
+        api.admit(&headers, &peer)?;
+        let request = parse_body(&body)?;
+        let (offset, limit) = page(&request)?;
+        let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
+        let mut with_action = request.clone();
+        with_action.insert("action".into(), json!({"name": "-"}));
+        let item = Item::parse(&with_action, "")?;
+        let entities_json = item.entities_json();
+        let input = item.input(&entities_json);
+        let request_id = request_id(&headers);
+        let origin = Origin {
+            api: "authzen",
+            http: Some(HttpInfo { route: "search_action", request_id: &request_id, dry_run: false }),
+        };
+        let actions = api.decisions.list_actions(&snapshot, &CheckInput { action: None, ..input }, 0, origin).await;
+        let actions = actions.map_err(|e| decide_error(e, ""))?;
+        let count = actions.len();
+        let results: Vec<Value> =
+            actions.iter().skip(offset).take(limit).map(|a| json!({"name": a.id().unescaped()})).collect();
+        let next = offset + results.len();
+        let next_token = if next < count { next.to_string() } else { String::new() };
+        Ok(json!({ "results": results, "page": { "next_token": next_token, "count": count } }))
+    }
+    .await;
+    answer(&headers, result)
+}
+
+/// The `page` object: (offset from `token`, `limit`).
+fn page(request: &Map<String, Value>) -> Result<(usize, usize), HttpError> {
+    let Some(page) = request.get("page") else { return Ok((0, PAGE.0)) };
+    let token = match page.get("token") {
+        None | Some(Value::Null) => 0,
+        Some(Value::String(t)) if t.is_empty() => 0,
+        Some(Value::String(t)) => {
+            t.parse().map_err(|_| HttpError::bad_request("`page.token` is not a token this server gave"))?
+        }
+        Some(_) => return Err(HttpError::bad_request("`page.token` must be a string")),
+    };
+    let limit = match page.get("limit") {
+        None | Some(Value::Null) => PAGE.0,
+        Some(v) => match v.as_u64() {
+            Some(n) if n >= 1 => (n as usize).min(PAGE.1),
+            _ => return Err(HttpError::bad_request("`page.limit` must be a positive integer")),
+        },
+    };
+    Ok((token, limit))
 }
 
 /// When a batch stops early.
@@ -230,6 +292,26 @@ impl Item {
     }
 }
 
+impl Item {
+    /// The request-scoped entities, as `entities_json`.
+    fn entities_json(&self) -> String {
+        if self.entities.is_empty() {
+            return String::new();
+        }
+        Value::Array(self.entities.iter().map(|(_, e)| e.clone()).collect()).to_string()
+    }
+
+    fn input<'a>(&'a self, entities_json: &'a str) -> CheckInput<'a> {
+        CheckInput {
+            principal: Some(UidRef { ty: &self.subject.0, id: &self.subject.1 }),
+            action: Some(UidRef { ty: "Action", id: &self.action }),
+            resource: Some(UidRef { ty: &self.resource.0, id: &self.resource.1 }),
+            context_json: &self.context,
+            entities_json,
+        }
+    }
+}
+
 /// Decides one item: `{"decision": bool}` with the decision id in `context`.
 async fn decide(
     api: &HttpApi,
@@ -238,18 +320,8 @@ async fn decide(
     request_id: &str,
     route: &'static str,
 ) -> Result<Value, DecideError> {
-    let entities_json = if item.entities.is_empty() {
-        String::new()
-    } else {
-        Value::Array(item.entities.iter().map(|(_, e)| e.clone()).collect()).to_string()
-    };
-    let input = CheckInput {
-        principal: Some(UidRef { ty: &item.subject.0, id: &item.subject.1 }),
-        action: Some(UidRef { ty: "Action", id: &item.action }),
-        resource: Some(UidRef { ty: &item.resource.0, id: &item.resource.1 }),
-        context_json: &item.context,
-        entities_json: &entities_json,
-    };
+    let entities_json = item.entities_json();
+    let input = item.input(&entities_json);
     let origin = Origin { api: "authzen", http: Some(HttpInfo { route, request_id, dry_run: false }) };
     let decided = api.decisions.decide(snapshot, &input, 0, origin).await.map_err(|e| match e {
         DecideError::Request(e) => DecideError::Request(properties_named(e, &item.entities)),

@@ -63,6 +63,31 @@ pub(crate) struct EntityIndex {
 }
 
 impl Snapshot {
+    /// The actions a principal might be allowed: the schema's, or without a schema those the policy
+    /// and template scopes and the entity files name. In uid order.
+    pub fn candidate_actions(&self) -> Vec<EntityUid> {
+        let mut actions: Vec<EntityUid> = if self.schema.is_some() {
+            self.index.schema_actions.iter().cloned().collect()
+        } else {
+            let scoped = self.policies.policies().map(|p| p.action_constraint());
+            let templated = self.policies.templates().map(|t| t.action_constraint());
+            let mut named: Vec<EntityUid> = scoped
+                .chain(templated)
+                .flat_map(|c| match c {
+                    cedar_policy::ActionConstraint::Eq(uid) => vec![uid],
+                    cedar_policy::ActionConstraint::In(uids) => uids,
+                    cedar_policy::ActionConstraint::Any => Vec::new(),
+                })
+                .collect();
+            let is_action = |uid: &EntityUid| uid.type_name().basename() == "Action";
+            named.extend(self.entities.iter().map(cedar_policy::Entity::uid).filter(is_action));
+            named
+        };
+        actions.sort_by_key(ToString::to_string);
+        actions.dedup();
+        actions
+    }
+
     pub(crate) fn new(
         version: String,
         loaded_at: SystemTime,
