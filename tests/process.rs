@@ -205,3 +205,36 @@ fn ext_authz_answers_without_policies_are_logged_in_the_same_format() {
         assert!(record.get(field).is_some(), "{field} missing from {record}");
     }
 }
+
+/// An AuthZEN evaluation is in the decision log with its decision id and the caller's X-Request-ID.
+#[test]
+fn authzen_evaluations_are_logged_with_the_request_id() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let http = format!("127.0.0.1:{port}");
+    let server = Process::start(&example_policies(), &["--http-listen", &http]);
+    let body = r#"{"subject":{"type":"User","id":"bob"},"action":{"name":"view"},"resource":{"type":"Document","id":"handbook"}}"#;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer: serde_json::Value = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("http://{http}/access/v1/evaluation"))
+            .header("x-request-id", "rid-314")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_str(&response.text().await.unwrap()).unwrap()
+    });
+    assert_eq!(answer["decision"], true, "{answer}");
+    let record = loop {
+        let line = server.lines.recv_timeout(Duration::from_secs(10)).expect("a decision record");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["target"] == "cedar_pdp::decision" {
+            break event;
+        }
+    };
+    assert_eq!(record["api"], "authzen");
+    assert_eq!(record["request_id"], "rid-314");
+    assert_eq!(record["decision_id"], answer["context"]["decision_id"]);
+    assert_eq!(record["principal"], r#"User::"bob""#);
+}
