@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 const POLL: Duration = Duration::from_millis(500);
 /// A handshake slower than this is dropped: a stalled client must not hold a slot forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes in progress at once, per listener; a connection beyond it is closed.
+const MAX_HANDSHAKES: usize = 512;
 /// A certificate expiring sooner than this is a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -98,6 +100,8 @@ pub struct Tls {
 struct Attempts {
     /// Digest of the files' bytes at the last attempt, good or bad: the same bytes are tried once.
     digest: [u8; 32],
+    /// Digest of the files being served.
+    served: [u8; 32],
     /// The last attempt's error, while it stands.
     error: Option<String>,
     failures: u64,
@@ -109,7 +113,7 @@ impl Tls {
         let (bytes, digest) = read_all(&files)?;
         let loaded = build(&files, &bytes)?;
         warn_if_expiring(&loaded.summary);
-        let attempts = Mutex::new(Attempts { digest, error: None, failures: 0 });
+        let attempts = Mutex::new(Attempts { digest, served: digest, error: None, failures: 0 });
         let tls = Tls { files, current: ArcSwap::from_pointee(loaded), attempts };
         Ok(Arc::new(tls))
     }
@@ -137,7 +141,14 @@ impl Tls {
         let read = read_all(&self.files);
         let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         let result = match read {
-            Ok((_, digest)) if digest == attempts.digest => return,
+            // The same bytes as the last attempt: nothing to do, but a read error since then is
+            // over if those bytes are the ones served.
+            Ok((_, digest)) if digest == attempts.digest => {
+                if digest == attempts.served {
+                    attempts.error = None;
+                }
+                return;
+            }
             Ok((bytes, digest)) => {
                 attempts.digest = digest;
                 build(&self.files, &bytes)
@@ -153,6 +164,7 @@ impl Tls {
                 warn_if_expiring(cert);
                 metrics::counter!("cedar_pdp_tls_reloads_total", "result" => "ok").increment(1);
                 self.current.store(Arc::new(loaded));
+                attempts.served = attempts.digest;
                 attempts.error = None;
             }
             Err(e) => {
@@ -281,15 +293,22 @@ fn warn_if_expiring(cert: &CertSummary) {
 }
 
 /// A client certificate's identity: its first URI SAN (a SPIFFE id), else its first DNS SAN, else
-/// its subject CN.
+/// its subject CN. None when the SAN extension does not parse, or when the identity would come from
+/// a CN that looks like a URI: a CA name-constrained to its own URIs does not constrain CNs, so a CN
+/// must never pass for a SPIFFE id.
 pub fn identity(der: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let names: Vec<GeneralName<'_>> =
-        cert.subject_alternative_name().ok().flatten().map(|san| san.value.general_names.clone()).unwrap_or_default();
+    let names: Vec<GeneralName<'_>> = match cert.subject_alternative_name() {
+        Ok(san) => san.map(|san| san.value.general_names.clone()).unwrap_or_default(),
+        Err(_) => return None,
+    };
     let uri = names.iter().find_map(|n| if let GeneralName::URI(u) = n { Some(*u) } else { None });
     let dns = names.iter().find_map(|n| if let GeneralName::DNSName(d) = n { Some(*d) } else { None });
-    let cn = || cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+    let cn = || {
+        let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok())?;
+        (!cn.contains("://")).then_some(cn)
+    };
     uri.or(dns).or_else(cn).map(str::to_string)
 }
 
@@ -419,6 +438,7 @@ impl axum::serve::Listener for Incoming {
 }
 
 async fn accept_loop(listener: TcpListener, tls: Option<(Arc<Tls>, Alpn)>, tx: mpsc::Sender<Conn>) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let accepted = tokio::select! {
             () = tx.closed() => return,
@@ -441,9 +461,16 @@ async fn accept_loop(listener: TcpListener, tls: Option<(Arc<Tls>, Alpn)>, tx: m
             }
             continue;
         };
+        // A bounded number of handshakes at once: a flood of stalled clients cannot hold every
+        // descriptor for the handshake timeout.
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            handshake_failed(addr, "too many handshakes in progress");
+            continue;
+        };
         let acceptor = tls.acceptor(*alpn);
         let tx = tx.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
                     let identity = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(identity);
@@ -465,4 +492,28 @@ fn handshake_failed(addr: SocketAddr, why: &str) {
 /// The verified peer of a gRPC request.
 pub fn peer_of<T>(request: &tonic::Request<T>) -> Option<&Peer> {
     request.extensions().get::<Peer>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str, sans: Vec<rcgen::SanType>) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn identities_come_from_uri_then_dns_then_a_cn_that_is_not_a_uri() {
+        let uri = rcgen::SanType::URI("spiffe://example.org/a".try_into().unwrap());
+        let dns = rcgen::SanType::DnsName("svc.example.org".try_into().unwrap());
+        assert_eq!(identity(&cert("x", vec![dns.clone(), uri])).as_deref(), Some("spiffe://example.org/a"));
+        assert_eq!(identity(&cert("x", vec![dns])).as_deref(), Some("svc.example.org"));
+        assert_eq!(identity(&cert("billing", vec![])).as_deref(), Some("billing"));
+        // A CN never passes for a SPIFFE id: name constraints on URIs do not constrain CNs.
+        assert_eq!(identity(&cert("spiffe://example.org/admin", vec![])), None);
+    }
 }

@@ -219,6 +219,22 @@ async fn search_action_pages_through_what_list_actions_lists() {
         }
     }
     assert_eq!(names, expected);
-    let bad = json!({"subject": {"type": "User", "id": "alice"}, "resource": {"type": "Document", "id": "x"}, "page": {"limit": 0}});
-    assert_eq!(api.post("/access/v1/search/action", &bad.to_string()).await.0, 400);
+    let subject_and_resource = |page: Value| {
+        json!({"subject": {"type": "User", "id": "alice"}, "resource": {"type": "Document", "id": "x"}, "page": page})
+            .to_string()
+    };
+    for (page, field) in [
+        (json!({"limit": 0}), "page.limit"),
+        (json!(3), "`page`"),
+        (json!({"token": "12"}), "page.token"),
+        // A token of another policy version: the list may have changed under the pages.
+        (json!({"token": "0123456789abcdef.1"}), "another policy version"),
+    ] {
+        let (status, answer, _) = api.post("/access/v1/search/action", &subject_and_resource(page)).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(field), "{answer}");
+    }
+    let bad_options = json!({"options": 3, "evaluations": []}).to_string();
+    let (status, answer, _) = api.post("/access/v1/evaluations", &bad_options).await;
+    assert!(status == 400 && answer["error"].as_str().unwrap().contains("`options`"), "{answer}");
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use sha2::Digest;
 
 use crate::error::error_chain;
 
@@ -24,7 +25,7 @@ const MAX_BYTES: usize = 1 << 20;
 /// Unknown-kid refreshes are at most this frequent: tokens with made-up kids cannot hammer the IdP.
 const ON_DEMAND_EVERY: Duration = Duration::from_secs(30);
 
-/// Parses a JWKS document; `what` names it in errors.
+/// Parses a JWKS file: every key must load, and there must be one.
 pub fn parse(text: &[u8], what: &str) -> Result<Vec<Key>, String> {
     let set: jsonwebtoken::jwk::JwkSet =
         serde_json::from_slice(text).map_err(|e| format!("{what}: not a JWKS: {e}"))?;
@@ -71,6 +72,7 @@ pub struct RemoteKeys {
     client: reqwest::Client,
     keys: ArcSwap<Vec<Key>>,
     state: Mutex<State>,
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 struct State {
@@ -90,7 +92,9 @@ impl RemoteKeys {
     /// blocking thread) or outside any runtime (`cedar-pdp validate`).
     pub fn open(url: &str, ca_pem: Option<Vec<u8>>, refresh: Duration) -> Result<Arc<RemoteKeys>, String> {
         check_url(url)?;
-        let id = format!("{url}|{refresh:?}|{}", ca_pem.as_deref().map_or(0, <[u8]>::len));
+        // The CA's content, not just its name, is part of the key: a rotated CA gets a new client.
+        let ca_digest: [u8; 32] = sha2::Sha256::digest(ca_pem.as_deref().unwrap_or_default()).into();
+        let id = format!("{url}|{refresh:?}|{ca_digest:?}");
         let registry = REGISTRY.get_or_init(Default::default);
         if let Some(live) = registry.lock().unwrap_or_else(PoisonError::into_inner).get(&id).and_then(Weak::upgrade) {
             return Ok(live);
@@ -108,12 +112,16 @@ impl RemoteKeys {
                 .block_on(fetch(&client, url)),
         };
         let keys = fetched.map_err(|e| format!("jwt.jwks_url: {e}"))?;
+        if keys.is_empty() {
+            return Err(format!("jwt.jwks_url: {url} holds no key this server can use"));
+        }
         let state = State { fetched_at: SystemTime::now(), last_error: None, failures: 0, last_on_demand: None };
         let remote = Arc::new(RemoteKeys {
             url: url.to_string(),
             client,
             keys: ArcSwap::from_pointee(keys),
             state: Mutex::new(state),
+            refreshing: tokio::sync::Mutex::new(()),
         });
         if let Some(handle) = runtime {
             handle.spawn(refresh_forever(Arc::downgrade(&remote), refresh));
@@ -124,6 +132,8 @@ impl RemoteKeys {
 
     /// Fetches the set again; a failure keeps the current keys.
     pub async fn refresh(&self) {
+        // One fetch at a time: a slow older fetch must not store its set after a newer one.
+        let _one = self.refreshing.lock().await;
         let result = fetch(&self.client, &self.url).await;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
@@ -201,6 +211,28 @@ fn client(ca_pem: Option<Vec<u8>>) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| format!("jwt.jwks_url: cannot build the HTTP client: {e}"))
 }
 
+/// Parses a fetched JWKS. Keys this server cannot use (another `use`, an unsupported curve) are
+/// skipped with a warning rather than failing the set: otherwise a provider that withdraws a
+/// compromised key while adding an unusable one would leave the withdrawn key trusted. An empty set
+/// is accepted (every token then fails: closed).
+fn parse_fetched(text: &[u8], url: &str) -> Result<Vec<Key>, String> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(text).map_err(|e| format!("{url}: not a JWKS: {e}"))?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for (i, jwk) in set.keys.iter().enumerate() {
+        if matches!(jwk.common.public_key_use, Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)) {
+            continue;
+        }
+        match jsonwebtoken::DecodingKey::from_jwk(jwk) {
+            Ok(key) => {
+                let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse().ok());
+                keys.push((jwk.common.key_id.clone(), key, alg));
+            }
+            Err(e) => tracing::warn!(%url, "JWKS key {i} skipped: {e}"),
+        }
+    }
+    Ok(keys)
+}
+
 async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<Key>, String> {
     let mut response = client.get(url).send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
     if !response.status().is_success() {
@@ -213,7 +245,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<Vec<Key>, String> 
         }
         body.extend_from_slice(&chunk);
     }
-    parse(&body, url)
+    parse_fetched(&body, url)
 }
 
 async fn refresh_forever(remote: Weak<RemoteKeys>, every: Duration) {

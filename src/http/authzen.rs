@@ -140,8 +140,8 @@ async fn search_action(
     let result = async {
         api.admit(&headers, &peer)?;
         let request = parse_body(&body)?;
-        let (offset, limit) = page(&request)?;
         let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
+        let (offset, limit) = page(&request, &snapshot.version)?;
         let mut with_action = request.clone();
         with_action.insert("action".into(), json!({"name": "-"}));
         let item = Item::parse(&with_action, "")?;
@@ -153,27 +153,40 @@ async fn search_action(
             http: Some(HttpInfo { route: "search_action", request_id: &request_id, dry_run: false }),
         };
         let actions = api.decisions.list_actions(&snapshot, &CheckInput { action: None, ..input }, 0, origin).await;
-        let actions = actions.map_err(|e| decide_error(e, ""))?;
+        let actions = actions.map_err(|e| decide_error(with_properties_named(e, &item.entities), ""))?;
         let count = actions.len();
         let results: Vec<Value> =
             actions.iter().skip(offset).take(limit).map(|a| json!({"name": a.id().unescaped()})).collect();
         let next = offset + results.len();
-        let next_token = if next < count { next.to_string() } else { String::new() };
+        // A token holds the policy version: a page after a reload is refused, never skewed.
+        let next_token = if next < count { format!("{}.{next}", snapshot.version) } else { String::new() };
         Ok(json!({ "results": results, "page": { "next_token": next_token, "count": count } }))
     }
     .await;
     answer(&headers, result)
 }
 
-/// The `page` object: (offset from `token`, `limit`).
-fn page(request: &Map<String, Value>) -> Result<(usize, usize), HttpError> {
-    let Some(page) = request.get("page") else { return Ok((0, PAGE.0)) };
+/// The `page` object: (offset from `token`, `limit`). A token from another policy version is a 400:
+/// the listing changed under the pages.
+fn page(request: &Map<String, Value>, version: &str) -> Result<(usize, usize), HttpError> {
+    let page = match request.get("page") {
+        None | Some(Value::Null) => return Ok((0, PAGE.0)),
+        Some(Value::Object(page)) => page,
+        Some(_) => return Err(HttpError::bad_request("`page` must be an object")),
+    };
+    let foreign = || HttpError::bad_request("`page.token` is not a token this server gave");
     let token = match page.get("token") {
         None | Some(Value::Null) => 0,
         Some(Value::String(t)) if t.is_empty() => 0,
-        Some(Value::String(t)) => {
-            t.parse().map_err(|_| HttpError::bad_request("`page.token` is not a token this server gave"))?
-        }
+        Some(Value::String(t)) => match t.rsplit_once('.') {
+            Some((v, offset)) if v == version => offset.parse().map_err(|_| foreign())?,
+            Some(_) => {
+                return Err(HttpError::bad_request(
+                    "`page.token` is from another policy version (the policies were reloaded): start again",
+                ));
+            }
+            None => return Err(foreign()),
+        },
         Some(_) => return Err(HttpError::bad_request("`page.token` must be a string")),
     };
     let limit = match page.get("limit") {
@@ -196,7 +209,11 @@ enum Semantic {
 
 impl Semantic {
     fn parse(request: &Map<String, Value>) -> Result<Semantic, HttpError> {
-        let value = request.get("options").and_then(|o| o.get("evaluations_semantic"));
+        let value = match request.get("options") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(options)) => options.get("evaluations_semantic"),
+            Some(_) => return Err(HttpError::bad_request("`options` must be an object")),
+        };
         match value.map(|v| v.as_str()) {
             None | Some(Some("execute_all")) => Ok(Semantic::ExecuteAll),
             Some(Some("deny_on_first_deny")) => Ok(Semantic::DenyOnFirstDeny),
@@ -323,11 +340,19 @@ async fn decide(
     let entities_json = item.entities_json();
     let input = item.input(&entities_json);
     let origin = Origin { api: "authzen", http: Some(HttpInfo { route, request_id, dry_run: false }) };
-    let decided = api.decisions.decide(snapshot, &input, 0, origin).await.map_err(|e| match e {
-        DecideError::Request(e) => DecideError::Request(properties_named(e, &item.entities)),
-        other => other,
-    })?;
+    let decided = api
+        .decisions
+        .decide(snapshot, &input, 0, origin)
+        .await
+        .map_err(|e| with_properties_named(e, &item.entities))?;
     Ok(json!({ "decision": decided.outcome.allow, "context": { "decision_id": decided.decision_id } }))
+}
+
+fn with_properties_named(error: DecideError, entities: &[(&str, Value)]) -> DecideError {
+    match error {
+        DecideError::Request(e) => DecideError::Request(properties_named(e, entities)),
+        other => other,
+    }
 }
 
 /// `entities_json[i]` in an error is the `properties` of the part it was made from.
