@@ -38,6 +38,17 @@ impl pb::authorization_service_server::AuthorizationService for Noop {
     ) -> Result<Response<pb::ListActionsResponse>, Status> {
         Ok(Response::new(pb::ListActionsResponse::default()))
     }
+
+    async fn list_resources(&self, _: Request<pb::ListResourcesRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        Ok(Response::new(pb::ListResponse::default()))
+    }
+
+    async fn list_principals(
+        &self,
+        _: Request<pb::ListPrincipalsRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        Ok(Response::new(pb::ListResponse::default()))
+    }
 }
 
 #[tokio::main]

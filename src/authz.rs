@@ -48,11 +48,14 @@ pub struct Limits {
     /// Most request-scoped entities one check may carry. Cedar computes ancestors recursively and
     /// stores them quadratically, so an unbounded chain of entities could exhaust the stack or memory.
     pub max_request_entities: usize,
+    /// Most candidate entities one listing call (ListResources, ListPrincipals) examines before it
+    /// answers with what it found and a page token to go on from.
+    pub max_list_candidates: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_request_entities: 100 }
+        Limits { max_request_entities: 100, max_list_candidates: 10_000 }
     }
 }
 

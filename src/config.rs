@@ -108,6 +108,10 @@ pub struct ServeConfig {
     /// Most request-scoped entities (`entities_json`) one check may carry.
     #[arg(long, env = "CEDAR_PDP_MAX_REQUEST_ENTITIES", default_value_t = 100)]
     pub max_request_entities: usize,
+    /// Most candidate entities one ListResources/ListPrincipals call (or AuthZEN search) examines
+    /// before it answers with what it found and a page token to go on from.
+    #[arg(long, env = "CEDAR_PDP_MAX_LIST_CANDIDATES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_list_candidates: u64,
     /// Largest request message accepted, in bytes.
     #[arg(long, env = "CEDAR_PDP_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,

@@ -131,6 +131,9 @@ pub enum DecideError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A listing that ran out of time: no partial answer is given.
+    #[error("{0}")]
+    DeadlineExceeded(String),
 }
 
 /// The HTTP status of a gRPC status code: the HTTP front door answers what gRPC would, by this table.
@@ -224,6 +227,7 @@ impl From<DecideError> for Status {
         match err {
             DecideError::Request(e) => e.into(),
             DecideError::Store(e) => e.into(),
+            DecideError::DeadlineExceeded(why) => Status::deadline_exceeded(why),
         }
     }
 }

@@ -137,7 +137,10 @@ async fn start(
         Some(_) => (reflection(Some(&DECISION_SERVICES))?, Some(reflection(Some(&PROVISIONING_SERVICES))?)),
         None => (reflection(None)?, None),
     };
-    let limits = crate::authz::Limits { max_request_entities: config.max_request_entities };
+    let limits = crate::authz::Limits {
+        max_request_entities: config.max_request_entities,
+        max_list_candidates: usize::try_from(config.max_list_candidates).unwrap_or(usize::MAX),
+    };
     let callers = Arc::new(CheckGate::new(&config.tls.check_peers));
     // Every front door decides through this one service.
     let decisions = Arc::new(Decisions::new(store.clone(), entities.clone(), limits, config.decision_log));

@@ -211,7 +211,9 @@ async fn search_action_pages_through_what_list_actions_lists() {
                           "page": {"limit": 1, "token": token}});
         let (status, answer, _) = api.post("/access/v1/search/action", &body.to_string()).await;
         assert_eq!(status, 200, "{answer}");
-        assert_eq!(answer["page"]["count"], json!(expected.len()));
+        // `count` is this page's results, `total` every action listed.
+        assert_eq!(answer["page"]["count"], json!(answer["results"].as_array().unwrap().len()));
+        assert_eq!(answer["page"]["total"], json!(expected.len()));
         names.extend(answer["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()));
         token = answer["page"]["next_token"].as_str().unwrap().to_string();
         if token.is_empty() {
@@ -237,4 +239,99 @@ async fn search_action_pages_through_what_list_actions_lists() {
     let bad_options = json!({"options": 3, "evaluations": []}).to_string();
     let (status, answer, _) = api.post("/access/v1/evaluations", &bad_options).await;
     assert!(status == 400 && answer["error"].as_str().unwrap().contains("`options`"), "{answer}");
+}
+
+/// `/search/resource` and `/search/subject` page through what ListResources and ListPrincipals
+/// list, which the exactness tests (tests/list.rs) hold to brute-force Check.
+#[tokio::test]
+async fn search_resource_and_subject_page_through_the_grpc_listings() {
+    let api = Api::start(|_| {}).await;
+    let mut client = cedar_pdp::grpc::AuthorizationServiceClient::new(api.server.channel().await);
+    for user in ["alice", "bob", "carol", "dave"] {
+        let request = cedar_pdp::grpc::pb::ListResourcesRequest {
+            principal: Some(uid(&format!(r#"User::"{user}""#))),
+            action: Some(uid(r#"Action::"view""#)),
+            resource_type: "Document".into(),
+            page_size: 1000,
+            ..Default::default()
+        };
+        let expected: Vec<String> =
+            client.list_resources(request).await.unwrap().into_inner().uids.into_iter().map(|u| u.id).collect();
+        let mut found = Vec::new();
+        let mut token = String::new();
+        loop {
+            let body = json!({"subject": {"type": "User", "id": user}, "action": {"name": "view"},
+                              "resource": {"type": "Document"}, "page": {"limit": 1, "token": token}});
+            let (status, answer, id) = api.post("/access/v1/search/resource", &body.to_string()).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(id.as_deref(), Some("req-7"));
+            let results = answer["results"].as_array().unwrap();
+            assert_eq!(answer["page"]["count"], json!(results.len()));
+            for r in results {
+                assert_eq!(r["type"], "Document");
+                found.push(r["id"].as_str().unwrap().to_string());
+            }
+            token = answer["page"]["next_token"].as_str().unwrap().to_string();
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(found, expected, "{user}");
+        for doc in &found {
+            assert!(grpc_allows(&api.server, user, "view", doc).await, "{user} may view {doc}");
+        }
+    }
+    let body = json!({"subject": {"type": "User"}, "action": {"name": "view"},
+                      "resource": {"type": "Document", "id": "design-doc"}});
+    let (status, answer, _) = api.post("/access/v1/search/subject", &body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    let subjects: Vec<&str> = answer["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert!(!subjects.is_empty(), "{answer}");
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        let allowed = grpc_allows(&api.server, user, "view", "design-doc").await;
+        assert_eq!(subjects.contains(&user), allowed, "{user}: {answer}");
+    }
+    // The searched part is a type only; the others are whole.
+    for (path, body, field) in [
+        (
+            "/access/v1/search/resource",
+            json!({"subject": {"type": "User", "id": "bob"}, "action": {"name": "view"},
+                                              "resource": {"type": "Document", "id": "x"}}),
+            "resource.id",
+        ),
+        (
+            "/access/v1/search/resource",
+            json!({"subject": {"type": "User", "id": "bob"}, "action": {"name": "view"},
+                                              "resource": {"type": "Document", "properties": {}}}),
+            "resource.properties",
+        ),
+        (
+            "/access/v1/search/resource",
+            json!({"subject": {"type": "User", "id": "bob"}, "action": {"name": "view"},
+                                              "resource": {}}),
+            "resource.type",
+        ),
+        (
+            "/access/v1/search/resource",
+            json!({"subject": {"type": "User", "id": "bob"},
+                                              "resource": {"type": "Document"}}),
+            "action",
+        ),
+        ("/access/v1/search/subject", json!({"subject": {"type": "User"}, "action": {"name": "view"}}), "resource"),
+        (
+            "/access/v1/search/subject",
+            json!({"subject": {"type": "User"}, "action": {"name": "view"},
+                                             "resource": {"type": "Document", "id": "x"}, "page": {"token": "x.zz"}}),
+            "page.token",
+        ),
+    ] {
+        let (status, answer, _) = api.post(path, &body.to_string()).await;
+        assert_eq!(status, 400, "{path} {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(field), "{field}: {answer}");
+    }
+    let response = api.client.get(format!("{}/.well-known/authzen-configuration", api.base)).send().await.unwrap();
+    let config: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    for key in ["search_subject_endpoint", "search_resource_endpoint", "search_action_endpoint"] {
+        assert!(config[key].as_str().is_some_and(|u| u.contains("/access/v1/search/")), "{key}: {config}");
+    }
 }

@@ -6,8 +6,12 @@
 //! Architecture invariant: every answer a front door gives about access has a decision id and one
 //! decision-log record, made here — answers made without the policies (ext_authz's fallbacks) too.
 
+mod list;
+
 use std::sync::Arc;
 use std::time::Instant;
+
+pub use list::{ListQuery, Listed, Varying, page_token, parse_page_token};
 
 use crate::authz::{CheckInput, Limits, Outcome, UidRef};
 use crate::entities::{self, EntityStore};
@@ -107,6 +111,41 @@ impl Decisions {
             Some(e) if !decided => Err(DecideError::Request(e)),
             _ => Ok(allowed),
         }
+    }
+
+    /// One page of a listing (ListResources, ListPrincipals, AuthZEN subject and resource search):
+    /// the candidates of `query.entity_type` that Check allows, in uid order (see `list.rs`). The
+    /// page is one decision-log record, with the number listed and examined.
+    pub async fn list(
+        &self,
+        snapshot: &Snapshot,
+        query: &ListQuery<'_>,
+        origin: Origin<'_>,
+    ) -> Result<Listed, DecideError> {
+        let started = Instant::now();
+        let (uids, next, scanned) = list::list(&self.entities, snapshot, query, &self.limits).await?;
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let shown = |uid: Option<UidRef<'_>>, varying: bool| match (uid, varying) {
+            (_, true) => format!("{}::*", query.entity_type),
+            (Some(u), false) => format!("{}::{:?}", u.ty, u.id),
+            (None, false) => String::new(),
+        };
+        let parts = [
+            shown(query.input.principal, query.varying == Varying::Principal),
+            shown(query.input.action, false),
+            shown(query.input.resource, query.varying == Varying::Resource),
+        ];
+        let listing = telemetry::Listing { parts: &parts, listed: uids.len(), scanned, complete: next.is_none() };
+        telemetry::record_listing(
+            self.log,
+            origin.api,
+            &decision_id,
+            &snapshot.version,
+            &listing,
+            started.elapsed(),
+            origin.http,
+        );
+        Ok(Listed { uids, next, scanned, decision_id })
     }
 
     /// An answer made without the policies (ext_authz: no route, not HTTP, refused credentials):

@@ -29,6 +29,7 @@ use cedar_policy::{Entities, Entity, EntityUid};
 pub use audit::{AuditFilter, AuditRecord, parse_cursor};
 pub use local::DB_FILE;
 pub use resolve::decide;
+pub(crate) use resolve::slice_for;
 pub use validate::{EntityInput, RequestKey, check_acyclic, validate_deletes, validate_upserts};
 
 use crate::error::StoreError;

@@ -50,6 +50,20 @@ pub async fn decide(
     Ok(authz::decide_on(snapshot, prepared, &entities))
 }
 
+/// The entities a prepared check reads, as `decide` would read them: for questions about its
+/// principal and action that come before any decision (a listing's pruning).
+pub(crate) async fn slice_for(
+    store: &EntityStore,
+    snapshot: &Snapshot,
+    prepared: &authz::Prepared,
+    input: &CheckInput<'_>,
+    min_revision: u64,
+) -> Result<Entities, DecideError> {
+    store.ensure_revision(min_revision).await?;
+    let min_revision = store.decision_floor(min_revision).await?;
+    consistent_slice(store, snapshot, prepared, input, min_revision).await
+}
+
 /// What a built slice depends on besides the request: the snapshot and the store's epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SliceKey {

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::auth::CheckGate;
 use super::{convert, pb};
 use crate::authz::CheckInput;
-use crate::decision::{Decisions, Origin};
+use crate::decision::{Decisions, ListQuery, Origin, Varying};
 use crate::error::{DecideError, RequestError};
 use crate::policy::Snapshot;
 
@@ -17,9 +17,40 @@ pub struct AuthorizationApi {
     callers: Arc<CheckGate>,
 }
 
+/// Default and largest page of a listing.
+pub const PAGE: (u32, u32) = (100, 1000);
+
 impl AuthorizationApi {
     pub fn new(decisions: Arc<Decisions>, max_batch: usize, callers: Arc<CheckGate>) -> Self {
         AuthorizationApi { decisions, max_batch, callers }
+    }
+
+    /// One page of a listing: `input` with the `varying` part filled by each candidate of `ty`.
+    async fn list(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        input: CheckInput<'_>,
+        (varying, ty): (Varying, &str),
+        (page_size, page_token, min_revision): (u32, &str, u64),
+    ) -> Result<pb::ListResponse, Status> {
+        let snapshot = self.decisions.snapshot()?;
+        let after = crate::decision::parse_page_token(page_token, &snapshot.version, "page_token")?;
+        let page_size = if page_size == 0 { PAGE.0 } else { page_size.min(PAGE.1) } as usize;
+        let query = ListQuery {
+            input,
+            varying,
+            entity_type: ty,
+            after: &after,
+            page_size,
+            min_revision,
+            deadline: convert::deadline(metadata),
+        };
+        let api = match varying {
+            Varying::Principal => "list_principals",
+            Varying::Resource => "list_resources",
+        };
+        let listed = self.decisions.list(&snapshot, &query, Origin { api, http: None }).await?;
+        Ok(convert::list_response(listed, &snapshot.version))
     }
 
     async fn decide(&self, snapshot: &Snapshot, req: &pb::CheckRequest) -> Result<pb::CheckResponse, DecideError> {
@@ -84,5 +115,41 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
             .map(|a| pb::EntityUid { r#type: a.type_name().to_string(), id: a.id().unescaped().to_string() })
             .collect();
         Ok(Response::new(pb::ListActionsResponse { actions, policy_version: snapshot.version.clone() }))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Request<pb::ListResourcesRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.callers.admit(&request)?;
+        let req = request.get_ref();
+        let input = CheckInput {
+            principal: req.principal.as_ref().map(convert::uid_ref),
+            action: req.action.as_ref().map(convert::uid_ref),
+            resource: None,
+            context_json: &req.context_json,
+            entities_json: &req.entities_json,
+        };
+        let page = (req.page_size, req.page_token.as_str(), req.min_revision);
+        let listed = self.list(request.metadata(), input, (Varying::Resource, &req.resource_type), page).await?;
+        Ok(Response::new(listed))
+    }
+
+    async fn list_principals(
+        &self,
+        request: Request<pb::ListPrincipalsRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.callers.admit(&request)?;
+        let req = request.get_ref();
+        let input = CheckInput {
+            principal: None,
+            action: req.action.as_ref().map(convert::uid_ref),
+            resource: req.resource.as_ref().map(convert::uid_ref),
+            context_json: &req.context_json,
+            entities_json: &req.entities_json,
+        };
+        let page = (req.page_size, req.page_token.as_str(), req.min_revision);
+        let listed = self.list(request.metadata(), input, (Varying::Principal, &req.principal_type), page).await?;
+        Ok(Response::new(listed))
     }
 }

@@ -24,6 +24,38 @@ pub fn check_input(req: &pb::CheckRequest) -> CheckInput<'_> {
     }
 }
 
+/// The instant a listing must give up by: 90% of the caller's `grpc-timeout` from now, so that its
+/// DEADLINE_EXCEEDED reaches the caller before the caller (or tonic's own timer) gives up.
+pub fn deadline(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Instant> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    std::time::Instant::now().checked_add(timeout.mul_f64(0.9))
+}
+
+/// A listing's page in the API's terms.
+pub fn list_response(listed: crate::decision::Listed, policy_version: &str) -> pb::ListResponse {
+    pb::ListResponse {
+        uids: listed
+            .uids
+            .iter()
+            .map(|u| pb::EntityUid { r#type: u.type_name().to_string(), id: u.id().unescaped().to_string() })
+            .collect(),
+        next_page_token: listed.next.map(|key| crate::decision::page_token(policy_version, &key)).unwrap_or_default(),
+        policy_version: policy_version.to_string(),
+        decision_id: listed.decision_id,
+    }
+}
+
 pub fn check_response(outcome: Outcome, policy_version: &str, decision_id: String) -> pb::CheckResponse {
     let decision = if outcome.allow { pb::Decision::Allow } else { pb::Decision::Deny };
     pb::CheckResponse {

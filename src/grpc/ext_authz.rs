@@ -355,7 +355,7 @@ impl Authorization for ExtAuthzApi {
                 return Ok(Response::new(fallback(&self.decisions, refusal, mapping, routed)));
             }
             // The store cannot answer: an error, which Envoy turns into `status_on_error`.
-            Err(DecideError::Store(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         };
         let principal_text = outcome.principal.to_string();
         let response = if outcome.allow || route.dry_run {

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::{HttpApi, HttpError, with_request_id};
 use crate::authz::{CheckInput, UidRef};
-use crate::decision::Origin;
+use crate::decision::{ListQuery, Origin, Varying};
 use crate::error::{DecideError, RequestError};
 use crate::policy::Snapshot;
 use crate::telemetry::HttpInfo;
@@ -23,6 +23,8 @@ use crate::tls::Peer;
 const EVALUATION: &str = "/access/v1/evaluation";
 const EVALUATIONS: &str = "/access/v1/evaluations";
 const SEARCH_ACTION: &str = "/access/v1/search/action";
+const SEARCH_SUBJECT: &str = "/access/v1/search/subject";
+const SEARCH_RESOURCE: &str = "/access/v1/search/resource";
 /// Default and largest page of a search.
 const PAGE: (usize, usize) = (100, 1000);
 
@@ -31,6 +33,8 @@ pub fn routes() -> axum::Router<Arc<HttpApi>> {
         .route(EVALUATION, post(evaluation))
         .route(EVALUATIONS, post(evaluations))
         .route(SEARCH_ACTION, post(search_action))
+        .route(SEARCH_SUBJECT, post(|a, p, h, b| search_entities(a, p, h, b, Varying::Principal)))
+        .route(SEARCH_RESOURCE, post(|a, p, h, b| search_entities(a, p, h, b, Varying::Resource)))
         .route("/.well-known/authzen-configuration", get(configuration))
 }
 
@@ -44,6 +48,8 @@ async fn configuration(headers: HeaderMap) -> Response {
         "access_evaluation_endpoint": format!("{base}{EVALUATION}"),
         "access_evaluations_endpoint": format!("{base}{EVALUATIONS}"),
         "search_action_endpoint": format!("{base}{SEARCH_ACTION}"),
+        "search_subject_endpoint": format!("{base}{SEARCH_SUBJECT}"),
+        "search_resource_endpoint": format!("{base}{SEARCH_RESOURCE}"),
     });
     with_request_id(headers.get("x-request-id"), axum::Json(body))
 }
@@ -111,7 +117,9 @@ async fn evaluations(
             let answer = match decide(&api, &snapshot, &item, &request_id, "evaluations").await {
                 Ok(answer) => answer,
                 // A store outage is no answer at all, for any item.
-                Err(DecideError::Store(e)) => return Err(HttpError::from_status(&e.into())),
+                Err(e @ (DecideError::Store(_) | DecideError::DeadlineExceeded(_))) => {
+                    return Err(HttpError::from_status(&e.into()));
+                }
                 // An item that cannot be decided is a deny with its reason, as the spec asks.
                 Err(DecideError::Request(e)) => {
                     json!({ "decision": false, "context": { "error": authzen_fields(e, &at).to_string() } })
@@ -141,7 +149,11 @@ async fn search_action(
         api.admit(&headers, &peer)?;
         let request = parse_body(&body)?;
         let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
-        let (offset, limit) = page(&request, &snapshot.version)?;
+        let (token, limit) = page_object(&request)?;
+        let offset = match token_key(&token, &snapshot.version)?.as_str() {
+            "" => 0,
+            key => key.parse().map_err(|_| HttpError::bad_request("`page.token` is not a token this server gave"))?,
+        };
         let mut with_action = request.clone();
         with_action.insert("action".into(), json!({"name": "-"}));
         let item = Item::parse(&with_action, "")?;
@@ -154,39 +166,105 @@ async fn search_action(
         };
         let actions = api.decisions.list_actions(&snapshot, &CheckInput { action: None, ..input }, 0, origin).await;
         let actions = actions.map_err(|e| decide_error(with_properties_named(e, &item.entities), ""))?;
-        let count = actions.len();
+        let total = actions.len();
         let results: Vec<Value> =
             actions.iter().skip(offset).take(limit).map(|a| json!({"name": a.id().unescaped()})).collect();
         let next = offset + results.len();
         // A token holds the policy version: a page after a reload is refused, never skewed.
-        let next_token = if next < count { format!("{}.{next}", snapshot.version) } else { String::new() };
-        Ok(json!({ "results": results, "page": { "next_token": next_token, "count": count } }))
+        let next_token = if next < total {
+            crate::decision::page_token(&snapshot.version, &next.to_string())
+        } else {
+            String::new()
+        };
+        Ok(json!({ "results": results, "page": { "next_token": next_token, "count": results.len(), "total": total } }))
     }
     .await;
     answer(&headers, result)
 }
 
-/// The `page` object: (offset from `token`, `limit`). A token from another policy version is a 400:
-/// the listing changed under the pages.
-fn page(request: &Map<String, Value>, version: &str) -> Result<(usize, usize), HttpError> {
+/// `POST /access/v1/search/subject` and `/search/resource`: the subjects (or resources) of the
+/// given type that the evaluation allows (`ListPrincipals`, `ListResources`), a page at a time.
+/// `count` is the number of results in this page.
+async fn search_entities(
+    State(api): State<Arc<HttpApi>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    body: String,
+    varying: Varying,
+) -> Response {
+    let result = async {
+        api.admit(&headers, &peer)?;
+        let mut request = parse_body(&body)?;
+        let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
+        let part = match varying {
+            Varying::Principal => "subject",
+            Varying::Resource => "resource",
+        };
+        let ty = searched_type(&mut request, part)?;
+        let (token, limit) = page_object(&request)?;
+        let after = token_key(&token, &snapshot.version)?;
+        let item = Item::parse(&request, "")?;
+        let entities_json = item.entities_json();
+        let mut input = item.input(&entities_json);
+        match varying {
+            Varying::Principal => input.principal = None,
+            Varying::Resource => input.resource = None,
+        }
+        let request_id = request_id(&headers);
+        let route = if varying == Varying::Principal { "search_subject" } else { "search_resource" };
+        let origin = Origin { api: "authzen", http: Some(HttpInfo { route, request_id: &request_id, dry_run: false }) };
+        let query = ListQuery {
+            input,
+            varying,
+            entity_type: &ty,
+            after: &after,
+            page_size: limit,
+            min_revision: 0,
+            deadline: None,
+        };
+        let listed = api.decisions.list(&snapshot, &query, origin).await;
+        let listed = listed.map_err(|e| decide_error(with_properties_named(e, &item.entities), ""))?;
+        let results: Vec<Value> =
+            listed.uids.iter().map(|u| json!({"type": u.type_name().to_string(), "id": u.id().unescaped()})).collect();
+        let next_token =
+            listed.next.map(|key| crate::decision::page_token(&snapshot.version, &key)).unwrap_or_default();
+        let count = results.len();
+        Ok(json!({ "results": results, "page": { "next_token": next_token, "count": count },
+                   "context": { "decision_id": listed.decision_id } }))
+    }
+    .await;
+    answer(&headers, result)
+}
+
+/// The searched part's `type`; the part gets a placeholder id so that the rest parses as one
+/// evaluation. It can carry no `id` or `properties`: every candidate is a stored entity.
+fn searched_type(request: &mut Map<String, Value>, part: &str) -> Result<String, HttpError> {
+    let Some(Value::Object(object)) = request.get_mut(part) else {
+        return Err(HttpError::bad_request(format!("`{part}` is required (an object with a `type`)")));
+    };
+    for key in ["id", "properties"] {
+        if object.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(HttpError::bad_request(format!("`{part}.{key}` cannot be given in a {part} search")));
+        }
+    }
+    let ty = match object.get("type").and_then(Value::as_str) {
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ => return Err(HttpError::bad_request(format!("`{part}.type` is required (a non-empty string)"))),
+    };
+    object.insert("id".into(), json!("-"));
+    Ok(ty)
+}
+
+/// The `page` object: (`token`, `limit`).
+fn page_object(request: &Map<String, Value>) -> Result<(String, usize), HttpError> {
     let page = match request.get("page") {
-        None | Some(Value::Null) => return Ok((0, PAGE.0)),
+        None | Some(Value::Null) => return Ok((String::new(), PAGE.0)),
         Some(Value::Object(page)) => page,
         Some(_) => return Err(HttpError::bad_request("`page` must be an object")),
     };
-    let foreign = || HttpError::bad_request("`page.token` is not a token this server gave");
     let token = match page.get("token") {
-        None | Some(Value::Null) => 0,
-        Some(Value::String(t)) if t.is_empty() => 0,
-        Some(Value::String(t)) => match t.rsplit_once('.') {
-            Some((v, offset)) if v == version => offset.parse().map_err(|_| foreign())?,
-            Some(_) => {
-                return Err(HttpError::bad_request(
-                    "`page.token` is from another policy version (the policies were reloaded): start again",
-                ));
-            }
-            None => return Err(foreign()),
-        },
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(t)) => t.clone(),
         Some(_) => return Err(HttpError::bad_request("`page.token` must be a string")),
     };
     let limit = match page.get("limit") {
@@ -197,6 +275,12 @@ fn page(request: &Map<String, Value>, version: &str) -> Result<(usize, usize), H
         },
     };
     Ok((token, limit))
+}
+
+/// Where a page token leads: the candidate key after which to go on. A token from another policy
+/// version is a 400: the listing may have changed under the pages.
+fn token_key(token: &str, version: &str) -> Result<String, HttpError> {
+    crate::decision::parse_page_token(token, version, "page.token").map_err(|e| HttpError::bad_request(e.to_string()))
 }
 
 /// When a batch stops early.
@@ -381,7 +465,7 @@ fn authzen_fields(error: RequestError, at: &str) -> RequestError {
 fn decide_error(error: DecideError, at: &str) -> HttpError {
     match error {
         DecideError::Request(e) => HttpError::bad_request(authzen_fields(e, at).to_string()),
-        DecideError::Store(e) => HttpError::from_status(&e.into()),
+        other => HttpError::from_status(&other.into()),
     }
 }
 

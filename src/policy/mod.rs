@@ -19,6 +19,7 @@ use arc_swap::ArcSwapOption;
 pub use diag::Diagnostic;
 pub use load::load_dir;
 pub(crate) use scope::Selected;
+pub use scope::Targets;
 pub use snapshot::Snapshot;
 pub(crate) use snapshot::collect_uids;
 

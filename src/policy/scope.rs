@@ -42,6 +42,7 @@ struct Entry {
     principal: Scope,
     action: ActionConstraint,
     resource: Scope,
+    effect: Effect,
     /// The effect of a policy without conditions; `None` for a policy with conditions.
     unconditional: Option<Effect>,
 }
@@ -63,6 +64,14 @@ pub(crate) struct Slice {
     /// Ids of the matching policies without conditions, satisfied by their scope alone.
     pub permits: Vec<String>,
     pub forbids: Vec<String>,
+}
+
+/// The resources a listing can find allowed (see `ScopeIndex::resource_targets`).
+#[derive(Debug)]
+pub enum Targets {
+    Any,
+    /// Each entity, and (when `true`) everything under it.
+    Only(Vec<(EntityUid, bool)>),
 }
 
 /// What to evaluate a request against.
@@ -110,6 +119,7 @@ impl ScopeIndex {
                 principal,
                 action: policy.action_constraint(),
                 resource,
+                effect: policy.effect(),
                 unconditional,
             });
         }
@@ -159,6 +169,39 @@ impl ScopeIndex {
             cache.insert(matching.into_boxed_slice(), slice.clone());
         }
         Selected::Sliced(slice)
+    }
+
+    /// Which entities of type `ty` any permit that can apply to `principal` and `action` admits as
+    /// its resource: every one (`Targets::Any`), or only some named entities and what is under them.
+    /// Exact for pruning a listing: a resource no matching permit's scope admits cannot be allowed.
+    pub fn resource_targets(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        ty: &EntityTypeName,
+        entities: &Entities,
+    ) -> Targets {
+        let principal_ancestors = ancestors(entities, principal);
+        let action_ancestors = ancestors(entities, action);
+        let mut only = Vec::new();
+        let permits = self.entries.iter().filter(|e| e.effect == Effect::Permit);
+        for entry in permits {
+            if !scope_matches(&entry.principal, principal, &principal_ancestors)
+                || !action_matches(&entry.action, action, &action_ancestors)
+            {
+                continue;
+            }
+            match &entry.resource {
+                Scope::Any => return Targets::Any,
+                Scope::Is(t) if t == ty => return Targets::Any,
+                Scope::Eq(x) if x.type_name() == ty => only.push((x.clone(), false)),
+                Scope::In(x) => only.push((x.clone(), true)),
+                Scope::IsIn(t, x) if t == ty => only.push((x.clone(), true)),
+                // A scope no entity of `ty` can match.
+                Scope::Is(_) | Scope::Eq(_) | Scope::IsIn(..) => {}
+            }
+        }
+        Targets::Only(only)
     }
 
     /// The given policies of `full`: those with conditions in a set (links re-linked from their

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
 
-use super::scope::{ScopeIndex, Selected};
+use super::scope::{ScopeIndex, Selected, Targets};
 use crate::config::ValidationMode;
 
 /// What one policy file contributed to a snapshot.
@@ -128,6 +128,17 @@ impl Snapshot {
         entities: &Entities,
     ) -> Selected<'_> {
         self.scope.select(&self.policies, principal, action, resource, entities)
+    }
+
+    /// What the permits that can apply to `principal` and `action` admit as resources of `ty`.
+    pub fn resource_targets(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        ty: &cedar_policy::EntityTypeName,
+        entities: &Entities,
+    ) -> Targets {
+        self.scope.resource_targets(principal, action, ty, entities)
     }
 
     /// The schema requests are validated against: none in `off` mode.

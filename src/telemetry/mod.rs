@@ -84,6 +84,7 @@ pub fn record_decision(
         policy_version,
         latency,
         reason: None,
+        listing: None,
         http,
     };
     write(&record);
@@ -116,6 +117,51 @@ pub fn record_without_policies(
         policy_version: "",
         latency: Duration::ZERO,
         reason: Some(reason),
+        listing: None,
+        http,
+    };
+    write(&record);
+}
+
+/// What a listing's decision-log record says: the query (the varying part as `Type::*`) and how
+/// many candidates were listed and examined.
+pub struct Listing<'a> {
+    pub parts: &'a [String; 3],
+    pub listed: usize,
+    pub scanned: usize,
+    /// Whether every candidate has been examined (no page follows).
+    pub complete: bool,
+}
+
+/// Counts and logs one page of a listing, in the decision log's one format (decision `list`).
+pub fn record_listing(
+    log: bool,
+    front_door: &'static str,
+    decision_id: &str,
+    policy_version: &str,
+    listing: &Listing<'_>,
+    latency: Duration,
+    http: Option<HttpInfo<'_>>,
+) {
+    metrics::counter!("cedar_pdp_list_candidates_total", "api" => front_door).increment(listing.scanned as u64);
+    metrics::histogram!("cedar_pdp_list_seconds", "api" => front_door).record(latency.as_secs_f64());
+    if !log {
+        return;
+    }
+    let [principal, action, resource] = listing.parts;
+    let record = Record {
+        decision_id,
+        front_door,
+        principal,
+        action,
+        resource,
+        decision: "list",
+        determining: &[],
+        errors: &[],
+        policy_version,
+        latency,
+        reason: None,
+        listing: Some(listing),
         http,
     };
     write(&record);
@@ -135,6 +181,7 @@ struct Record<'a> {
     latency: Duration,
     /// Why the answer was made without the policies, if it was.
     reason: Option<&'a str>,
+    listing: Option<&'a Listing<'a>>,
     http: Option<HttpInfo<'a>>,
 }
 
@@ -152,6 +199,9 @@ fn write(r: &Record<'_>) {
         policy_version = r.policy_version,
         latency_us = r.latency.as_micros() as u64,
         reason = r.reason,
+        listed = r.listing.map(|l| l.listed as u64),
+        scanned = r.listing.map(|l| l.scanned as u64),
+        complete = r.listing.map(|l| l.complete),
         route = r.http.map(|h| h.route),
         request_id = r.http.map(|h| h.request_id),
         dry_run = r.http.map(|h| h.dry_run),
