@@ -344,3 +344,53 @@ async fn bad_listings_name_their_field() {
         .unwrap_err();
     assert!(status.code() == Code::InvalidArgument && status.message().contains("principal_type"), "{status:?}");
 }
+
+/// Who may `share` each user's documents, against Check: the pruned listing, through the embedded
+/// store's children index.
+async fn assert_share_exact(server: &TestServer) {
+    for u in 0..USERS {
+        let user = format!("u{u}");
+        let listed = list_resources_all(server, &user, "share", 9).await;
+        assert_eq!(listed, allowed_by_check(server, &user, "share").await, "{user} share");
+    }
+}
+
+#[tokio::test]
+async fn the_children_index_follows_moves_and_deletes_and_is_built_for_an_older_database() {
+    let dir = policy_dir();
+    let data = tempfile::tempdir().unwrap();
+    let on = |c: &mut ServeConfig| c.entities.data_dir = data.path().join("data");
+    let server = TestServer::start_with(dir.path(), on).await;
+    let mut writer = server.entities(None).await;
+    writer.upsert_entities(pb::UpsertEntitiesRequest { entities: generated(), ..Default::default() }).await.unwrap();
+    assert_share_exact(&server).await;
+    // Documents move out of the `eng` tree and into it; a folder in it loses its place; some go.
+    let moves: Vec<pb::Entity> = (0..40)
+        .map(|d| {
+            let to = if d % 2 == 0 { r#"Folder::"f6""# } else { r#"Folder::"f0""# };
+            entity(&format!(r#"Document::"d{d}""#), json!({}), &[to])
+        })
+        .chain(std::iter::once(entity(r#"Folder::"f1""#, json!({}), &[])))
+        .collect();
+    writer.upsert_entities(pb::UpsertEntitiesRequest { entities: moves, ..Default::default() }).await.unwrap();
+    let gone = (40..60).map(|d| uid(&format!(r#"Document::"d{d}""#))).collect();
+    writer.delete_entities(pb::DeleteEntitiesRequest { uids: gone, ..Default::default() }).await.unwrap();
+    assert_share_exact(&server).await;
+    server.stop().await.unwrap();
+
+    // A database from before the index: no `children` table, no marker. Opening builds it.
+    let file = data.path().join("data").join("entities.redb");
+    {
+        let db = redb::Database::open(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let children: redb::TableDefinition<(&str, &str), ()> = redb::TableDefinition::new("children");
+            assert!(txn.delete_table(children).unwrap(), "the index was there");
+            let mut meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+            meta.remove("children").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let server = TestServer::start_with(dir.path(), on).await;
+    assert_share_exact(&server).await;
+}

@@ -8,7 +8,7 @@
 //! (`resource == X`, `resource in X`), a candidate that is not X or under X is skipped without a
 //! decision (`Targets`), since no policy could allow it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use cedar_policy::{EntityTypeName, EntityUid};
@@ -62,6 +62,8 @@ pub struct Listed {
 }
 
 /// Candidates of one type in key order: the files' entities merged with the store's, files winning.
+/// Built either as a scan of the type (`stored` read from the store's type index a chunk at a time),
+/// or, when the permits name their resources, as what is under those (`under`), already complete.
 struct Candidates<'a> {
     store: &'a EntityStore,
     ty: String,
@@ -69,6 +71,8 @@ struct Candidates<'a> {
     stored: VecDeque<(String, EntityUid, Vec<EntityUid>)>,
     store_after: String,
     store_done: bool,
+    /// The candidates are only the targets and what is under them: none needs `could_allow`.
+    pruned: bool,
 }
 
 /// A candidate and, when it comes from the store, its direct parents (for pruning).
@@ -90,14 +94,51 @@ impl<'a> Candidates<'a> {
             .collect();
         files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let store_after = after.to_string();
-        Candidates {
-            store,
-            ty: ty.to_string(),
-            files: files.into(),
-            stored: VecDeque::new(),
-            store_after,
-            store_done: false,
+        let (stored, store_done, pruned) = (VecDeque::new(), false, false);
+        Candidates { store, ty: ty.to_string(), files: files.into(), stored, store_after, store_done, pruned }
+    }
+
+    /// The targets of type `ty` and every entity of type `ty` under a target that admits what is
+    /// under it, from the store's children index and the files; `None` when the store keeps no
+    /// such index or the walk passes `limit` entities (the caller then scans the type).
+    async fn under(
+        store: &'a EntityStore,
+        snapshot: &Snapshot,
+        ty: &EntityTypeName,
+        targets: &[(EntityUid, bool)],
+        after: &str,
+        limit: usize,
+    ) -> Result<Option<Candidates<'a>>, DecideError> {
+        // The files' entities under each entity: their ancestors are closed over the files.
+        let mut file_children: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
+        for entity in snapshot.entities.iter() {
+            let uid = entity.uid();
+            for ancestor in snapshot.entities.ancestors(&uid).into_iter().flatten() {
+                file_children.entry(ancestor.clone()).or_default().push(uid.clone());
+            }
         }
+        let mut found: BTreeMap<String, EntityUid> = BTreeMap::new();
+        for (target, _) in targets.iter().filter(|(t, _)| t.type_name() == ty) {
+            if snapshot.entities.get(target).is_some() || store.get(target).await?.is_some() {
+                found.insert(key_of(target), target.clone());
+            }
+        }
+        let mut seen: HashSet<EntityUid> = HashSet::new();
+        let mut frontier: Vec<EntityUid> = targets.iter().filter(|(_, under)| *under).map(|(t, _)| t.clone()).collect();
+        while !frontier.is_empty() {
+            let Some(mut children) = store.children(frontier.clone(), limit).await? else { return Ok(None) };
+            children.extend(frontier.iter().filter_map(|n| file_children.get(n)).flatten().cloned());
+            frontier = children.into_iter().filter(|c| seen.insert(c.clone())).collect();
+            if seen.len() > limit {
+                return Ok(None);
+            }
+            for child in frontier.iter().filter(|c| c.type_name() == ty) {
+                found.insert(key_of(child), child.clone());
+            }
+        }
+        let files: VecDeque<(String, EntityUid)> = found.into_iter().filter(|(key, _)| key.as_str() > after).collect();
+        let (stored, store_after) = (VecDeque::new(), String::new());
+        Ok(Some(Candidates { store, ty: ty.to_string(), files, stored, store_after, store_done: true, pruned: true }))
     }
 
     async fn next(&mut self) -> Result<Option<Candidate>, DecideError> {
@@ -238,14 +279,23 @@ async fn scan(
     })?;
     let targets = probe(store, snapshot, query, &ty, limits).await?;
     let ty_text = ty.to_string();
-    let mut candidates = Candidates::new(store, snapshot, &ty, query.after);
+    let under = match &targets {
+        Targets::Only(only) => {
+            Candidates::under(store, snapshot, &ty, only, query.after, limits.max_list_candidates).await?
+        }
+        Targets::Any => None,
+    };
+    let mut candidates = match under {
+        Some(under) => under,
+        None => Candidates::new(store, snapshot, &ty, query.after),
+    };
     let (mut uids, mut scanned) = (Vec::new(), 0);
     while let Some(candidate) = candidates.next().await? {
         scanned += 1;
         if scanned % YIELD_EVERY == 0 {
             tokio::task::yield_now().await;
         }
-        if could_allow(&targets, store, snapshot, &candidate, query.min_revision).await? {
+        if candidates.pruned || could_allow(&targets, store, snapshot, &candidate, query.min_revision).await? {
             let id = candidate.uid.id().unescaped().to_string();
             let one = UidRef { ty: &ty_text, id: &id };
             let input = match query.varying {

@@ -408,6 +408,15 @@ impl EntityStore {
         }
     }
 
+    /// The uids of the entities whose parents include one of `parents`, or `None` when the store
+    /// keeps no such index (Redis) or there are more than `limit`.
+    pub async fn children(&self, parents: Vec<EntityUid>, limit: usize) -> Result<Option<Vec<EntityUid>>, StoreError> {
+        let Backend::Local { store, .. } = &self.backend else { return Ok(None) };
+        let keys: Vec<String> = parents.iter().map(key_of).collect();
+        let children = store.blocking(move |store| store.children(&keys, limit)).await?;
+        Ok(children.map(|keys| keys.iter().filter_map(|k| uid_of_key(k)).collect()))
+    }
+
     /// Streams every entity (of `ty`, if given) into `out`, `chunk` at a time, all read at one
     /// revision; a store that cannot promise that ends the stream with an error instead.
     pub async fn export(

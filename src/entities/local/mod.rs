@@ -5,7 +5,10 @@
 //! - `audit`: (revision, index in the batch) → an [`AuditRecord`] as JSON;
 //! - `audit_by_uid`: (uid key, revision, index) → (), for reading one entity's history;
 //! - `audit_time`: revision → its time in ms since the epoch, for time ranges and retention;
-//! - `meta`: `revision`, `entities` (count), `origin` (see [`LocalStore::origin`]);
+//! - `children`: (parent uid key, child uid key) → (), the parent edges reversed, for listings that
+//!   only need what is under an entity;
+//! - `meta`: `revision`, `entities` (count), `origin` (see [`LocalStore::origin`]), `children` (1 once
+//!   the `children` table is complete: a database from before it gets it built at open);
 //! - `requests`: idempotency key → `{"rev", "digest", "at"}` of its first outcome, kept a day.
 //!
 //! A write batch is one redb transaction: the entities, the revision and the audit records commit
@@ -31,6 +34,7 @@ const AUDIT: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_UID: TableDefinition<(&str, u64, u32), ()> = TableDefinition::new("audit_by_uid");
 const AUDIT_TIME: TableDefinition<u64, u64> = TableDefinition::new("audit_time");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CHILDREN: TableDefinition<(&str, &str), ()> = TableDefinition::new("children");
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 
 /// The database file's name inside the data directory.
@@ -103,6 +107,7 @@ impl LocalStore {
             create(dir, &path)?;
         }
         let db = open_checked(&path)?;
+        index_children(&db).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         let meta = read_meta(&db).map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
         Ok(LocalStore::new(db, Some(path), meta))
     }
@@ -227,6 +232,7 @@ impl LocalStore {
             let mut entities = txn.open_table(ENTITIES)?;
             let mut audit = txn.open_table(AUDIT)?;
             let mut by_uid = txn.open_table(AUDIT_BY_UID)?;
+            let mut children = txn.open_table(CHILDREN)?;
             let at = rfc3339(now);
             for (i, change) in changes.iter().enumerate() {
                 let key = key_of(change.uid());
@@ -237,6 +243,15 @@ impl LocalStore {
                     }
                     Change::Delete { .. } => entities.remove(key.as_str())?.map(|old| old.value().to_vec()),
                 };
+                let old_parents = before.as_deref().and_then(stored_entity).map(|e| parent_keys(&e)).unwrap_or_default();
+                for parent in old_parents {
+                    children.remove((parent.as_str(), key.as_str()))?;
+                }
+                if let Change::Upsert { json, .. } = change {
+                    for parent in parent_keys(json) {
+                        children.insert((parent.as_str(), key.as_str()), ())?;
+                    }
+                }
                 let record = AuditRecord {
                     revision,
                     at: at.clone(),
@@ -327,6 +342,28 @@ impl LocalStore {
             out.push(Arc::new(parse_stored(value.value())?));
         }
         Ok(out)
+    }
+
+    /// The keys of the entities whose parents include one of `parents`, or `None` past `limit`.
+    pub fn children(&self, parents: &[String], limit: usize) -> Result<Option<Vec<String>>, StoreError> {
+        let txn = self.db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(CHILDREN).map_err(read_error)?;
+        let mut out = Vec::new();
+        for parent in parents {
+            let range = table.range::<(&str, &str)>((parent.as_str(), "")..).map_err(read_error)?;
+            for entry in range {
+                let (key, _) = entry.map_err(read_error)?;
+                let (of, child) = key.value();
+                if of != parent {
+                    break;
+                }
+                if out.len() == limit {
+                    return Ok(None);
+                }
+                out.push(child.to_string());
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Every entity (of `ty`, if given) as stored, read in one snapshot, passed to `each` in chunks;
@@ -436,6 +473,8 @@ fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
             meta.insert("revision", origin)?;
             meta.insert("origin", origin)?;
             meta.insert("entities", 0)?;
+            meta.insert("children", 1)?;
+            txn.open_table(CHILDREN)?;
             txn.open_table(ENTITIES)?;
             txn.open_table(AUDIT)?;
             txn.open_table(AUDIT_BY_UID)?;
@@ -446,6 +485,39 @@ fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
         Ok(())
     };
     init().map_err(|e| StoreError::Open(format!("cannot initialise the entity database: {e}")))
+}
+
+/// Builds the `children` table of a database written before it existed, in one transaction.
+fn index_children(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_read()?;
+    if txn.open_table(META)?.get("children")?.is_some_and(|v| v.value() == 1) {
+        return Ok(());
+    }
+    drop(txn);
+    let mut txn = db.begin_write()?;
+    txn.set_two_phase_commit(true);
+    {
+        let entities = txn.open_table(ENTITIES)?;
+        let mut children = txn.open_table(CHILDREN)?;
+        for entry in entities.iter()? {
+            let (key, value) = entry?;
+            for parent in stored_entity(value.value()).map(|e| parent_keys(&e)).unwrap_or_default() {
+                children.insert((parent.as_str(), key.value()), ())?;
+            }
+        }
+        txn.open_table(META)?.insert("children", 1)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The uid keys of an entity JSON's parents.
+fn parent_keys(entity: &serde_json::Value) -> Vec<String> {
+    let mut parents = Vec::new();
+    if let Some(p) = entity.get("parents") {
+        crate::policy::collect_uids(p, &mut parents);
+    }
+    parents.iter().map(key_of).collect()
 }
 
 fn read_meta(db: &Database) -> Result<Meta, redb::Error> {
