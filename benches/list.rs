@@ -83,7 +83,7 @@ fn main() {
         }
         let client = server.client.clone();
         let list = |action: &'static str| {
-            let mut client = client.clone();
+            let client = client.clone();
             move || {
                 let request = pb::ListResourcesRequest {
                     principal: Some(uid(r#"User::"u1""#)),

@@ -49,6 +49,13 @@ impl pb::authorization_service_server::AuthorizationService for Noop {
     ) -> Result<Response<pb::ListResponse>, Status> {
         Ok(Response::new(pb::ListResponse::default()))
     }
+
+    async fn plan_resources(
+        &self,
+        _: Request<pb::PlanResourcesRequest>,
+    ) -> Result<Response<pb::PlanResourcesResponse>, Status> {
+        Ok(Response::new(pb::PlanResourcesResponse::default()))
+    }
 }
 
 #[tokio::main]

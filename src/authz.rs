@@ -98,6 +98,13 @@ pub struct Prepared {
     pub(crate) own_mentions: Vec<EntityUid>,
 }
 
+impl Prepared {
+    /// The Cedar request (its context, for partial evaluation).
+    pub(crate) fn request(&self) -> &Request {
+        &self.request
+    }
+}
+
 /// Parses and validates a check: uids, context, request-scoped entities.
 pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> Result<Prepared, RequestError> {
     let principal = parse_uid(snapshot, input.principal, "principal")?;

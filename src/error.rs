@@ -134,6 +134,9 @@ pub enum DecideError {
     /// A listing that ran out of time: no partial answer is given.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A question this policy set cannot answer (PlanResources without a schema).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The HTTP status of a gRPC status code: the HTTP front door answers what gRPC would, by this table.
@@ -228,6 +231,7 @@ impl From<DecideError> for Status {
             DecideError::Request(e) => e.into(),
             DecideError::Store(e) => e.into(),
             DecideError::DeadlineExceeded(why) => Status::deadline_exceeded(why),
+            DecideError::Unsupported(why) => Status::failed_precondition(why),
         }
     }
 }

@@ -7,11 +7,13 @@
 //! decision-log record, made here — answers made without the policies (ext_authz's fallbacks) too.
 
 mod list;
+mod plan;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use list::{ListQuery, Listed, Varying, page_token, parse_page_token};
+pub use plan::{Plan, Residual};
 
 use crate::authz::{CheckInput, Limits, Outcome, UidRef};
 use crate::entities::{self, EntityStore};
@@ -146,6 +148,38 @@ impl Decisions {
             origin.http,
         );
         Ok(Listed { uids, next, scanned, decision_id })
+    }
+
+    /// What the policies say about every resource of `resource_type` for `input` (its resource left
+    /// out), by partial evaluation (see `plan.rs`); one decision-log record (decision `plan`).
+    pub async fn plan_resources(
+        &self,
+        snapshot: &Snapshot,
+        input: &CheckInput<'_>,
+        resource_type: &str,
+        min_revision: u64,
+        origin: Origin<'_>,
+    ) -> Result<(Plan, String), DecideError> {
+        let started = Instant::now();
+        let plan = plan::plan(&self.entities, snapshot, input, resource_type, min_revision, &self.limits).await?;
+        let decision_id = uuid::Uuid::now_v7().to_string();
+        let shown = |u: Option<UidRef<'_>>| u.map(|u| format!("{}::{:?}", u.ty, u.id)).unwrap_or_default();
+        let parts = [shown(input.principal), shown(input.action), format!("{resource_type}::*")];
+        let outcome = match &plan {
+            Plan::AlwaysAllowed => "always_allowed",
+            Plan::AlwaysDenied => "always_denied",
+            Plan::Conditional(_) => "conditional",
+        };
+        telemetry::record_plan(
+            self.log,
+            origin.api,
+            &decision_id,
+            &snapshot.version,
+            &parts,
+            outcome,
+            started.elapsed(),
+        );
+        Ok((plan, decision_id))
     }
 
     /// An answer made without the policies (ext_authz: no route, not HTTP, refused credentials):

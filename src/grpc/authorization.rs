@@ -152,4 +152,24 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
         let listed = self.list(request.metadata(), input, (Varying::Principal, &req.principal_type), page).await?;
         Ok(Response::new(listed))
     }
+
+    async fn plan_resources(
+        &self,
+        request: Request<pb::PlanResourcesRequest>,
+    ) -> Result<Response<pb::PlanResourcesResponse>, Status> {
+        self.callers.admit(&request)?;
+        let req = request.get_ref();
+        let snapshot = self.decisions.snapshot()?;
+        let input = CheckInput {
+            principal: req.principal.as_ref().map(convert::uid_ref),
+            action: req.action.as_ref().map(convert::uid_ref),
+            resource: None,
+            context_json: &req.context_json,
+            entities_json: &req.entities_json,
+        };
+        let origin = Origin { api: "plan_resources", http: None };
+        let (plan, decision_id) =
+            self.decisions.plan_resources(&snapshot, &input, &req.resource_type, req.min_revision, origin).await?;
+        Ok(Response::new(convert::plan_response(plan, &snapshot.version, decision_id)))
+    }
 }

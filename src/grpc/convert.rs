@@ -56,6 +56,35 @@ pub fn list_response(listed: crate::decision::Listed, policy_version: &str) -> p
     }
 }
 
+/// A PlanResources answer in the API's terms.
+pub fn plan_response(
+    plan: crate::decision::Plan,
+    policy_version: &str,
+    decision_id: String,
+) -> pb::PlanResourcesResponse {
+    use crate::decision::Plan;
+    use pb::plan_resources_response::Kind;
+    let (kind, residuals) = match plan {
+        Plan::AlwaysAllowed => (Kind::AlwaysAllowed, Vec::new()),
+        Plan::AlwaysDenied => (Kind::AlwaysDenied, Vec::new()),
+        Plan::Conditional(residuals) => (Kind::Conditional, residuals),
+    };
+    pb::PlanResourcesResponse {
+        kind: kind.into(),
+        residuals: residuals
+            .into_iter()
+            .map(|r| pb::ResidualPolicy {
+                policy_id: r.policy_id,
+                effect: r.effect.to_string(),
+                policy_json: r.json.unwrap_or_default(),
+                cedar: r.cedar,
+            })
+            .collect(),
+        policy_version: policy_version.to_string(),
+        decision_id,
+    }
+}
+
 pub fn check_response(outcome: Outcome, policy_version: &str, decision_id: String) -> pb::CheckResponse {
     let decision = if outcome.allow { pb::Decision::Allow } else { pb::Decision::Deny };
     pb::CheckResponse {

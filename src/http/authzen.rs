@@ -116,14 +116,12 @@ async fn evaluations(
             let item = Item::parse(&merged, &at)?;
             let answer = match decide(&api, &snapshot, &item, &request_id, "evaluations").await {
                 Ok(answer) => answer,
-                // A store outage is no answer at all, for any item.
-                Err(e @ (DecideError::Store(_) | DecideError::DeadlineExceeded(_))) => {
-                    return Err(HttpError::from_status(&e.into()));
-                }
                 // An item that cannot be decided is a deny with its reason, as the spec asks.
                 Err(DecideError::Request(e)) => {
                     json!({ "decision": false, "context": { "error": authzen_fields(e, &at).to_string() } })
                 }
+                // A store outage is no answer at all, for any item.
+                Err(e) => return Err(HttpError::from_status(&e.into())),
             };
             let allowed = answer["decision"] == Value::Bool(true);
             answers.push(answer);

@@ -167,6 +167,40 @@ pub fn record_listing(
     write(&record);
 }
 
+/// Counts and logs a PlanResources answer, in the decision log's one format (decision `plan`, the
+/// plan's kind as its reason).
+pub fn record_plan(
+    log: bool,
+    front_door: &'static str,
+    decision_id: &str,
+    policy_version: &str,
+    parts: &[String; 3],
+    outcome: &str,
+    latency: Duration,
+) {
+    metrics::histogram!("cedar_pdp_plan_seconds", "api" => front_door).record(latency.as_secs_f64());
+    if !log {
+        return;
+    }
+    let [principal, action, resource] = parts;
+    let record = Record {
+        decision_id,
+        front_door,
+        principal,
+        action,
+        resource,
+        decision: "plan",
+        determining: &[],
+        errors: &[],
+        policy_version,
+        latency,
+        reason: Some(outcome),
+        listing: None,
+        http: None,
+    };
+    write(&record);
+}
+
 /// One decision-log record: every front door, every kind of answer.
 struct Record<'a> {
     decision_id: &'a str,

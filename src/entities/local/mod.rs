@@ -243,7 +243,8 @@ impl LocalStore {
                     }
                     Change::Delete { .. } => entities.remove(key.as_str())?.map(|old| old.value().to_vec()),
                 };
-                let old_parents = before.as_deref().and_then(stored_entity).map(|e| parent_keys(&e)).unwrap_or_default();
+                let old_parents =
+                    before.as_deref().and_then(stored_entity).map(|e| parent_keys(&e)).unwrap_or_default();
                 for parent in old_parents {
                     children.remove((parent.as_str(), key.as_str()))?;
                 }

@@ -1,0 +1,95 @@
+//! PlanResources: what the policies say about every resource of a type, for resources that live in
+//! the caller's own database. Cedar's type-aware partial evaluation (`tpe`) runs with the resource
+//! unknown and everything else known — the principal and what it is in (from the files and the
+//! store, as a decision reads them), the action, the context — and either decides (every resource
+//! allowed, or none) or leaves residual policies over `resource` for the caller to turn into a query.
+//!
+//! Limits: needs a schema (partial evaluation is typed); the residuals speak of the resource's
+//! attributes and ancestors, which the caller's data must answer; Cedar marks the `tpe` API
+//! experimental.
+
+use cedar_policy::{Decision, EntityTypeName, PartialEntities, PartialEntityUid, PartialRequest, Policy};
+
+use crate::authz::{self, CheckInput, UidRef};
+use crate::entities::{self, EntityStore};
+use crate::error::{DecideError, RequestError};
+use crate::policy::Snapshot;
+
+/// A plan's answer. With `Conditional`, a resource is allowed exactly when one of the residual
+/// permits holds for it and none of the residual forbids does (Cedar's rule on the residuals).
+pub enum Plan {
+    AlwaysAllowed,
+    AlwaysDenied,
+    Conditional(Vec<Residual>),
+}
+
+pub struct Residual {
+    pub policy_id: String,
+    pub effect: &'static str,
+    /// Cedar's JSON policy format; `None` when Cedar cannot write this residual as JSON.
+    pub json: Option<String>,
+    pub cedar: String,
+}
+
+/// Plans `input` (its resource left out) over every resource of `resource_type`.
+pub(super) async fn plan(
+    store: &EntityStore,
+    snapshot: &Snapshot,
+    input: &CheckInput<'_>,
+    resource_type: &str,
+    min_revision: u64,
+    limits: &authz::Limits,
+) -> Result<Plan, DecideError> {
+    let Some(schema) = snapshot.request_schema() else {
+        return Err(DecideError::Unsupported(
+            "PlanResources needs a schema in the policy directory (and validation not `off`)".into(),
+        ));
+    };
+    let ty: EntityTypeName = snapshot.index.type_name(resource_type).map_err(|e| {
+        RequestError::invalid("resource_type", format!("`{resource_type}` is not an entity type name: {e}"))
+    })?;
+    // A check on a resource that does not exist validates the rest and reads the principal's slice.
+    let ty_text = ty.to_string();
+    let probe = CheckInput { resource: Some(UidRef { ty: &ty_text, id: "" }), ..*input };
+    let prepared = authz::prepare(snapshot, &probe, limits)
+        .map_err(|e| e.renamed(|f| if f.starts_with("resource") { "resource_type".into() } else { f.to_string() }))?;
+    let slice = entities::slice_for(store, snapshot, &prepared, &probe, min_revision).await?;
+    let [principal, action, _] = prepared.uids.clone();
+    let context = prepared.request().context().cloned();
+    let unknown = |e: &dyn std::fmt::Display| DecideError::Unsupported(format!("partial evaluation: {e}"));
+    let request = PartialRequest::new(
+        PartialEntityUid::from_concrete(principal),
+        action,
+        PartialEntityUid::new(ty, None),
+        context,
+        schema,
+    )
+    .map_err(|e| RequestError::schema("resource_type", &e))?;
+    let known = PartialEntities::from_concrete(slice, schema).map_err(|e| unknown(&e))?;
+    let response = snapshot.policies.tpe(&request, &known, schema).map_err(|e| unknown(&e))?;
+    Ok(match response.decision() {
+        Some(Decision::Allow) => Plan::AlwaysAllowed,
+        Some(Decision::Deny) => Plan::AlwaysDenied,
+        // The permits already satisfied are part of the answer (`when { true }`): with them, a
+        // resource is allowed iff some listed permit holds and no listed forbid does.
+        None => {
+            let satisfied: std::collections::HashSet<_> = response.true_permits().cloned().collect();
+            let residuals =
+                response.residual_policies().chain(response.policies().filter(|p| satisfied.contains(p.id())));
+            Plan::Conditional(residuals.map(|p| residual(&p)).collect())
+        }
+    })
+}
+
+fn residual(policy: &Policy) -> Residual {
+    let effect = match policy.effect() {
+        cedar_policy::Effect::Permit => "permit",
+        cedar_policy::Effect::Forbid => "forbid",
+    };
+    Residual {
+        policy_id: policy.id().to_string(),
+        effect,
+        json: policy.to_json().ok().map(|j| j.to_string()),
+        cedar: policy.to_string(),
+    }
+}
