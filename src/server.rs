@@ -28,8 +28,9 @@ use crate::telemetry;
 use crate::tls::{Alpn, Incoming, Tls};
 
 /// What the main port serves when provisioning and admin have their own listener.
-const DECISION_SERVICES: [&str; 4] = [
+const DECISION_SERVICES: [&str; 5] = [
     "cedar_pdp.v1.AuthorizationService",
+    "envoy.service.auth.v3.Authorization",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -304,6 +305,7 @@ fn reflection(
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(crate::grpc::ENVOY_AUTHZ_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
         for name in only.into_iter().flatten() {
             builder = builder.with_service_name(*name);

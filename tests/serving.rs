@@ -60,8 +60,37 @@ async fn shutdown_with_nothing_in_flight_is_prompt() {
 async fn reflection_lists_the_services() {
     let server = TestServer::start(&example_policies()).await;
     let names = listed_services(server.channel().await).await;
-    for expected in ["cedar_pdp.v1.AuthorizationService", "cedar_pdp.v1.AdminService", "grpc.health.v1.Health"] {
+    for expected in [
+        "cedar_pdp.v1.AuthorizationService",
+        "cedar_pdp.v1.AdminService",
+        "grpc.health.v1.Health",
+        "envoy.service.auth.v3.Authorization",
+    ] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+}
+
+/// Reflection describes Envoy's ext_authz service with every file it imports, so a client without
+/// the protos (grpcurl) can build a CheckRequest.
+#[tokio::test]
+async fn reflection_describes_envoys_authorization_service() {
+    let server = TestServer::start(&example_policies()).await;
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol("envoy.service.auth.v3.Authorization".into())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("no file descriptors");
+    };
+    // Each encoded FileDescriptorProto starts with its name (field 1).
+    let names: Vec<String> =
+        files.file_descriptor_proto.iter().map(|bytes| String::from_utf8_lossy(bytes).into_owned()).collect();
+    for expected in ["envoy/service/auth/v3/external_auth.proto", "envoy/service/auth/v3/attribute_context.proto"] {
+        assert!(names.iter().any(|n| n.contains(expected)), "{expected} missing");
     }
 }
 

@@ -29,6 +29,9 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cedar_pdp_descriptor");
 }
 
+/// Envoy's `envoy.service.auth.v3` and its imports (`proto/vendor/`), for server reflection.
+pub const ENVOY_AUTHZ_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envoy_authz_descriptor");
+
 pub use pb::admin_service_client::AdminServiceClient;
 pub use pb::admin_service_server::AdminServiceServer;
 pub use pb::authorization_service_client::AuthorizationServiceClient;
