@@ -380,7 +380,7 @@ mod tests {
     use cedar_policy::{Authorizer, Context};
 
     use super::*;
-    use crate::config::ValidationMode;
+    use crate::policy::ValidationMode;
     use crate::policy::load_dir;
 
     fn cedar(snapshot: &Snapshot, request: &Request) -> Verdict {

@@ -54,26 +54,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// How strictly policies (and requests) are checked against the schema, when there is one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ValidationMode {
-    /// Cedar's strict validation; requests are validated against the schema.
-    Strict,
-    /// Cedar's permissive validation; requests are validated against the schema.
-    Permissive,
-    /// No policy or request validation: a set that does not validate still loads (warnings logged).
-    Off,
-}
-
-impl ValidationMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ValidationMode::Strict => "strict",
-            ValidationMode::Permissive => "permissive",
-            ValidationMode::Off => "off",
-        }
-    }
-}
+pub use crate::policy::ValidationMode;
 
 #[derive(Debug, Clone, Args)]
 pub struct PolicyConfig {

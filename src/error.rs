@@ -8,7 +8,43 @@ use std::fmt;
 use thiserror::Error;
 use tonic::Status;
 
-use crate::policy::Diagnostic;
+/// One problem found while loading a policy directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Path relative to the policy directory (or the directory itself for whole-set problems).
+    pub file: String,
+    /// 1-based line and column, when the problem has a position.
+    pub position: Option<(usize, usize)>,
+    pub message: String,
+    /// The source line the position points into.
+    pub snippet: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { file: file.into(), position: None, message: message.into(), snippet: None }
+    }
+
+    /// `file:line:col: message`, the one-line form used in logs and the status API.
+    pub fn one_line(&self) -> String {
+        match self.position {
+            Some((line, col)) => format!("{}:{line}:{col}: {}", self.file, self.message),
+            None => format!("{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    /// The form people read in a terminal: the one-line form and, under it, the offending line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.one_line())?;
+        if let (Some((line, col)), Some(snippet)) = (self.position, &self.snippet) {
+            let gutter = line.to_string().len();
+            write!(f, "\n {:gutter$} |\n {line} | {snippet}\n {:gutter$} | {:>col$}", "", "", "^")?;
+        }
+        Ok(())
+    }
+}
 
 /// A policy directory that does not load: every problem found, each with file and position.
 #[derive(Debug, Error)]

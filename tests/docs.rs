@@ -1,8 +1,8 @@
 //! The docs stay true: the README's configuration table matches `serve`'s own flag definitions, and
-//! ARCHITECTURE.md's codemap names every source file.
+//! ARCHITECTURE.md's codemap names every source file, and module dependencies run the way it says.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use cedar_pdp::config::Cli;
@@ -76,4 +76,105 @@ fn the_architecture_codemap_names_every_source_file() {
     }
     missing.sort();
     assert!(missing.is_empty(), "ARCHITECTURE.md does not mention {missing:?}");
+}
+
+/// The `crate::<module>` references of each top-level module of `src/`, comments left out.
+fn module_references() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut graph = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if ["main", "lib"].contains(&name.as_str()) {
+            continue;
+        }
+        let mut files = vec![path.clone()];
+        let mut text = String::new();
+        while let Some(file) = files.pop() {
+            if file.is_dir() {
+                files.extend(std::fs::read_dir(&file).unwrap().map(|e| e.unwrap().path()));
+            } else {
+                text.push_str(&std::fs::read_to_string(&file).unwrap());
+            }
+        }
+        let mut uses = BTreeSet::new();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (i, _) in line.match_indices("crate::") {
+                let rest = &line[i + "crate::".len()..];
+                let module: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if !module.is_empty() && module != name {
+                    uses.insert(module);
+                }
+            }
+        }
+        graph.insert(name, uses);
+    }
+    graph
+}
+
+/// Module dependencies run one way (front doors → decision → policy / entities → core types): no
+/// cycle anywhere; decisions are made only through `decision`; the core knows nothing of gRPC
+/// except `error.rs`, the one place errors become statuses.
+#[test]
+fn module_dependencies_run_one_way() {
+    let graph = module_references();
+    assert!(graph.len() > 10, "{graph:?}");
+    // Depth-first search for a back edge.
+    fn visit<'a>(
+        node: &'a str,
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) {
+        if let Some(at) = path.iter().position(|n| *n == node) {
+            panic!("a dependency cycle: {}", [&path[at..], &[node]].concat().join(" → "));
+        }
+        if done.contains(node) {
+            return;
+        }
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done);
+        }
+        path.pop();
+        done.insert(node);
+    }
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        visit(node, &graph, &mut Vec::new(), &mut done);
+    }
+    for core in ["config", "json", "authz", "policy", "entities", "decision", "error"] {
+        for front_door in ["grpc", "http", "server", "cli"] {
+            assert!(!graph[core].contains(front_door), "{core} depends on the front door {front_door}");
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for core in ["config.rs", "json.rs", "authz.rs", "policy", "entities", "decision"] {
+        let mut files = vec![src.join(core)];
+        while let Some(file) = files.pop() {
+            if file.is_dir() {
+                files.extend(std::fs::read_dir(&file).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("tonic"), "{} uses tonic", file.display());
+            // Front doors decide through `decision`, never around it.
+            if !file.starts_with(src.join("decision")) && !file.starts_with(src.join("entities")) {
+                assert!(!text.contains("entities::decide("), "{} decides around `decision`", file.display());
+            }
+        }
+    }
+    for front_door in ["grpc", "http", "envoy"] {
+        let mut files = vec![src.join(front_door)];
+        while let Some(file) = files.pop() {
+            if file.is_dir() {
+                files.extend(std::fs::read_dir(&file).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            for around in ["entities::decide(", "authz::decide("] {
+                assert!(!text.contains(around), "{} decides around `decision` ({around})", file.display());
+            }
+        }
+    }
 }

@@ -2,26 +2,11 @@
 //!
 //! Cedar reports errors as `miette` diagnostics whose labels are byte offsets into the text that was
 //! parsed. Each policy file is parsed on its own, so an offset maps straight back to a line of its file.
+//! (`Diagnostic` itself is a core type, in `error.rs`.)
 
-use std::fmt;
-
-/// One problem found while loading a policy directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// Path relative to the policy directory (or the directory itself for whole-set problems).
-    pub file: String,
-    /// 1-based line and column, when the problem has a position.
-    pub position: Option<(usize, usize)>,
-    pub message: String,
-    /// The source line the position points into.
-    pub snippet: Option<String>,
-}
+use crate::error::Diagnostic;
 
 impl Diagnostic {
-    pub fn new(file: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { file: file.into(), position: None, message: message.into(), snippet: None }
-    }
-
     /// Builds a diagnostic from a Cedar error, locating its first label in `source`.
     pub fn from_miette(file: &str, source: Option<&str>, err: &dyn miette::Diagnostic) -> Self {
         let mut message = err.to_string();
@@ -36,26 +21,6 @@ impl Diagnostic {
             diag.snippet = Some(text.to_string());
         }
         diag
-    }
-
-    /// `file:line:col: message`, the one-line form used in logs and the status API.
-    pub fn one_line(&self) -> String {
-        match self.position {
-            Some((line, col)) => format!("{}:{line}:{col}: {}", self.file, self.message),
-            None => format!("{}: {}", self.file, self.message),
-        }
-    }
-}
-
-impl fmt::Display for Diagnostic {
-    /// The form people read in a terminal: the one-line form and, under it, the offending line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "error: {}", self.one_line())?;
-        if let (Some((line, col)), Some(snippet)) = (self.position, &self.snippet) {
-            let gutter = line.to_string().len();
-            write!(f, "\n {:gutter$} |\n {line} | {snippet}\n {:gutter$} | {:>col$}", "", "", "^")?;
-        }
-        Ok(())
     }
 }
 

@@ -17,9 +17,9 @@ use cedar_policy::{Entities, Entity, EntityUid, PolicyId, PolicySet, Schema, Sch
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::diag::Diagnostic;
+use super::ValidationMode;
 use super::snapshot::{FileStat, Snapshot};
-use crate::config::ValidationMode;
+use crate::error::Diagnostic;
 use crate::error::PolicyLoadError;
 
 /// Deeper than this is taken for a symlink loop.

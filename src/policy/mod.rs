@@ -16,15 +16,35 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
-pub use diag::Diagnostic;
+pub use crate::error::Diagnostic;
 pub use load::load_dir;
 pub(crate) use scope::Selected;
 pub use scope::Targets;
 pub use snapshot::Snapshot;
 pub(crate) use snapshot::collect_uids;
 
-use crate::config::{PolicyConfig, ValidationMode};
 use crate::error::PolicyLoadError;
+
+/// How strictly policies (and requests) are checked against the schema, when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValidationMode {
+    /// Cedar's strict validation; requests are validated against the schema.
+    Strict,
+    /// Cedar's permissive validation; requests are validated against the schema.
+    Permissive,
+    /// No policy or request validation: a set that does not validate still loads (warnings logged).
+    Off,
+}
+
+impl ValidationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationMode::Strict => "strict",
+            ValidationMode::Permissive => "permissive",
+            ValidationMode::Off => "off",
+        }
+    }
+}
 
 /// Counters and the last failure, for the status API.
 #[derive(Debug, Clone, Default)]
@@ -54,10 +74,10 @@ pub enum ReloadOutcome {
 }
 
 impl PolicyStore {
-    pub fn new(config: &PolicyConfig) -> Self {
+    pub fn new(dir: PathBuf, mode: ValidationMode) -> Self {
         PolicyStore {
-            dir: config.policies.clone(),
-            mode: config.validation,
+            dir,
+            mode,
             current: ArcSwapOption::empty(),
             stats: Mutex::new(ReloadStats::default()),
             reloading: tokio::sync::Mutex::new(()),

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 
 use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
 
+use super::ValidationMode;
 use super::scope::{ScopeIndex, Selected, Targets};
-use crate::config::ValidationMode;
 
 /// What one policy file contributed to a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
