@@ -15,9 +15,13 @@ struct Api {
 
 impl Api {
     async fn start(adjust: impl FnOnce(&mut cedar_pdp::config::ServeConfig)) -> Api {
+        Api::start_in(&example_policies(), adjust).await
+    }
+
+    async fn start_in(dir: &std::path::Path, adjust: impl FnOnce(&mut cedar_pdp::config::ServeConfig)) -> Api {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let server = TestServer::start_with(&example_policies(), |c| {
+        let server = TestServer::start_with(dir, |c| {
             c.http_listen = cedar_pdp::config::Listen(Some(addr));
             adjust(c);
         })
@@ -334,4 +338,48 @@ async fn search_resource_and_subject_page_through_the_grpc_listings() {
     for key in ["search_subject_endpoint", "search_resource_endpoint", "search_action_endpoint"] {
         assert!(config[key].as_str().is_some_and(|u| u.contains("/access/v1/search/")), "{key}: {config}");
     }
+}
+
+/// `authzen.toml` maps AuthZEN's type names and action namespace to Cedar's, both ways.
+#[tokio::test]
+async fn authzen_toml_maps_type_names_and_the_action_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = "namespace App { entity User; entity Document { owner: User }; \
+                  action view appliesTo { principal: User, resource: Document }; }";
+    std::fs::write(dir.path().join("schema.cedarschema"), schema).unwrap();
+    let policy = r#"permit(principal, action == App::Action::"view", resource) when { resource.owner == principal };"#;
+    std::fs::write(dir.path().join("policies.cedar"), policy).unwrap();
+    let entities = json!([
+        {"uid": {"type": "App::User", "id": "alice"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "App::User", "id": "bob"}, "attrs": {}, "parents": []},
+        {"uid": {"type": "App::Document", "id": "d1"}, "attrs": {"owner": {"__entity": {"type": "App::User", "id": "alice"}}}, "parents": []},
+        {"uid": {"type": "App::Document", "id": "d2"}, "attrs": {"owner": {"__entity": {"type": "App::User", "id": "bob"}}}, "parents": []},
+    ]);
+    std::fs::write(dir.path().join("entities.json"), entities.to_string()).unwrap();
+    let names = "action_namespace = \"App\"\n[types]\nuser = \"App::User\"\ndocument = \"App::Document\"\n";
+    std::fs::write(dir.path().join("authzen.toml"), names).unwrap();
+    let api = Api::start_in(dir.path(), |_| {}).await;
+    for (doc, allowed) in [("d1", true), ("d2", false)] {
+        let body = json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "view"},
+                          "resource": {"type": "document", "id": doc}});
+        let (status, answer, _) = api.post("/access/v1/evaluation", &body.to_string()).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["decision"], json!(allowed), "{doc}: {answer}");
+        let check = req(r#"App::User::"alice""#, r#"App::Action::"view""#, &format!(r#"App::Document::"{doc}""#));
+        assert_eq!(is_allow(&api.server.check(check).await.unwrap()), allowed);
+    }
+    let body = json!({"subject": {"type": "user", "id": "alice"}, "action": {"name": "view"}, "resource": {"type": "document"}});
+    let (status, answer, _) = api.post("/access/v1/search/resource", &body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"], json!([{"type": "document", "id": "d1"}]), "{answer}");
+    let body = json!({"subject": {"type": "user", "id": "alice"}, "resource": {"type": "document", "id": "d1"}});
+    let (status, answer, _) = api.post("/access/v1/search/action", &body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"], json!([{"name": "view"}]), "{answer}");
+    // A mapping to a type the schema does not declare: the directory does not load, naming the file.
+    std::fs::write(dir.path().join("authzen.toml"), "[types]\nuser = \"App::Person\"\n").unwrap();
+    let Err(err) = cedar_pdp::policy::load_dir(dir.path(), cedar_pdp::config::ValidationMode::Strict) else {
+        panic!("a bad authzen.toml loaded");
+    };
+    assert!(err.diagnostics.iter().any(|d| d.file == "authzen.toml" && d.message.contains("App::Person")), "{err}");
 }

@@ -16,7 +16,7 @@ use super::{HttpApi, HttpError, with_request_id};
 use crate::authz::{CheckInput, UidRef};
 use crate::decision::{ListQuery, Origin, Varying};
 use crate::error::{DecideError, RequestError};
-use crate::policy::Snapshot;
+use crate::policy::{AuthzenNames, Snapshot};
 use crate::telemetry::HttpInfo;
 use crate::tls::Peer;
 
@@ -66,7 +66,7 @@ async fn evaluation(
         let request = parse_body(&body)?;
         let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
         let request_id = request_id(&headers);
-        let item = Item::parse(&request, "")?;
+        let item = Item::parse(&request, "", &snapshot.authzen)?;
         decide(&api, &snapshot, &item, &request_id, "evaluation").await.map_err(|e| decide_error(e, ""))
     }
     .await;
@@ -101,7 +101,7 @@ async fn evaluations(
         let snapshot = api.decisions.snapshot().map_err(|e| HttpError::from_status(&e.into()))?;
         let request_id = request_id(&headers);
         if items.is_empty() {
-            let item = Item::parse(&request, "")?;
+            let item = Item::parse(&request, "", &snapshot.authzen)?;
             let answer =
                 decide(&api, &snapshot, &item, &request_id, "evaluations").await.map_err(|e| decide_error(e, ""))?;
             return Ok(json!({ "evaluations": [answer] }));
@@ -113,7 +113,7 @@ async fn evaluations(
                 return Err(HttpError::bad_request(format!("`evaluations[{i}]` must be an object")));
             };
             let merged = defaults_replaced_by(&request, own);
-            let item = Item::parse(&merged, &at)?;
+            let item = Item::parse(&merged, &at, &snapshot.authzen)?;
             let answer = match decide(&api, &snapshot, &item, &request_id, "evaluations").await {
                 Ok(answer) => answer,
                 // An item that cannot be decided is a deny with its reason, as the spec asks.
@@ -154,7 +154,7 @@ async fn search_action(
         };
         let mut with_action = request.clone();
         with_action.insert("action".into(), json!({"name": "-"}));
-        let item = Item::parse(&with_action, "")?;
+        let item = Item::parse(&with_action, "", &snapshot.authzen)?;
         let entities_json = item.entities_json();
         let input = item.input(&entities_json);
         let request_id = request_id(&headers);
@@ -163,7 +163,9 @@ async fn search_action(
             http: Some(HttpInfo { route: "search_action", request_id: &request_id, dry_run: false }),
         };
         let actions = api.decisions.list_actions(&snapshot, &CheckInput { action: None, ..input }, 0, origin).await;
-        let actions = actions.map_err(|e| decide_error(with_properties_named(e, &item.entities), ""))?;
+        let mut actions = actions.map_err(|e| decide_error(with_properties_named(e, &item.entities), ""))?;
+        // An AuthZEN action is a name in the action namespace (`authzen.toml`): others are not listed.
+        actions.retain(|a| a.type_name().to_string() == snapshot.authzen.action_type());
         let total = actions.len();
         let results: Vec<Value> =
             actions.iter().skip(offset).take(limit).map(|a| json!({"name": a.id().unescaped()})).collect();
@@ -201,7 +203,8 @@ async fn search_entities(
         let ty = searched_type(&mut request, part)?;
         let (token, limit) = page_object(&request)?;
         let after = token_key(&token, &snapshot.version)?;
-        let item = Item::parse(&request, "")?;
+        let item = Item::parse(&request, "", &snapshot.authzen)?;
+        let ty = snapshot.authzen.cedar_type(&ty).to_string();
         let entities_json = item.entities_json();
         let mut input = item.input(&entities_json);
         match varying {
@@ -222,8 +225,11 @@ async fn search_entities(
         };
         let listed = api.decisions.list(&snapshot, &query, origin).await;
         let listed = listed.map_err(|e| decide_error(with_properties_named(e, &item.entities), ""))?;
-        let results: Vec<Value> =
-            listed.uids.iter().map(|u| json!({"type": u.type_name().to_string(), "id": u.id().unescaped()})).collect();
+        let as_authzen = |u: &cedar_policy::EntityUid| {
+            let ty = u.type_name().to_string();
+            json!({"type": snapshot.authzen.authzen_type(&ty), "id": u.id().unescaped()})
+        };
+        let results: Vec<Value> = listed.uids.iter().map(as_authzen).collect();
         let next_token =
             listed.next.map(|key| crate::decision::page_token(&snapshot.version, &key)).unwrap_or_default();
         let count = results.len();
@@ -338,9 +344,10 @@ fn request_id(headers: &HeaderMap) -> String {
     headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
-/// One evaluation's parts, as Cedar request text.
+/// One evaluation's parts, as Cedar request text (types through `authzen.toml`'s names).
 struct Item {
     subject: (String, String),
+    action_type: String,
     action: String,
     resource: (String, String),
     context: String,
@@ -350,7 +357,7 @@ struct Item {
 
 impl Item {
     /// Reads subject, action, resource and context; `at` prefixes field names in errors.
-    fn parse(request: &Map<String, Value>, at: &str) -> Result<Item, HttpError> {
+    fn parse(request: &Map<String, Value>, at: &str, names: &AuthzenNames) -> Result<Item, HttpError> {
         let object = |key: &str| -> Result<&Map<String, Value>, HttpError> {
             request
                 .get(key)
@@ -364,8 +371,9 @@ impl Item {
             }
         };
         let (subject, action, resource) = (object("subject")?, object("action")?, object("resource")?);
-        let subject_uid = (text(subject, "type", "subject")?, text(subject, "id", "subject")?);
-        let resource_uid = (text(resource, "type", "resource")?, text(resource, "id", "resource")?);
+        let cedar = |name: String| names.cedar_type(&name).to_string();
+        let subject_uid = (cedar(text(subject, "type", "subject")?), text(subject, "id", "subject")?);
+        let resource_uid = (cedar(text(resource, "type", "resource")?), text(resource, "id", "resource")?);
         let context = match request.get("context") {
             None | Some(Value::Null) => String::new(),
             Some(Value::Object(c)) => Value::Object(c.clone()).to_string(),
@@ -383,6 +391,7 @@ impl Item {
         }
         Ok(Item {
             subject: subject_uid,
+            action_type: names.action_type().to_string(),
             action: text(action, "name", "action")?,
             resource: resource_uid,
             context,
@@ -403,7 +412,7 @@ impl Item {
     fn input<'a>(&'a self, entities_json: &'a str) -> CheckInput<'a> {
         CheckInput {
             principal: Some(UidRef { ty: &self.subject.0, id: &self.subject.1 }),
-            action: Some(UidRef { ty: "Action", id: &self.action }),
+            action: Some(UidRef { ty: &self.action_type, id: &self.action }),
             resource: Some(UidRef { ty: &self.resource.0, id: &self.resource.1 }),
             context_json: &self.context,
             entities_json,

@@ -33,6 +33,7 @@ enum Kind {
     Entities,
     Links,
     ExtAuthz,
+    Authzen,
 }
 
 struct SourceFile {
@@ -76,6 +77,17 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
             Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
         }
     }
+    let mut authzen = super::AuthzenNames::default();
+    for file in by_kind(Kind::Authzen) {
+        if file.rel != super::authzen::FILE {
+            diags.push(Diagnostic::new(&file.rel, "the AuthZEN names belong at the top of the directory"));
+            continue;
+        }
+        match super::AuthzenNames::parse(&file.text, schema.as_ref()) {
+            Ok(names) => authzen = names,
+            Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
+        }
+    }
     if !diags.is_empty() {
         return Err(PolicyLoadError { diagnostics: diags });
     }
@@ -92,6 +104,7 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
         snapshot.version = hash.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
     }
     snapshot.ext_authz = ext_authz;
+    snapshot.authzen = std::sync::Arc::new(authzen);
     snapshot.files = file_stats(&snapshot.policies, &origins);
     Ok(snapshot)
 }
@@ -127,6 +140,8 @@ fn classify(name: &str) -> Option<Kind> {
         Some(Kind::Links)
     } else if name == crate::envoy::FILE {
         Some(Kind::ExtAuthz)
+    } else if name == super::authzen::FILE {
+        Some(Kind::Authzen)
     } else {
         None
     }

@@ -4,6 +4,7 @@
 //! bad edit never replaces the last good set. A request loads the snapshot once and decides on it to
 //! the end, whatever reloads happen meanwhile.
 
+mod authzen;
 mod diag;
 mod load;
 mod scope;
@@ -17,6 +18,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 
 pub use crate::error::Diagnostic;
+pub use authzen::AuthzenNames;
 pub use load::load_dir;
 pub(crate) use scope::Selected;
 pub use scope::Targets;

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub template_count: usize,
     /// The Envoy ext_authz mapping (`ext_authz.toml`), when the directory has one.
     pub ext_authz: Option<std::sync::Arc<crate::envoy::Mapping>>,
+    /// AuthZEN's names for Cedar types (`authzen.toml`; the same names without it).
+    pub authzen: std::sync::Arc<super::AuthzenNames>,
     /// Per policy file: what it holds, to notice an edit that empties a file or drops its forbids.
     pub files: std::collections::BTreeMap<String, FileStat>,
     pub(crate) authorizer: Authorizer,
@@ -105,6 +107,7 @@ impl Snapshot {
             policy_count: policies.policies().count(),
             template_count: policies.templates().count(),
             ext_authz: None,
+            authzen: Default::default(),
             files: Default::default(),
             policies,
             schema,
