@@ -355,16 +355,9 @@ async fn assert_share_exact(server: &TestServer) {
     }
 }
 
-#[tokio::test]
-async fn the_children_index_follows_moves_and_deletes_and_is_built_for_an_older_database() {
-    let dir = policy_dir();
-    let data = tempfile::tempdir().unwrap();
-    let on = |c: &mut ServeConfig| c.entities.data_dir = data.path().join("data");
-    let server = TestServer::start_with(dir.path(), on).await;
+/// Moves documents into and out of the `eng` tree, re-parents a folder and deletes some documents.
+async fn move_and_delete(server: &TestServer) {
     let mut writer = server.entities(None).await;
-    writer.upsert_entities(pb::UpsertEntitiesRequest { entities: generated(), ..Default::default() }).await.unwrap();
-    assert_share_exact(&server).await;
-    // Documents move out of the `eng` tree and into it; a folder in it loses its place; some go.
     let moves: Vec<pb::Entity> = (0..40)
         .map(|d| {
             let to = if d % 2 == 0 { r#"Folder::"f6""# } else { r#"Folder::"f0""# };
@@ -375,6 +368,18 @@ async fn the_children_index_follows_moves_and_deletes_and_is_built_for_an_older_
     writer.upsert_entities(pb::UpsertEntitiesRequest { entities: moves, ..Default::default() }).await.unwrap();
     let gone = (40..60).map(|d| uid(&format!(r#"Document::"d{d}""#))).collect();
     writer.delete_entities(pb::DeleteEntitiesRequest { uids: gone, ..Default::default() }).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_children_index_follows_moves_and_deletes_and_is_built_for_an_older_database() {
+    let dir = policy_dir();
+    let data = tempfile::tempdir().unwrap();
+    let on = |c: &mut ServeConfig| c.entities.data_dir = data.path().join("data");
+    let server = TestServer::start_with(dir.path(), on).await;
+    let mut writer = server.entities(None).await;
+    writer.upsert_entities(pb::UpsertEntitiesRequest { entities: generated(), ..Default::default() }).await.unwrap();
+    assert_share_exact(&server).await;
+    move_and_delete(&server).await;
     assert_share_exact(&server).await;
     server.stop().await.unwrap();
 
@@ -392,5 +397,45 @@ async fn the_children_index_follows_moves_and_deletes_and_is_built_for_an_older_
         txn.commit().unwrap();
     }
     let server = TestServer::start_with(dir.path(), on).await;
+    assert_share_exact(&server).await;
+}
+
+/// Redis's index keys: the marker that it is complete, and the `c:` sets.
+fn redis_index(redis: &RedisServer) -> (Option<String>, usize) {
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let marker: Option<String> = redis::cmd("GET").arg("cedar-pdp:children").query(&mut conn).unwrap();
+    let sets: Vec<String> = redis::cmd("KEYS").arg("cedar-pdp:c:*").query(&mut conn).unwrap();
+    (marker, sets.len())
+}
+
+#[tokio::test]
+async fn the_redis_children_index_follows_moves_and_deletes_and_is_built_for_an_older_store() {
+    let redis = RedisServer::start();
+    let dir = policy_dir();
+    let url = redis.url();
+    let on = move |c: &mut ServeConfig| c.entities.redis_url = Some(url);
+    let server = TestServer::start_with(dir.path(), on.clone()).await;
+    eventually("the index marked complete", Duration::from_secs(10), || async { redis_index(&redis).0.is_some() })
+        .await;
+    let mut writer = server.entities(None).await;
+    writer.upsert_entities(pb::UpsertEntitiesRequest { entities: generated(), ..Default::default() }).await.unwrap();
+    assert!(redis_index(&redis).1 > 5, "the writes keep the index");
+    assert_share_exact(&server).await;
+    move_and_delete(&server).await;
+    assert_share_exact(&server).await;
+    server.stop().await.unwrap();
+
+    // A store written before the index: no `c:`/`pa:` sets, no marker. A replica builds them.
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    for pattern in ["cedar-pdp:c:*", "cedar-pdp:pa:*", "cedar-pdp:children"] {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
+        for key in keys {
+            let _: () = redis::cmd("DEL").arg(key).query(&mut conn).unwrap();
+        }
+    }
+    assert_eq!(redis_index(&redis), (None, 0));
+    let server = TestServer::start_with(dir.path(), on).await;
+    eventually("the index rebuilt", Duration::from_secs(10), || async { redis_index(&redis).0.is_some() }).await;
+    assert!(redis_index(&redis).1 > 5);
     assert_share_exact(&server).await;
 }

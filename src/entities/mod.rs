@@ -220,8 +220,13 @@ impl EntityStore {
         if let Some(retention) = config.audit_retention {
             tokio::spawn(trim_audit_forever(Arc::downgrade(&store), retention, stop.clone()));
         }
-        if let Backend::Local { store: local, .. } = &store.backend {
-            tokio::spawn(forget_requests_forever(Arc::downgrade(local), stop));
+        match &store.backend {
+            Backend::Local { store: local, .. } => {
+                tokio::spawn(forget_requests_forever(Arc::downgrade(local), stop));
+            }
+            Backend::Redis { .. } => {
+                tokio::spawn(index_children_until_done(Arc::downgrade(&store), stop));
+            }
         }
         Ok(store)
     }
@@ -408,12 +413,14 @@ impl EntityStore {
         }
     }
 
-    /// The uids of the entities whose parents include one of `parents`, or `None` when the store
-    /// keeps no such index (Redis) or there are more than `limit`.
+    /// The uids of the entities whose parents include one of `parents`, or `None` when the store's
+    /// index is not complete yet (Redis written by an older version) or there are more than `limit`.
     pub async fn children(&self, parents: Vec<EntityUid>, limit: usize) -> Result<Option<Vec<EntityUid>>, StoreError> {
-        let Backend::Local { store, .. } = &self.backend else { return Ok(None) };
         let keys: Vec<String> = parents.iter().map(key_of).collect();
-        let children = store.blocking(move |store| store.children(&keys, limit)).await?;
+        let children = match &self.backend {
+            Backend::Local { store, .. } => store.blocking(move |store| store.children(&keys, limit)).await?,
+            Backend::Redis { store, .. } => store.children(&keys, limit).await?,
+        };
         Ok(children.map(|keys| keys.iter().filter_map(|k| uid_of_key(k)).collect()))
     }
 
@@ -485,6 +492,23 @@ async fn trim_audit_forever(
     }
 }
 
+/// Builds Redis's children index if a store from before it lacks it, retrying while Redis is down.
+async fn index_children_until_done(store: std::sync::Weak<EntityStore>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let Some(strong) = store.upgrade() else { return };
+        let Backend::Redis { store: redis, .. } = &strong.backend else { return };
+        match redis.index_children().await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!("the children index of the Redis store (listings scan by type meanwhile): {e}"),
+        }
+        drop(strong);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
 /// Forgets request keys older than [`RequestKey::KEPT`] now and then (Redis expires its own).
 async fn forget_requests_forever(store: std::sync::Weak<local::LocalStore>, stop: tokio_util::sync::CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(600));
@@ -526,6 +550,15 @@ pub(crate) fn parse_stored(bytes: &[u8]) -> Result<Record, StoreError> {
 }
 
 /// The key text of a uid, as stored and published: Cedar's own escaped form, `User::"alice"`.
+/// The uid keys of an entity JSON's parents (for the children index).
+pub(crate) fn parent_keys(entity: &serde_json::Value) -> Vec<String> {
+    let mut parents = Vec::new();
+    if let Some(p) = entity.get("parents") {
+        crate::policy::collect_uids(p, &mut parents);
+    }
+    parents.iter().map(key_of).collect()
+}
+
 pub fn key_of(uid: &EntityUid) -> String {
     uid.to_string()
 }

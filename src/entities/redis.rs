@@ -1,6 +1,9 @@
 //! The Redis store, shared by every replica. Keys, under a configurable prefix `p`:
 //! - `p e:<uid>`: `{"rev": N, "entity": <Cedar entity JSON>}`, uid in Cedar's form (`User::"alice"`);
 //! - `p t:<type>`: a sorted set of the type's uids (all score 0), for listing in uid order;
+//! - `p c:<uid>`: the set of uids whose parents include `<uid>`, and `p pa:<uid>` the uids of its
+//!   parents (the children index, for listings that need only what is under an entity); `p children`
+//!   is `1` once the index is complete (a store from before it is indexed by the first replica up);
 //! - `p rev`: the revision counter; `p audit`: the audit stream;
 //! - channel `p invalidate:<db>`: one message per write, `<rev>\n<uid>\n<uid>…` (channels are
 //!   global to a Redis server, so the database number keeps deployments on other databases apart).
@@ -26,7 +29,8 @@ use super::{
 use crate::error::StoreError;
 
 /// Applies one batch. ARGV: prefix, channel, actor, floor, request id ("" for none), request digest,
-/// then (op, uid, type, entity JSON or "") per change. A request id used before returns its first
+/// then (op, uid, type, entity JSON or "", parent uids joined by newlines) per change. Each change
+/// also keeps the children index (`c:<parent>` → child uids, `pa:<uid>` → its parents' uids). A request id used before returns its first
 /// revision (same digest) or an error (another batch), writing nothing; a new one is kept a day. The new revision is above both the stored one and the writer's floor (the highest it
 /// has seen): after Redis lost writes, revisions go on instead of being issued a second time.
 /// Validation happened before, and every key's type is checked before the first write: nothing here
@@ -43,8 +47,12 @@ local function expect(key, want)
 end
 local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream')
 if rid ~= '' then bad = bad or expect(request, 'string') end
-for i = 7, #ARGV, 4 do
+for i = 7, #ARGV, 5 do
   bad = bad or expect(p .. 'e:' .. ARGV[i + 1], 'string') or expect(p .. 't:' .. ARGV[i + 2], 'zset')
+    or expect(p .. 'pa:' .. ARGV[i + 1], 'set')
+  for parent in string.gmatch(ARGV[i + 4], '[^\n]+') do
+    bad = bad or expect(p .. 'c:' .. parent, 'set')
+  end
 end
 if bad then return bad end
 if rid ~= '' then
@@ -68,8 +76,20 @@ local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local rev = string.format('%d', math.max(stored, floor, clock) + 1)
 redis.call('SET', p .. 'rev', rev)
 local uids = {}
-for i = 7, #ARGV, 4 do
-  local op, uid, ty, entity = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+for i = 7, #ARGV, 5 do
+  local op, uid, ty, entity, parents = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  -- The children index: the entity's old parent edges go, its new ones come.
+  local pa = p .. 'pa:' .. uid
+  for _, old in ipairs(redis.call('SMEMBERS', pa)) do
+    redis.call('SREM', p .. 'c:' .. old, uid)
+  end
+  redis.call('DEL', pa)
+  if op == 'upsert' then
+    for parent in string.gmatch(parents, '[^\n]+') do
+      redis.call('SADD', p .. 'c:' .. parent, uid)
+      redis.call('SADD', pa, parent)
+    end
+  end
   local key = p .. 'e:' .. uid
   local before = redis.call('GET', key) or ''
   local after = ''
@@ -128,6 +148,8 @@ pub struct RedisStore {
     channel: String,
     timeout: Duration,
     apply: redis::Script,
+    /// The children index was seen complete (it stays so: every write keeps it).
+    children_indexed: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -141,7 +163,15 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
         let channel = format!("{prefix}invalidate:{}", client.get_connection_info().redis_settings().db());
-        Ok(RedisStore { client, conn, prefix: prefix.to_string(), channel, timeout, apply: redis::Script::new(APPLY) })
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            channel,
+            timeout,
+            apply: redis::Script::new(APPLY),
+            children_indexed: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     fn entity_key(&self, uid: &str) -> String {
@@ -171,11 +201,16 @@ impl RedisStore {
         };
         for change in changes {
             let uid = change.uid();
-            let entity = match change {
-                Change::Upsert { json, .. } => json.to_string(),
-                Change::Delete { .. } => String::new(),
+            let (entity, parents) = match change {
+                Change::Upsert { json, .. } => (json.to_string(), super::parent_keys(json).join("\n")),
+                Change::Delete { .. } => (String::new(), String::new()),
             };
-            invocation.arg(change.operation()).arg(key_of(uid)).arg(uid.type_name().to_string()).arg(entity);
+            invocation
+                .arg(change.operation())
+                .arg(key_of(uid))
+                .arg(uid.type_name().to_string())
+                .arg(entity)
+                .arg(parents);
         }
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
@@ -286,6 +321,55 @@ impl RedisStore {
             }
         }
         Ok(())
+    }
+
+    /// The uids of the entities whose parents include one of `parents`, or `None` when the children
+    /// index is not complete yet (a store written before it, still being indexed) or past `limit`.
+    pub async fn children(&self, parents: &[String], limit: usize) -> Result<Option<Vec<String>>, StoreError> {
+        let mut conn = self.conn.clone();
+        if !self.children_indexed.load(std::sync::atomic::Ordering::Relaxed) {
+            let marker: Option<String> = self.bounded(conn.get(format!("{}children", self.prefix))).await?;
+            if marker.as_deref() != Some("1") {
+                return Ok(None);
+            }
+            self.children_indexed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut pipe = redis::pipe();
+        for parent in parents {
+            pipe.smembers(format!("{}c:{parent}", self.prefix));
+        }
+        let sets: Vec<Vec<String>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        let children: Vec<String> = sets.into_iter().flatten().collect();
+        Ok((children.len() <= limit).then_some(children))
+    }
+
+    /// Builds the children index of a store written before it (by an older version), then marks it
+    /// complete. Writes meanwhile keep their own edges; this only adds, so the index may hold an
+    /// outdated edge (a candidate more, decided like the rest) but never lacks one once marked.
+    pub async fn index_children(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let marker = format!("{}children", self.prefix);
+        if self.bounded(conn.get::<_, Option<String>>(&marker)).await?.as_deref() == Some("1") {
+            return Ok(());
+        }
+        for ty in self.types().await? {
+            let mut after = String::new();
+            loop {
+                let records = self.list(&ty, &after, 500).await?;
+                let Some(last) = records.last() else { break };
+                after = key_of(&last.uid()?);
+                let mut pipe = redis::pipe();
+                for record in &records {
+                    let uid = key_of(&record.uid()?);
+                    for parent in record.parents.iter().map(key_of) {
+                        pipe.sadd(format!("{}c:{parent}", self.prefix), &uid).ignore();
+                        pipe.sadd(format!("{}pa:{uid}", self.prefix), parent).ignore();
+                    }
+                }
+                self.bounded(pipe.query_async::<()>(&mut conn)).await?;
+            }
+        }
+        self.bounded(conn.set::<_, _, ()>(&marker, "1")).await
     }
 
     /// The entity types that have an index key, in name order.

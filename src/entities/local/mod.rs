@@ -24,7 +24,9 @@ use cedar_policy::EntityUid;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::cache::{EntityCache, Source};
-use super::{AuditRecord, Change, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339, stored_entity};
+use super::{
+    AuditRecord, Change, Fetched, Record, RequestKey, key_of, parent_keys, parse_stored, rfc3339, stored_entity,
+};
 use crate::error::StoreError;
 
 mod trail;
@@ -510,15 +512,6 @@ fn index_children(db: &Database) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
-}
-
-/// The uid keys of an entity JSON's parents.
-fn parent_keys(entity: &serde_json::Value) -> Vec<String> {
-    let mut parents = Vec::new();
-    if let Some(p) = entity.get("parents") {
-        crate::policy::collect_uids(p, &mut parents);
-    }
-    parents.iter().map(key_of).collect()
 }
 
 fn read_meta(db: &Database) -> Result<Meta, redb::Error> {
