@@ -116,6 +116,13 @@ pub struct ServeConfig {
     /// `--check-peer` either: any caller the TLS policy admits, as for the gRPC Check.
     #[arg(long = "http-token", env = "CEDAR_PDP_HTTP_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
     pub http_tokens: Vec<(String, String)>,
+    /// HTTP API: how long a client may take to send a request's headers (HTTP/1.1) before the
+    /// connection is closed: a client trickling bytes cannot hold a connection open.
+    #[arg(long, env = "CEDAR_PDP_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+    /// HTTP API: most connections open at once; past it a new connection is closed at once.
+    #[arg(long, env = "CEDAR_PDP_HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: u32,
     /// Serve Prometheus metrics on this address (`/metrics`). Unset: no metrics endpoint.
     #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

@@ -226,7 +226,11 @@ async fn run(
     };
     if let Some((incoming, api)) = parts.http {
         tracing::info!(listen = %incoming.local_addr(), scheme, "serving the HTTP API (AuthZEN)");
-        crate::http::serve(incoming, api, background.clone());
+        let limits = crate::http::ConnLimits {
+            header_timeout: config.http_header_timeout,
+            max_connections: config.http_max_connections as usize,
+        };
+        crate::http::serve(incoming, api, limits, background.clone());
     }
     let second = parts.provisioning.map(|(incoming, router)| {
         tracing::info!(listen = %incoming.local_addr(), scheme, "serving provisioning and admin");

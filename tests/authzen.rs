@@ -383,3 +383,47 @@ async fn authzen_toml_maps_type_names_and_the_action_namespace() {
     };
     assert!(err.diagnostics.iter().any(|d| d.file == "authzen.toml" && d.message.contains("App::Person")), "{err}");
 }
+
+/// A client that trickles its headers is cut off after `--http-header-timeout`; connections past
+/// `--http-max-connections` are closed at once; neither stops others from being served.
+#[tokio::test]
+async fn slow_and_surplus_connections_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start(|c| c.http_header_timeout = std::time::Duration::from_millis(300)).await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    // Half a request, then silence: closed (perhaps after a 408) once the header timeout passes.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /access/v1/evaluation HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a trickling client kept its connection");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&answer));
+
+    // Two connections held open: the third is closed without an answer.
+    let api = Api::start(|c| c.http_max_connections = 2).await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(b"GET /.well-known/authzen-configuration HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 12];
+        conn.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        held.push(conn);
+    }
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = third.write_all(b"GET /.well-known/authzen-configuration HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read_to_end(&mut answer)).await;
+    assert!(read.is_ok() && answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Once one closes, requests are served again.
+    drop(held.pop());
+    eventually("a connection slot frees", std::time::Duration::from_secs(10), || async {
+        let body = evaluation("bob", "view", "handbook").to_string();
+        let response = api.client.post(format!("{}/access/v1/evaluation", api.base)).body(body).send().await;
+        response.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}

@@ -11,7 +11,6 @@ mod authzen;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::connect_info::Connected;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -56,21 +55,61 @@ pub fn router(api: Arc<HttpApi>) -> axum::Router {
     authzen::routes().layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(api)
 }
 
-/// Serves `router` on `listener` until `stop`.
-pub fn serve(listener: Incoming, api: Arc<HttpApi>, stop: tokio_util::sync::CancellationToken) {
-    let app = router(api).into_make_service_with_connect_info::<Peer>();
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!("the HTTP listener stopped: {e}");
-        }
-    });
+/// What one HTTP connection may hold: a client trickling its headers, or opening connections
+/// without end, cannot tie the listener up.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub header_timeout: std::time::Duration,
+    pub max_connections: usize,
 }
 
-impl Connected<axum::serve::IncomingStream<'_, Incoming>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Self {
-        stream.io().peer().clone()
-    }
+/// How often an idle HTTP/2 connection is pinged, and how long an answer may take before it is closed.
+const H2_PING: (std::time::Duration, std::time::Duration) =
+    (std::time::Duration::from_secs(20), std::time::Duration::from_secs(10));
+
+/// Serves `router` on `listener` until `stop`, each connection on its own task, within `limits`;
+/// on `stop`, open connections finish their requests and close.
+pub fn serve(listener: Incoming, api: Arc<HttpApi>, limits: ConnLimits, stop: tokio_util::sync::CancellationToken) {
+    let app = router(api);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(H2_PING.0)
+        .keep_alive_timeout(H2_PING.1);
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut connections = listener.into_stream();
+    tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let conn = tokio::select! {
+                () = stop.cancelled() => break,
+                conn = tokio_stream::StreamExt::next(&mut connections) => conn,
+            };
+            let Some(Ok(conn)) = conn else { break };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                metrics::counter!("cedar_pdp_http_connections_refused_total").increment(1);
+                continue;
+            };
+            let peer = conn.peer().clone();
+            let service = tower::ServiceExt::map_request(app.clone(), move |request: axum::http::Request<_>| {
+                let mut request = request.map(axum::body::Body::new);
+                request.extensions_mut().insert(axum::extract::ConnectInfo(peer.clone()));
+                request
+            });
+            let service = hyper_util::service::TowerToHyperService::new(service);
+            let io = hyper_util::rt::TokioIo::new(conn);
+            let served = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = served.await {
+                    tracing::debug!("HTTP connection ended: {e}");
+                }
+            });
+        }
+        graceful.shutdown().await;
+    });
 }
 
 /// An HTTP error answer: `{"error": "..."}` with its status.
