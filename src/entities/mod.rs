@@ -77,9 +77,16 @@ impl Record {
         Entity::from_json_str(&self.text, None).map_err(|e| StoreError::Corrupt(format!("a stored entity: {e}")))
     }
 
-    /// Its uid, read from the stored text (for the API's paging, not for decisions).
+    /// Its uid, read from the stored text (for paging and listings, not for decisions): only the
+    /// `uid` member is parsed, not the whole entity.
     pub fn uid(&self) -> Result<EntityUid, StoreError> {
-        Ok(self.entity()?.uid())
+        #[derive(serde::Deserialize)]
+        struct UidOnly {
+            uid: serde_json::Value,
+        }
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("a stored entity's uid: {e}"));
+        let only: UidOnly = serde_json::from_str(&self.text).map_err(|e| corrupt(&e))?;
+        EntityUid::from_json(only.uid).map_err(|e| corrupt(&e))
     }
 
     /// The Cedar entity JSON, as stored (parsed again: for the API's reads, not for decisions).
@@ -549,7 +556,6 @@ pub(crate) fn parse_stored(bytes: &[u8]) -> Result<Record, StoreError> {
     Record::parse(entity, revision).map_err(StoreError::Corrupt)
 }
 
-/// The key text of a uid, as stored and published: Cedar's own escaped form, `User::"alice"`.
 /// The uid keys of an entity JSON's parents (for the children index).
 pub(crate) fn parent_keys(entity: &serde_json::Value) -> Vec<String> {
     let mut parents = Vec::new();
@@ -559,6 +565,7 @@ pub(crate) fn parent_keys(entity: &serde_json::Value) -> Vec<String> {
     parents.iter().map(key_of).collect()
 }
 
+/// The key text of a uid, as stored and published: Cedar's own escaped form, `User::"alice"`.
 pub fn key_of(uid: &EntityUid) -> String {
     uid.to_string()
 }
