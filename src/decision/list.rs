@@ -142,14 +142,17 @@ impl<'a> Candidates<'a> {
     }
 
     async fn next(&mut self) -> Result<Option<Candidate>, DecideError> {
-        if self.stored.is_empty() && !self.store_done {
-            let records = self.store.list(&self.ty, &self.store_after, CHUNK).await?;
-            self.store_done = records.len() < CHUNK;
+        while self.stored.is_empty() && !self.store_done {
+            // Ends only when the type index has no more: a chunk thinned by concurrent deletes (or
+            // emptied) goes on from the index's last key.
+            let (records, next) = self.store.list(&self.ty, &self.store_after, CHUNK).await?;
+            match next {
+                Some(next) => self.store_after = next,
+                None => self.store_done = true,
+            }
             for record in records {
                 let uid = record.uid()?;
-                let key = key_of(&uid);
-                self.store_after.clone_from(&key);
-                self.stored.push_back((key, uid, record.parents.to_vec()));
+                self.stored.push_back((key_of(&uid), uid, record.parents.to_vec()));
             }
         }
         let take_file = match (self.files.front(), self.stored.front()) {

@@ -409,8 +409,14 @@ impl EntityStore {
         Ok(records.pop().flatten())
     }
 
-    /// Up to `limit` entities of type `ty` whose uid sorts after `after`, in uid order.
-    pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+    /// Up to `limit` entities of type `ty` whose uid sorts after `after`, in uid order, and the key
+    /// to go on after: `None` only when the type has no more.
+    pub async fn list(
+        &self,
+        ty: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<Arc<Record>>, Option<String>), StoreError> {
         match &self.backend {
             Backend::Local { store, .. } => {
                 let (ty, after) = (ty.to_string(), after.to_string());

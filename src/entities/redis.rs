@@ -257,18 +257,32 @@ impl RedisStore {
         Ok((records, current))
     }
 
-    pub async fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+    /// Up to `limit` entities of type `ty` after `after`, and the uid to go on after (`None`: the
+    /// index has no more). An entity deleted between the index read and the entity read is not
+    /// returned, but the next key still comes from the index: a deletion never ends a scan early.
+    pub async fn list(
+        &self,
+        ty: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<Arc<Record>>, Option<String>), StoreError> {
         let start = if after.is_empty() { "-".to_string() } else { format!("({after}") };
         let mut conn = self.conn.clone();
         let index = format!("{}t:{ty}", self.prefix);
         let uids: Vec<String> = self.bounded(conn.zrangebylex_limit(&index, start, "+", 0, limit as isize)).await?;
         if uids.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
+        let next = if uids.len() == limit { uids.last().cloned() } else { None };
         let keys: Vec<String> = uids.iter().map(|u| self.entity_key(u)).collect();
         let values: Vec<Option<String>> = self.bounded(conn.mget(&keys)).await?;
         // An entity deleted between the two calls is simply not listed.
-        values.into_iter().flatten().map(|text| parse_stored(text.as_bytes()).map(Arc::new)).collect()
+        let records = values
+            .into_iter()
+            .flatten()
+            .map(|text| parse_stored(text.as_bytes()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok((records, next))
     }
 
     /// Every entity (of `ty`, if given), a chunk at a time. Redis has no snapshot reads, so each
@@ -353,11 +367,10 @@ impl RedisStore {
             return Ok(());
         }
         for ty in self.types().await? {
-            let mut after = String::new();
-            loop {
-                let records = self.list(&ty, &after, 500).await?;
-                let Some(last) = records.last() else { break };
-                after = key_of(&last.uid()?);
+            let mut after = Some(String::new());
+            while let Some(from) = after {
+                let (records, next) = self.list(&ty, &from, 500).await?;
+                after = next;
                 let mut pipe = redis::pipe();
                 for record in &records {
                     let uid = key_of(&record.uid()?);

@@ -158,11 +158,8 @@ impl pb::entity_service_server::EntityService for EntityApi {
             return Err(RequestError::invalid("page_token", "not a page token of this type").into());
         }
         let size = page_size(req.page_size);
-        let records = self.store.list(&ty, &req.page_token, size).await?;
-        let next_page_token = match records.last() {
-            Some(last) if records.len() == size => entities::key_of(&last.uid()?),
-            _ => String::new(),
-        };
+        let (records, next) = self.store.list(&ty, &req.page_token, size).await?;
+        let next_page_token = next.unwrap_or_default();
         let entities = records.iter().map(|r| convert::entity_message(&r.json())).collect();
         Ok(Response::new(pb::ListEntitiesResponse { entities, next_page_token }))
     }

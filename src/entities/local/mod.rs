@@ -330,21 +330,24 @@ impl LocalStore {
         Ok((out, current))
     }
 
-    /// Up to `limit` entities of type `ty` whose key sorts after `after`, in key order.
-    pub fn list(&self, ty: &str, after: &str, limit: usize) -> Result<Vec<Arc<Record>>, StoreError> {
+    /// Up to `limit` entities of type `ty` whose key sorts after `after`, in key order, and the key
+    /// to go on after (`None`: no more).
+    pub fn list(&self, ty: &str, after: &str, limit: usize) -> Result<(Vec<Arc<Record>>, Option<String>), StoreError> {
         let prefix = format!("{ty}::\"");
         let txn = self.db.begin_read().map_err(read_error)?;
         let table = txn.open_table(ENTITIES).map_err(read_error)?;
         let start = if after.is_empty() { Bound::Included(prefix.as_str()) } else { Bound::Excluded(after) };
-        let mut out = Vec::new();
+        let (mut out, mut last) = (Vec::new(), None);
         for entry in table.range::<&str>((start, Bound::Unbounded)).map_err(read_error)? {
             let (key, value) = entry.map_err(read_error)?;
             if !key.value().starts_with(&prefix) || out.len() >= limit {
                 break;
             }
             out.push(Arc::new(parse_stored(value.value())?));
+            last = Some(key.value().to_string());
         }
-        Ok(out)
+        let next = if out.len() == limit { last } else { None };
+        Ok((out, next))
     }
 
     /// The keys of the entities whose parents include one of `parents`, or `None` past `limit`.
