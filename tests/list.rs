@@ -472,7 +472,6 @@ async fn a_short_chunk_on_redis_does_not_end_the_scan() {
             r#type: "Document".into(),
             page_size: 256,
             page_token: token,
-            ..Default::default()
         };
         let page = writer.list_entities(request).await.unwrap().into_inner();
         seen += page.entities.iter().filter(|e| e.uid.as_ref().is_some_and(|u| u.id.starts_with("bulk"))).count();
