@@ -427,3 +427,26 @@ async fn slow_and_surplus_connections_are_cut_off() {
     })
     .await;
 }
+
+/// A client that connects and sends nothing (hyper's header timeout has not started: it does not
+/// know the protocol yet) is closed after the header timeout too, and frees its slot.
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let api = Api::start(|c| {
+        c.http_header_timeout = std::time::Duration::from_millis(300);
+        c.http_max_connections = 1;
+    })
+    .await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a silent client kept its connection (and the only slot)");
+    eventually("the slot is free again", std::time::Duration::from_secs(10), || async {
+        let body = evaluation("bob", "view", "handbook").to_string();
+        let response = api.client.post(format!("{}/access/v1/evaluation", api.base)).body(body).send().await;
+        response.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}

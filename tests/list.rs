@@ -468,11 +468,7 @@ async fn a_short_chunk_on_redis_does_not_end_the_scan() {
     // ListEntities pages on the same way.
     let (mut seen, mut token) = (0, String::new());
     loop {
-        let request = pb::ListEntitiesRequest {
-            r#type: "Document".into(),
-            page_size: 256,
-            page_token: token,
-        };
+        let request = pb::ListEntitiesRequest { r#type: "Document".into(), page_size: 256, page_token: token };
         let page = writer.list_entities(request).await.unwrap().into_inner();
         seen += page.entities.iter().filter(|e| e.uid.as_ref().is_some_and(|u| u.id.starts_with("bulk"))).count();
         if page.next_page_token.is_empty() {

@@ -7,6 +7,7 @@
 //! configured and none presented gets nothing.
 
 mod authzen;
+mod idle;
 
 use std::sync::Arc;
 
@@ -99,7 +100,7 @@ pub fn serve(listener: Incoming, api: Arc<HttpApi>, limits: ConnLimits, stop: to
                 request
             });
             let service = hyper_util::service::TowerToHyperService::new(service);
-            let io = hyper_util::rt::TokioIo::new(conn);
+            let io = hyper_util::rt::TokioIo::new(idle::Quiet::new(conn, limits.header_timeout));
             let served = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
             tokio::spawn(async move {
                 let _permit = permit;
