@@ -15,6 +15,7 @@ use cedar_pdp::config::{ServeConfig, StoreChoice};
 use cedar_pdp::grpc::pb;
 use common::redis::RedisServer;
 use common::{TestServer, entity, eventually, is_allow, req, uid, write_atomic};
+use redb::ReadableTable;
 use serde_json::json;
 use tonic::Code;
 
@@ -398,6 +399,43 @@ async fn the_children_index_follows_moves_and_deletes_and_is_built_for_an_older_
     }
     let server = TestServer::start_with(dir.path(), on).await;
     assert_share_exact(&server).await;
+    server.stop().await.unwrap();
+
+    // An earlier version wrote since (no index entries): a document under `eng`, the revision moved.
+    {
+        let db = redb::Database::open(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
+            let revision = meta.get("revision").unwrap().unwrap().value() + 1;
+            meta.insert("revision", revision).unwrap();
+            let mut entities = txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("entities")).unwrap();
+            let stored = json!({"rev": revision, "entity": sneaky()}).to_string();
+            entities.insert(r#"Document::"sneaky""#, stored.as_bytes()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let server = TestServer::start_with(dir.path(), on).await;
+    assert_sneaky_listed(&server).await;
+}
+
+/// A document an earlier version wrote, under `eng`.
+fn sneaky() -> serde_json::Value {
+    json!({"uid": {"type": "Document", "id": "sneaky"}, "attrs": {}, "parents": [{"type": "Folder", "id": "f0"}]})
+}
+
+/// Whoever Check lets share `sneaky` finds it listed.
+async fn assert_sneaky_listed(server: &TestServer) {
+    let mut found = 0;
+    for u in 0..USERS {
+        let user = format!("u{u}");
+        let check = req(&format!(r#"User::"{user}""#), r#"Action::"share""#, r#"Document::"sneaky""#);
+        let allowed = is_allow(&server.check(check).await.unwrap());
+        let listed = list_resources_all(server, &user, "share", 50).await.contains("sneaky");
+        assert_eq!(listed, allowed, "{user}");
+        found += usize::from(allowed);
+    }
+    assert!(found > 0, "someone may share it");
 }
 
 /// Redis's index keys: the marker that it is complete, and the `c:` sets.
@@ -438,6 +476,29 @@ async fn the_redis_children_index_follows_moves_and_deletes_and_is_built_for_an_
     eventually("the index rebuilt", Duration::from_secs(10), || async { redis_index(&redis).0.is_some() }).await;
     assert!(redis_index(&redis).1 > 5);
     assert_share_exact(&server).await;
+
+    // A replica of an earlier version writes (entity, type index, audit; no index entries): the
+    // index is no longer trusted, so the document is found by a scan, then indexed again.
+    let marker_before = redis_index(&redis).0;
+    let stored = json!({"rev": 1, "entity": sneaky()}).to_string();
+    let _: () = redis::cmd("SET").arg(r#"cedar-pdp:e:Document::"sneaky""#).arg(stored).query(&mut conn).unwrap();
+    let _: () =
+        redis::cmd("ZADD").arg("cedar-pdp:t:Document").arg(0).arg(r#"Document::"sneaky""#).query(&mut conn).unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg("cedar-pdp:audit")
+        .arg("*")
+        .arg("op")
+        .arg("upsert")
+        .arg("uid")
+        .arg(r#"Document::"sneaky""#)
+        .query(&mut conn)
+        .unwrap();
+    assert_sneaky_listed(&server).await;
+    eventually("the index rebuilt after the earlier version's write", Duration::from_secs(20), || async {
+        redis_index(&redis).0 != marker_before
+    })
+    .await;
+    assert_sneaky_listed(&server).await;
 }
 
 /// An entity deleted between Redis's index read and its entity read leaves a chunk short: the

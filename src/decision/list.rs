@@ -109,6 +109,9 @@ impl<'a> Candidates<'a> {
         after: &str,
         limit: usize,
     ) -> Result<Option<Candidates<'a>>, DecideError> {
+        if !store.children_complete().await? {
+            return Ok(None);
+        }
         // The files' entities under each entity: their ancestors are closed over the files.
         let mut file_children: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
         for entity in snapshot.entities.iter() {

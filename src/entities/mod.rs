@@ -426,8 +426,18 @@ impl EntityStore {
         }
     }
 
-    /// The uids of the entities whose parents include one of `parents`, or `None` when the store's
-    /// index is not complete yet (Redis written by an older version) or there are more than `limit`.
+    /// Whether the children index holds every edge now: always for the embedded store (checked at
+    /// open, and its one writer keeps it); on Redis, while no writer of an earlier version wrote
+    /// since it was built (see `redis.rs`).
+    pub async fn children_complete(&self) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Local { .. } => Ok(true),
+            Backend::Redis { store, .. } => store.children_complete().await,
+        }
+    }
+
+    /// The uids of the entities whose parents include one of `parents`, or `None` when there are
+    /// more than `limit`. Trust them only while `children_complete`.
     pub async fn children(&self, parents: Vec<EntityUid>, limit: usize) -> Result<Option<Vec<EntityUid>>, StoreError> {
         let keys: Vec<String> = parents.iter().map(key_of).collect();
         let children = match &self.backend {
@@ -505,14 +515,14 @@ async fn trim_audit_forever(
     }
 }
 
-/// Builds Redis's children index if a store from before it lacks it, retrying while Redis is down.
+/// Keeps Redis's children index complete: builds it for a store from before it, and again after a
+/// writer of an earlier version wrote (listings scan by type until it is done).
 async fn index_children_until_done(store: std::sync::Weak<EntityStore>, stop: tokio_util::sync::CancellationToken) {
     loop {
         let Some(strong) = store.upgrade() else { return };
         let Backend::Redis { store: redis, .. } = &strong.backend else { return };
-        match redis.index_children().await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!("the children index of the Redis store (listings scan by type meanwhile): {e}"),
+        if let Err(e) = redis.index_children().await {
+            tracing::warn!("the children index of the Redis store (listings scan by type meanwhile): {e}");
         }
         drop(strong);
         tokio::select! {

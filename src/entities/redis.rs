@@ -2,8 +2,11 @@
 //! - `p e:<uid>`: `{"rev": N, "entity": <Cedar entity JSON>}`, uid in Cedar's form (`User::"alice"`);
 //! - `p t:<type>`: a sorted set of the type's uids (all score 0), for listing in uid order;
 //! - `p c:<uid>`: the set of uids whose parents include `<uid>`, and `p pa:<uid>` the uids of its
-//!   parents (the children index, for listings that need only what is under an entity); `p children`
-//!   is `1` once the index is complete (a store from before it is indexed by the first replica up);
+//!   parents (the children index, for listings that need only what is under an entity); `p indexed`
+//!   counts the audit entries written by writers that keep the index, and `p children` is set when a
+//!   replica finished indexing a store from before it: the index is complete exactly while the audit
+//!   stream's `entries-added` equals `children + indexed` (a writer of an earlier version adds audit
+//!   entries without index entries, and so shows);
 //! - `p rev`: the revision counter; `p audit`: the audit stream;
 //! - channel `p invalidate:<db>`: one message per write, `<rev>\n<uid>\n<uid>…` (channels are
 //!   global to a Redis server, so the database number keeps deployments on other databases apart).
@@ -45,7 +48,7 @@ local function expect(key, want)
     return redis.error_reply('cedar-pdp: key ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
   end
 end
-local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream')
+local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream') or expect(p .. 'indexed', 'string')
 if rid ~= '' then bad = bad or expect(request, 'string') end
 for i = 7, #ARGV, 5 do
   bad = bad or expect(p .. 'e:' .. ARGV[i + 1], 'string') or expect(p .. 't:' .. ARGV[i + 2], 'zset')
@@ -105,10 +108,31 @@ for i = 7, #ARGV, 5 do
     'before', before, 'after', after)
   uids[#uids + 1] = uid
 end
+redis.call('INCRBY', p .. 'indexed', #uids)
 if rid ~= '' then redis.call('SET', request, rev .. ' ' .. digest, 'EX', 86400) end
 redis.call('PUBLISH', channel, rev .. '\n' .. table.concat(uids, '\n'))
 return tonumber(rev)
 "#;
+
+/// The `entries-added` of an `XINFO STREAM` reply (Redis 7 and later; an earlier Redis gives
+/// `None`, and listings then scan by type).
+fn entries_added(info: &redis::Value) -> Option<u64> {
+    let pairs: Vec<(String, redis::Value)> = match info {
+        redis::Value::Map(map) => map
+            .iter()
+            .filter_map(|(k, v)| redis::from_redis_value_ref::<String>(k).ok().map(|k| (k, v.clone())))
+            .collect(),
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => redis::from_redis_value_ref::<String>(k).ok().map(|k| (k, v.clone())),
+                _ => None,
+            })
+            .collect(),
+        _ => return None,
+    };
+    pairs.into_iter().find(|(k, _)| k == "entries-added").and_then(|(_, v)| redis::from_redis_value::<u64>(v).ok())
+}
 
 /// How often the subscription is pinged: a silently cut connection is noticed within this plus the
 /// Redis timeout.
@@ -148,8 +172,6 @@ pub struct RedisStore {
     channel: String,
     timeout: Duration,
     apply: redis::Script,
-    /// The children index was seen complete (it stays so: every write keeps it).
-    children_indexed: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -163,15 +185,7 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
         let channel = format!("{prefix}invalidate:{}", client.get_connection_info().redis_settings().db());
-        Ok(RedisStore {
-            client,
-            conn,
-            prefix: prefix.to_string(),
-            channel,
-            timeout,
-            apply: redis::Script::new(APPLY),
-            children_indexed: std::sync::atomic::AtomicBool::new(false),
-        })
+        Ok(RedisStore { client, conn, prefix: prefix.to_string(), channel, timeout, apply: redis::Script::new(APPLY) })
     }
 
     fn entity_key(&self, uid: &str) -> String {
@@ -337,17 +351,35 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The uids of the entities whose parents include one of `parents`, or `None` when the children
-    /// index is not complete yet (a store written before it, still being indexed) or past `limit`.
+    /// Whether the children index holds every edge: indexed, and every audit entry since written by
+    /// a writer that keeps it (one atomic read of the counters; see the module doc).
+    pub async fn children_complete(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let (base, indexed, info): (Option<u64>, Option<u64>, redis::Value) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .get(format!("{}children", self.prefix))
+                    .get(format!("{}indexed", self.prefix))
+                    .cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(format!("{}audit", self.prefix))
+                    .query_async(&mut conn),
+            )
+            .await
+            .or_else(|e| match e {
+                // No audit stream yet: nothing was ever written.
+                StoreError::Unavailable(m) if m.contains("no such key") => Ok((None, None, redis::Value::Nil)),
+                other => Err(other),
+            })?;
+        let added = entries_added(&info).unwrap_or(0);
+        Ok(base.is_some_and(|base| added == base + indexed.unwrap_or(0)))
+    }
+
+    /// The uids of the entities whose parents include one of `parents`, or `None` past `limit`.
+    /// Trust them only while `children_complete`.
     pub async fn children(&self, parents: &[String], limit: usize) -> Result<Option<Vec<String>>, StoreError> {
         let mut conn = self.conn.clone();
-        if !self.children_indexed.load(std::sync::atomic::Ordering::Relaxed) {
-            let marker: Option<String> = self.bounded(conn.get(format!("{}children", self.prefix))).await?;
-            if marker.as_deref() != Some("1") {
-                return Ok(None);
-            }
-            self.children_indexed.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         let mut pipe = redis::pipe();
         for parent in parents {
             pipe.smembers(format!("{}c:{parent}", self.prefix));
@@ -357,15 +389,32 @@ impl RedisStore {
         Ok((children.len() <= limit).then_some(children))
     }
 
-    /// Builds the children index of a store written before it (by an older version), then marks it
-    /// complete. Writes meanwhile keep their own edges; this only adds, so the index may hold an
-    /// outdated edge (a candidate more, decided like the rest) but never lacks one once marked.
+    /// Builds the children index from every stored entity, then records the counters that make it
+    /// complete. Writes meanwhile keep their own edges (and count themselves); a write by an earlier
+    /// version meanwhile or later leaves the counters apart, so the index is not trusted until built
+    /// again. This only adds: the index may hold an outdated edge (a candidate more, decided like the
+    /// rest) but never lacks one while trusted.
     pub async fn index_children(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let marker = format!("{}children", self.prefix);
-        if self.bounded(conn.get::<_, Option<String>>(&marker)).await?.as_deref() == Some("1") {
+        if self.children_complete().await? {
             return Ok(());
         }
+        let mut conn = self.conn.clone();
+        let (indexed, info): (Option<u64>, redis::Value) = self
+            .bounded(
+                redis::pipe()
+                    .atomic()
+                    .get(format!("{}indexed", self.prefix))
+                    .cmd("XINFO")
+                    .arg("STREAM")
+                    .arg(format!("{}audit", self.prefix))
+                    .query_async(&mut conn),
+            )
+            .await
+            .or_else(|e| match e {
+                StoreError::Unavailable(m) if m.contains("no such key") => Ok((None, redis::Value::Nil)),
+                other => Err(other),
+            })?;
+        let base = entries_added(&info).unwrap_or(0).saturating_sub(indexed.unwrap_or(0));
         for ty in self.types().await? {
             let mut after = Some(String::new());
             while let Some(from) = after {
@@ -382,7 +431,7 @@ impl RedisStore {
                 self.bounded(pipe.query_async::<()>(&mut conn)).await?;
             }
         }
-        self.bounded(conn.set::<_, _, ()>(&marker, "1")).await
+        self.bounded(conn.set::<_, _, ()>(format!("{}children", self.prefix), base)).await
     }
 
     /// The entity types that have an index key, in name order.

@@ -8,7 +8,9 @@
 //! - `children`: (parent uid key, child uid key) → (), the parent edges reversed, for listings that
 //!   only need what is under an entity;
 //! - `meta`: `revision`, `entities` (count), `origin` (see [`LocalStore::origin`]), `children` (1 once
-//!   the `children` table is complete: a database from before it gets it built at open);
+//!   the `children` table was built) and `children_rev` (the revision of the last write that kept
+//!   it): unless `children_rev` is `revision`, a writer without the index (an earlier version) wrote,
+//!   and the table is built again at open;
 //! - `requests`: idempotency key → `{"rev", "digest", "at"}` of its first outcome, kept a day.
 //!
 //! A write batch is one redb transaction: the entities, the revision and the audit records commit
@@ -276,6 +278,7 @@ impl LocalStore {
             txn.open_table(AUDIT_TIME)?.insert(revision, millis(now))?;
             count = entities.len()?;
             meta.insert("revision", revision)?;
+            meta.insert("children_rev", revision)?;
             meta.insert("entities", count)?;
         }
         Ok((revision, count))
@@ -480,6 +483,7 @@ fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
             meta.insert("origin", origin)?;
             meta.insert("entities", 0)?;
             meta.insert("children", 1)?;
+            meta.insert("children_rev", origin)?;
             txn.open_table(CHILDREN)?;
             txn.open_table(ENTITIES)?;
             txn.open_table(AUDIT)?;
@@ -493,16 +497,21 @@ fn init(db: &Database, origin: u64) -> Result<(), StoreError> {
     init().map_err(|e| StoreError::Open(format!("cannot initialise the entity database: {e}")))
 }
 
-/// Builds the `children` table of a database written before it existed, in one transaction.
+/// Builds the `children` table again, in one transaction, unless the last write kept it (a database
+/// from before it, or written since by an earlier version, gets it rebuilt from scratch).
 fn index_children(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_read()?;
-    if txn.open_table(META)?.get("children")?.is_some_and(|v| v.value() == 1) {
+    let meta = txn.open_table(META)?;
+    let get = |key: &str| -> Result<Option<u64>, redb::Error> { Ok(meta.get(key)?.map(|v| v.value())) };
+    let revision = get("revision")?;
+    if get("children")? == Some(1) && get("children_rev")? == revision {
         return Ok(());
     }
-    drop(txn);
+    drop((meta, txn));
     let mut txn = db.begin_write()?;
     txn.set_two_phase_commit(true);
     {
+        txn.delete_table(CHILDREN)?;
         let entities = txn.open_table(ENTITIES)?;
         let mut children = txn.open_table(CHILDREN)?;
         for entry in entities.iter()? {
@@ -511,7 +520,9 @@ fn index_children(db: &Database) -> Result<(), redb::Error> {
                 children.insert((parent.as_str(), key.value()), ())?;
             }
         }
-        txn.open_table(META)?.insert("children", 1)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert("children", 1)?;
+        meta.insert("children_rev", revision.unwrap_or(0))?;
     }
     txn.commit()?;
     Ok(())
