@@ -16,7 +16,7 @@ use tonic::Code;
 
 const SCHEMA: &str = r#"
 entity Group in [Group];
-entity User in [Group];
+entity User in [Group] { manager?: User, level?: Long };
 entity Folder in [Folder];
 entity Document in [Folder] { owner?: User, secret?: Bool };
 action view, edit, share appliesTo { principal: User, resource: Document };
@@ -33,6 +33,9 @@ forbid(principal, action, resource)
   when { resource has secret && resource.secret } unless { principal in Group::"cleared" };
 @id("admins")
 permit(principal in Group::"admins", action == Action::"share", resource);
+@id("managers")
+permit(principal, action == Action::"edit", resource)
+  when { principal has manager && principal.manager has level && principal.manager.level > 3 && resource has secret };
 "#;
 
 fn e(ty: &str, id: &str, attrs: serde_json::Value, parents: &[(&str, &str)]) -> serde_json::Value {
@@ -50,6 +53,8 @@ fn entities() -> Vec<serde_json::Value> {
         e("User", "root", json!({}), &[("Group", "admins"), ("Group", "cleared")]),
         e("User", "sam", json!({}), &[("Group", "admins")]),
         e("User", "nobody", json!({}), &[]),
+        // Managed by someone nobody holds: plans that read the manager cannot be made here.
+        e("User", "dangler", json!({"manager": {"__entity": {"type": "User", "id": "gone"}}}), &[]),
         e("Folder", "eng", json!({}), &[]),
         e("Folder", "eng-sub", json!({}), &[("Folder", "eng")]),
         e("Folder", "other", json!({}), &[]),
@@ -166,6 +171,7 @@ async fn plans_refuse_what_they_cannot_answer() {
     let server = TestServer::start(dir.path()).await;
     let mut client = server.client.clone();
     for (request, field) in [
+        (pb::PlanResourcesRequest { principal: Some(uid(r#"User::"ghost""#)), ..base() }, "principal"),
         (pb::PlanResourcesRequest { resource_type: "Nope".into(), ..base() }, "resource_type"),
         (pb::PlanResourcesRequest { resource_type: "".into(), ..base() }, "resource_type"),
         (pb::PlanResourcesRequest { principal: None, ..base() }, "principal"),
@@ -176,6 +182,18 @@ async fn plans_refuse_what_they_cannot_answer() {
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
         assert!(status.message().contains(field), "{field}: {status:?}");
     }
+}
+
+/// A plan whose residual would read an entity this server does not hold fails closed.
+#[tokio::test]
+async fn a_plan_that_reads_an_absent_entity_fails_closed() {
+    let dir = policy_dir(true);
+    let server = TestServer::start(dir.path()).await;
+    let status = plan(&server, "dangler", "edit").await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains(r#"User::"gone""#), "{status:?}");
+    // ann has no manager: her plan is made.
+    assert!(plan(&server, "ann", "edit").await.is_ok());
 }
 
 fn base() -> pb::PlanResourcesRequest {

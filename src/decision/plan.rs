@@ -8,7 +8,7 @@
 //! attributes and ancestors, which the caller's data must answer; Cedar marks the `tpe` API
 //! experimental.
 
-use cedar_policy::{Decision, EntityTypeName, PartialEntities, PartialEntityUid, PartialRequest, Policy};
+use cedar_policy::{Decision, EntityTypeName, EntityUid, PartialEntities, PartialEntityUid, PartialRequest, Policy};
 
 use crate::authz::{self, CheckInput, UidRef};
 use crate::entities::{self, EntityStore};
@@ -55,6 +55,16 @@ pub(super) async fn plan(
         .map_err(|e| e.renamed(|f| if f.starts_with("resource") { "resource_type".into() } else { f.to_string() }))?;
     let slice = entities::slice_for(store, snapshot, &prepared, &probe, min_revision).await?;
     let [principal, action, _] = prepared.uids.clone();
+    // Partial evaluation takes an entity it does not have as unknown, where Check takes it as absent:
+    // a plan about a principal nobody holds would leave conditions on it that the caller cannot
+    // evaluate. Refused, naming it.
+    if slice.get(&principal).is_none() {
+        return Err(RequestError::invalid(
+            "principal",
+            format!("`{principal}` is neither in the entity files nor in the store: there is nothing to plan on"),
+        )
+        .into());
+    }
     let context = prepared.request().context().cloned();
     let unknown = |e: &dyn std::fmt::Display| DecideError::Unsupported(format!("partial evaluation: {e}"));
     let request = PartialRequest::new(
@@ -65,6 +75,7 @@ pub(super) async fn plan(
         schema,
     )
     .map_err(|e| RequestError::schema("resource_type", &e))?;
+    let known_uids: std::collections::HashSet<EntityUid> = slice.iter().map(|e| e.uid()).collect();
     let known = PartialEntities::from_concrete(slice, schema).map_err(|e| unknown(&e))?;
     let response = snapshot.policies.tpe(&request, &known, schema).map_err(|e| unknown(&e))?;
     Ok(match response.decision() {
@@ -74,9 +85,21 @@ pub(super) async fn plan(
         // resource is allowed iff some listed permit holds and no listed forbid does.
         None => {
             let satisfied: std::collections::HashSet<_> = response.true_permits().cloned().collect();
-            let residuals =
-                response.residual_policies().chain(response.policies().filter(|p| satisfied.contains(p.id())));
-            Plan::Conditional(residuals.map(|p| residual(&p)).collect())
+            let residuals: Vec<Residual> = response
+                .residual_policies()
+                .chain(response.policies().filter(|p| satisfied.contains(p.id())))
+                .map(|p| residual(&p))
+                .collect();
+            // Fail closed on a residual that reads an entity other than the resource: its data is
+            // this server's, missing here (a dangling reference), and no caller could decide it.
+            if let Some((id, entity)) = residuals.iter().find_map(|r| {
+                r.json.as_deref().and_then(|j| reads_an_absent_entity(j, &known_uids)).map(|e| (&r.policy_id, e))
+            }) {
+                return Err(DecideError::Unsupported(format!(
+                    "policy `{id}` reads entity {entity}, which this server does not hold: no plan over the resource alone"
+                )));
+            }
+            Plan::Conditional(residuals)
         }
     })
 }
@@ -92,4 +115,25 @@ fn residual(policy: &Policy) -> Residual {
         json: policy.to_json().ok().map(|j| j.to_string()),
         cedar: policy.to_string(),
     }
+}
+
+/// The first entity literal a residual (Cedar JSON) reads — the left side of `.`, `has`, `in`,
+/// `getTag` or `hasTag` — that is not among `known`. The resource is a variable, never counted.
+fn reads_an_absent_entity(json: &str, known: &std::collections::HashSet<EntityUid>) -> Option<String> {
+    fn walk(value: &serde_json::Value, known: &std::collections::HashSet<EntityUid>) -> Option<String> {
+        match value {
+            serde_json::Value::Object(map) => map.iter().find_map(|(key, inner)| {
+                let read = [".", "has", "in", "getTag", "hasTag"].contains(&key.as_str());
+                let literal = inner.get("left").and_then(|l| l.get("Value")).and_then(|v| v.get("__entity"));
+                let absent = literal.and_then(|e| EntityUid::from_json(e.clone()).ok()).filter(|u| !known.contains(u));
+                match absent {
+                    Some(uid) if read => Some(uid.to_string()),
+                    _ => walk(inner, known),
+                }
+            }),
+            serde_json::Value::Array(items) => items.iter().find_map(|v| walk(v, known)),
+            _ => None,
+        }
+    }
+    walk(&serde_json::from_str(json).ok()?, known)
 }
