@@ -354,6 +354,13 @@ impl RedisStore {
     /// Whether the children index holds every edge: indexed, and every audit entry since written by
     /// a writer that keeps it (one atomic read of the counters; see the module doc).
     pub async fn children_complete(&self) -> Result<bool, StoreError> {
+        let (base, indexed, added) = self.index_counters().await?;
+        Ok(base.is_some_and(|base| added == base + indexed))
+    }
+
+    /// One atomic read of the children index's counters: its base (`None` until built), the audit
+    /// entries indexing writers added, and every audit entry ever added (0 without a stream).
+    async fn index_counters(&self) -> Result<(Option<u64>, u64, u64), StoreError> {
         let mut conn = self.conn.clone();
         let (base, indexed, info): (Option<u64>, Option<u64>, redis::Value) = self
             .bounded(
@@ -372,8 +379,7 @@ impl RedisStore {
                 StoreError::Unavailable(m) if m.contains("no such key") => Ok((None, None, redis::Value::Nil)),
                 other => Err(other),
             })?;
-        let added = entries_added(&info).unwrap_or(0);
-        Ok(base.is_some_and(|base| added == base + indexed.unwrap_or(0)))
+        Ok((base, indexed.unwrap_or(0), entries_added(&info).unwrap_or(0)))
     }
 
     /// The uids of the entities whose parents include one of `parents`, or `None` past `limit`.
@@ -395,26 +401,13 @@ impl RedisStore {
     /// again. This only adds: the index may hold an outdated edge (a candidate more, decided like the
     /// rest) but never lacks one while trusted.
     pub async fn index_children(&self) -> Result<(), StoreError> {
-        if self.children_complete().await? {
+        let (base, indexed, added) = self.index_counters().await?;
+        if base.is_some_and(|base| added == base + indexed) {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        let (indexed, info): (Option<u64>, redis::Value) = self
-            .bounded(
-                redis::pipe()
-                    .atomic()
-                    .get(format!("{}indexed", self.prefix))
-                    .cmd("XINFO")
-                    .arg("STREAM")
-                    .arg(format!("{}audit", self.prefix))
-                    .query_async(&mut conn),
-            )
-            .await
-            .or_else(|e| match e {
-                StoreError::Unavailable(m) if m.contains("no such key") => Ok((None, redis::Value::Nil)),
-                other => Err(other),
-            })?;
-        let base = entries_added(&info).unwrap_or(0).saturating_sub(indexed.unwrap_or(0));
+        // Entries written from now on by indexing writers count themselves; earlier ones are scanned.
+        let base = added.saturating_sub(indexed);
         for ty in self.types().await? {
             let mut after = Some(String::new());
             while let Some(from) = after {
