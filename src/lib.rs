@@ -17,5 +17,6 @@ pub mod policy;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod web;
 
 pub use server::{serve, shutdown_signal};

@@ -227,6 +227,7 @@ async fn run(
     if let Some((incoming, api)) = parts.http {
         tracing::info!(listen = %incoming.local_addr(), scheme, "serving the HTTP API (AuthZEN)");
         let limits = crate::http::ConnLimits {
+            name: "http",
             header_timeout: config.http_header_timeout,
             max_connections: config.http_max_connections as usize,
         };

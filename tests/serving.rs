@@ -236,3 +236,18 @@ async fn credentials_come_from_files() {
     .expect("started with a malformed token file");
     assert!(err.to_string().contains("provisioning.tokens:2"), "{err}");
 }
+
+/// The metrics endpoint has the HTTP API's bounds: a client that connects and sends nothing is
+/// closed after the header timeout (10 s) instead of holding a connection for ever.
+#[tokio::test]
+async fn a_silent_metrics_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let _server = TestServer::start_with(&example_policies(), |c| c.metrics_listen = Some(port)).await;
+    let mut silent = tokio::net::TcpStream::connect(port).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "a silent client kept its metrics connection");
+    assert!(started.elapsed() >= Duration::from_secs(9), "{:?}", started.elapsed());
+}

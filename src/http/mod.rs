@@ -7,7 +7,6 @@
 //! configured and none presented gets nothing.
 
 mod authzen;
-mod idle;
 
 use std::sync::Arc;
 
@@ -18,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use crate::decision::Decisions;
 use crate::grpc::Gate;
 use crate::tls::{Incoming, Peer};
+pub use crate::web::ConnLimits;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -56,61 +56,9 @@ pub fn router(api: Arc<HttpApi>) -> axum::Router {
     authzen::routes().layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(api)
 }
 
-/// What one HTTP connection may hold: a client trickling its headers, or opening connections
-/// without end, cannot tie the listener up.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    pub header_timeout: std::time::Duration,
-    pub max_connections: usize,
-}
-
-/// How often an idle HTTP/2 connection is pinged, and how long an answer may take before it is closed.
-const H2_PING: (std::time::Duration, std::time::Duration) =
-    (std::time::Duration::from_secs(20), std::time::Duration::from_secs(10));
-
-/// Serves `router` on `listener` until `stop`, each connection on its own task, within `limits`;
-/// on `stop`, open connections finish their requests and close.
+/// Serves the AuthZEN API on `listener` until `stop`, within `limits` (see `web.rs`).
 pub fn serve(listener: Incoming, api: Arc<HttpApi>, limits: ConnLimits, stop: tokio_util::sync::CancellationToken) {
-    let app = router(api);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(H2_PING.0)
-        .keep_alive_timeout(H2_PING.1);
-    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let mut connections = listener.into_stream();
-    tokio::spawn(async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            let conn = tokio::select! {
-                () = stop.cancelled() => break,
-                conn = tokio_stream::StreamExt::next(&mut connections) => conn,
-            };
-            let Some(Ok(conn)) = conn else { break };
-            let Ok(permit) = open.clone().try_acquire_owned() else {
-                metrics::counter!("cedar_pdp_http_connections_refused_total").increment(1);
-                continue;
-            };
-            let peer = conn.peer().clone();
-            let service = tower::ServiceExt::map_request(app.clone(), move |request: axum::http::Request<_>| {
-                let mut request = request.map(axum::body::Body::new);
-                request.extensions_mut().insert(axum::extract::ConnectInfo(peer.clone()));
-                request
-            });
-            let service = hyper_util::service::TowerToHyperService::new(service);
-            let io = hyper_util::rt::TokioIo::new(idle::Quiet::new(conn, limits.header_timeout));
-            let served = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = served.await {
-                    tracing::debug!("HTTP connection ended: {e}");
-                }
-            });
-        }
-        graceful.shutdown().await;
-    });
+    crate::web::serve(listener, router(api), limits, stop);
 }
 
 /// An HTTP error answer: `{"error": "..."}` with its status.

@@ -33,16 +33,14 @@ pub fn init(config: &LogConfig) -> Result<FlushGuard, String> {
 }
 
 /// Installs the Prometheus recorder and serves `/metrics` on `listener` (over TLS when the
-/// listener's connections are), until `stop`.
+/// listener's connections are), until `stop`, within the same connection bounds as the HTTP API:
+/// a scraper needs few connections.
 pub fn serve_metrics(listener: crate::tls::Incoming, stop: tokio_util::sync::CancellationToken) -> Result<(), String> {
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().map_err(|e| e.to_string())?;
     let app = axum::Router::new().route("/metrics", axum::routing::get(move || std::future::ready(handle.render())));
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        if let Err(e) = served {
-            tracing::error!("the metrics endpoint stopped: {e}");
-        }
-    });
+    let limits =
+        crate::web::ConnLimits { name: "metrics", header_timeout: Duration::from_secs(10), max_connections: 64 };
+    crate::web::serve(listener, app, limits, stop);
     Ok(())
 }
 
