@@ -27,8 +27,7 @@ pub async fn decide(
     limits: &Limits,
     min_revision: u64,
 ) -> Result<Outcome, DecideError> {
-    store.ensure_revision(min_revision).await?;
-    let min_revision = store.decision_floor(min_revision).await?;
+    let min_revision = floor(store, min_revision).await?;
     if store.known_empty() {
         return Ok(authz::decide(snapshot, input, limits)?);
     }
@@ -59,9 +58,15 @@ pub(crate) async fn slice_for(
     input: &CheckInput<'_>,
     min_revision: u64,
 ) -> Result<Entities, DecideError> {
-    store.ensure_revision(min_revision).await?;
-    let min_revision = store.decision_floor(min_revision).await?;
+    let min_revision = floor(store, min_revision).await?;
     consistent_slice(store, snapshot, prepared, input, min_revision).await
+}
+
+/// The revision a read must see at least: `min_revision`, once the store has it (see
+/// `EntityStore::decision_floor`).
+async fn floor(store: &EntityStore, min_revision: u64) -> Result<u64, DecideError> {
+    store.ensure_revision(min_revision).await?;
+    Ok(store.decision_floor(min_revision).await?)
 }
 
 /// What a built slice depends on besides the request: the snapshot and the store's epoch.

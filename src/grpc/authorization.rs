@@ -101,13 +101,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
         self.callers.admit(&request)?;
         let req = request.get_ref();
         let snapshot = self.decisions.snapshot()?;
-        let input = CheckInput {
-            principal: req.principal.as_ref().map(convert::uid_ref),
-            action: None,
-            resource: req.resource.as_ref().map(convert::uid_ref),
-            context_json: &req.context_json,
-            entities_json: &req.entities_json,
-        };
+        let uids = [req.principal.as_ref(), None, req.resource.as_ref()];
+        let input = convert::partial_input(uids, &req.context_json, &req.entities_json);
         let origin = Origin { api: "list_actions", http: None };
         let actions = self.decisions.list_actions(&snapshot, &input, req.min_revision, origin).await?;
         let actions = actions
@@ -123,13 +118,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
     ) -> Result<Response<pb::ListResponse>, Status> {
         self.callers.admit(&request)?;
         let req = request.get_ref();
-        let input = CheckInput {
-            principal: req.principal.as_ref().map(convert::uid_ref),
-            action: req.action.as_ref().map(convert::uid_ref),
-            resource: None,
-            context_json: &req.context_json,
-            entities_json: &req.entities_json,
-        };
+        let uids = [req.principal.as_ref(), req.action.as_ref(), None];
+        let input = convert::partial_input(uids, &req.context_json, &req.entities_json);
         let page = (req.page_size, req.page_token.as_str(), req.min_revision);
         let listed = self.list(request.metadata(), input, (Varying::Resource, &req.resource_type), page).await?;
         Ok(Response::new(listed))
@@ -141,13 +131,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
     ) -> Result<Response<pb::ListResponse>, Status> {
         self.callers.admit(&request)?;
         let req = request.get_ref();
-        let input = CheckInput {
-            principal: None,
-            action: req.action.as_ref().map(convert::uid_ref),
-            resource: req.resource.as_ref().map(convert::uid_ref),
-            context_json: &req.context_json,
-            entities_json: &req.entities_json,
-        };
+        let uids = [None, req.action.as_ref(), req.resource.as_ref()];
+        let input = convert::partial_input(uids, &req.context_json, &req.entities_json);
         let page = (req.page_size, req.page_token.as_str(), req.min_revision);
         let listed = self.list(request.metadata(), input, (Varying::Principal, &req.principal_type), page).await?;
         Ok(Response::new(listed))
@@ -160,13 +145,8 @@ impl pb::authorization_service_server::AuthorizationService for AuthorizationApi
         self.callers.admit(&request)?;
         let req = request.get_ref();
         let snapshot = self.decisions.snapshot()?;
-        let input = CheckInput {
-            principal: req.principal.as_ref().map(convert::uid_ref),
-            action: req.action.as_ref().map(convert::uid_ref),
-            resource: None,
-            context_json: &req.context_json,
-            entities_json: &req.entities_json,
-        };
+        let uids = [req.principal.as_ref(), req.action.as_ref(), None];
+        let input = convert::partial_input(uids, &req.context_json, &req.entities_json);
         let origin = Origin { api: "plan_resources", http: None };
         let (plan, decision_id) =
             self.decisions.plan_resources(&snapshot, &input, &req.resource_type, req.min_revision, origin).await?;

@@ -11,6 +11,21 @@ pub fn uid_ref(u: &pb::EntityUid) -> UidRef<'_> {
     UidRef { ty: &u.r#type, id: &u.id }
 }
 
+/// A check with some of its uids left out (the part a listing or plan varies).
+pub fn partial_input<'a>(
+    [principal, action, resource]: [Option<&'a pb::EntityUid>; 3],
+    context_json: &'a str,
+    entities_json: &'a str,
+) -> CheckInput<'a> {
+    CheckInput {
+        principal: principal.map(uid_ref),
+        action: action.map(uid_ref),
+        resource: resource.map(uid_ref),
+        context_json,
+        entities_json,
+    }
+}
+
 pub fn check_input(req: &pb::CheckRequest) -> CheckInput<'_> {
     fn uid(u: &Option<pb::EntityUid>) -> Option<UidRef<'_>> {
         u.as_ref().map(uid_ref)
