@@ -116,6 +116,14 @@ pub struct ServeConfig {
     /// `--check-peer` either: any caller the TLS policy admits, as for the gRPC Check.
     #[arg(long = "http-token", env = "CEDAR_PDP_HTTP_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
     pub http_tokens: Vec<(String, String)>,
+    /// SCIM credential `NAME=TOKEN`, repeatable (comma-separated in the variable): the IdP presents
+    /// `Authorization: Bearer TOKEN` (or the bare token) and is audited as `scim:NAME`. Unset, with no
+    /// `--scim-token-file` either: SCIM is off (every SCIM call is refused with 401).
+    #[arg(long = "scim-token", env = "CEDAR_PDP_SCIM_TOKENS", value_delimiter = ',', value_parser = parse_named_token, hide_env_values = true)]
+    pub scim_tokens: Vec<(String, String)>,
+    /// File of SCIM credentials, one `NAME=TOKEN` per line (`#` comments), with those above.
+    #[arg(long, env = "CEDAR_PDP_SCIM_TOKENS_FILE")]
+    pub scim_token_file: Option<PathBuf>,
     /// HTTP API: how long a client may take to send a request's headers (HTTP/1.1) before the
     /// connection is closed: a client trickling bytes cannot hold a connection open.
     #[arg(long, env = "CEDAR_PDP_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -302,6 +310,15 @@ pub fn read_tokens(path: &std::path::Path, named: bool) -> Result<Vec<(String, S
 }
 
 impl ServeConfig {
+    /// The SCIM credentials from the flags and the file.
+    pub fn scim_credentials(&self) -> Result<Vec<(String, String)>, String> {
+        let mut tokens = self.scim_tokens.clone();
+        if let Some(path) = &self.scim_token_file {
+            tokens.extend(read_tokens(path, true)?);
+        }
+        Ok(tokens)
+    }
+
     /// The admin token from the flag or the file.
     pub fn admin_tokens(&self) -> Result<Vec<(String, String)>, String> {
         match (&self.admin_token, &self.admin_token_file) {

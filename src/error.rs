@@ -146,6 +146,9 @@ pub enum StoreError {
     LostRevision { requested: u64, origin: u64 },
     #[error("{0}")]
     Changed(String),
+    /// A guarded write found an entity changed since its writer read it: nothing was written.
+    #[error("`{0}` changed since it was read; nothing was written")]
+    Conflict(String),
     #[error(
         "the outcome of this write is unknown ({0}): it may or may not have been applied; retry it with the same `request_id`"
     )]
@@ -158,6 +161,73 @@ pub enum StoreError {
     Open(String),
     #[error("the decision needs more than {0} entities (--max-decision-entities)")]
     TooManyEntities(usize),
+}
+
+/// A SCIM answer that is not a resource: the RFC 7644 §3.12 error, with its HTTP status and
+/// `scimType`.
+#[derive(Debug, Error)]
+#[error("{detail}")]
+pub struct ScimError {
+    pub status: u16,
+    pub scim_type: Option<&'static str>,
+    pub detail: String,
+}
+
+impl ScimError {
+    pub fn new(status: u16, scim_type: Option<&'static str>, detail: impl Into<String>) -> Self {
+        ScimError { status, scim_type, detail: detail.into() }
+    }
+
+    /// A 400 with this `scimType` (invalidValue, invalidSyntax, invalidPath, noTarget, mutability...).
+    pub fn bad(scim_type: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(400, Some(scim_type), detail)
+    }
+
+    pub fn invalid_filter(detail: impl Into<String>) -> Self {
+        Self::bad("invalidFilter", detail)
+    }
+
+    pub fn invalid_value(detail: impl Into<String>) -> Self {
+        Self::bad("invalidValue", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(404, None, detail)
+    }
+
+    pub fn uniqueness(detail: impl Into<String>) -> Self {
+        Self::new(409, Some("uniqueness"), detail)
+    }
+}
+
+impl From<StoreError> for ScimError {
+    fn from(err: StoreError) -> Self {
+        let status = match &err {
+            StoreError::Unavailable(_) | StoreError::Audit(_) | StoreError::WriteUnknown(_) => 503,
+            // A guarded write that lost a race with another writer: the caller's `If-Match` failed.
+            StoreError::Conflict(_) => 412,
+            StoreError::TooManyEntities(_) => 413,
+            _ => 500,
+        };
+        ScimError::new(status, None, bounded(err.to_string()))
+    }
+}
+
+impl From<RequestError> for ScimError {
+    /// A Cedar entity the mapping made that the schema or the store refuses: the IdP's value is at fault.
+    fn from(err: RequestError) -> Self {
+        ScimError::invalid_value(bounded(err.to_string()))
+    }
+}
+
+impl From<DecideError> for ScimError {
+    fn from(err: DecideError) -> Self {
+        match err {
+            DecideError::Request(e) => e.into(),
+            DecideError::Store(e) => e.into(),
+            other => ScimError::new(500, None, other.to_string()),
+        }
+    }
 }
 
 /// Why a check on provisioned entities was not decided.
@@ -244,6 +314,18 @@ impl From<PolicyLoadError> for Status {
     }
 }
 
+impl From<ScimError> for Status {
+    /// For the EntityService refusing what SCIM owns.
+    fn from(err: ScimError) -> Self {
+        match err.status {
+            400 => Status::invalid_argument(err.detail),
+            409 => Status::failed_precondition(err.detail),
+            503 => Status::unavailable(err.detail),
+            _ => Status::internal(err.detail),
+        }
+    }
+}
+
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
@@ -252,7 +334,7 @@ impl From<StoreError> for Status {
             StoreError::AheadOfStore { .. } | StoreError::LostRevision { .. } => {
                 Status::failed_precondition(err.to_string())
             }
-            StoreError::Changed(_) => Status::aborted(err.to_string()),
+            StoreError::Changed(_) | StoreError::Conflict(_) => Status::aborted(err.to_string()),
             StoreError::WriteUnknown(_) => Status::unavailable(bounded(err.to_string())),
             StoreError::RequestReused(_) => Status::invalid_argument(bounded(err.to_string())),
             StoreError::TooManyEntities(_) => Status::resource_exhausted(err.to_string()),

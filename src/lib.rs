@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod policy;
+pub mod scim;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -159,8 +159,14 @@ async fn start(
             let listener = TcpListener::bind(addr).await.map_err(|e| ServeError::Bind(addr, e))?;
             let incoming =
                 Incoming::new(listener, tls.clone().map(|t| (t, Alpn::Http))).map_err(|e| ServeError::Bind(addr, e))?;
+            let scim_tokens = config.scim_credentials().map_err(ServeError::Credentials)?;
+            if scim_tokens.is_empty() {
+                tracing::info!("SCIM is off: no --scim-token");
+            }
+            let scim = crate::scim::Scim::new(entities.clone(), store.clone());
             let api =
-                HttpApi::new(decisions, config.max_batch, config.http_tokens.clone(), config.tls.check_peers.clone());
+                HttpApi::new(decisions, config.max_batch, config.http_tokens.clone(), config.tls.check_peers.clone())
+                    .with_scim(scim, scim_tokens, tls.is_some());
             Some((incoming, Arc::new(api)))
         }
         None => None,

@@ -117,6 +117,13 @@ impl Change {
     }
 }
 
+/// A write's precondition: the entity at `uid` is at `revision` (0: absent) when the write applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    pub uid: EntityUid,
+    pub revision: u64,
+}
+
 /// Where provisioned entities live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
@@ -340,11 +347,24 @@ impl EntityStore {
         actor: &str,
         request: Option<RequestKey>,
     ) -> Result<u64, StoreError> {
+        self.apply_guarded(changes, Vec::new(), actor, request).await
+    }
+
+    /// `apply`, only if every guarded entity is still at the revision its writer read
+    /// (`StoreError::Conflict` otherwise, nothing written): a read-modify-write that cannot lose
+    /// another writer's update, on every backend and across replicas.
+    pub async fn apply_guarded(
+        &self,
+        changes: Vec<Change>,
+        guards: Vec<Guard>,
+        actor: &str,
+        request: Option<RequestKey>,
+    ) -> Result<u64, StoreError> {
         match &self.backend {
-            Backend::Local { store, cache } => store.apply(changes, actor, request, cache).await,
+            Backend::Local { store, cache } => store.apply(changes, guards, actor, request, cache).await,
             Backend::Redis { store, cache } => {
                 let uids: Vec<EntityUid> = changes.iter().map(|c| c.uid().clone()).collect();
-                let revision = store.apply(&changes, actor, cache.highest(), request.as_ref()).await?;
+                let revision = store.apply(&changes, &guards, actor, cache.highest(), request.as_ref()).await?;
                 cache.note(revision);
                 // This replica reads its own write at once; the others hear of it through the subscription.
                 cache.invalidate(&uids);

@@ -26,13 +26,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{EntityCache, Source};
 use super::{
-    AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Record, RequestKey, key_of, parse_stored, rfc3339,
+    AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Guard, Record, RequestKey, key_of, parse_stored, rfc3339,
     stored_entity,
 };
 use crate::error::StoreError;
 
 /// Applies one batch. ARGV: prefix, channel, actor, floor, request id ("" for none), request digest,
-/// then (op, uid, type, entity JSON or "", parent uids joined by newlines) per change. Each change
+/// the number of guards, then (uid, revision) per guard — the batch applies only if each of those
+/// entities is at that revision now (0: absent) — then (op, uid, type, entity JSON or "", parent
+/// uids joined by newlines) per change. Each change
 /// also keeps the children index (`c:<parent>` → child uids, `pa:<uid>` → its parents' uids). A request id used before returns its first
 /// revision (same digest) or an error (another batch), writing nothing; a new one is kept a day. The new revision is above both the stored one and the writer's floor (the highest it
 /// has seen): after Redis lost writes, revisions go on instead of being issued a second time.
@@ -42,6 +44,7 @@ const APPLY: &str = r#"
 local p, channel, actor, floor = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local rid, digest = ARGV[5], ARGV[6]
 local request = p .. 'request:' .. rid
+local at = 8 + 2 * tonumber(ARGV[7])
 local function expect(key, want)
   local t = redis.call('TYPE', key).ok
   if t ~= 'none' and t ~= want then
@@ -50,7 +53,7 @@ local function expect(key, want)
 end
 local bad = expect(p .. 'rev', 'string') or expect(p .. 'audit', 'stream') or expect(p .. 'indexed', 'string')
 if rid ~= '' then bad = bad or expect(request, 'string') end
-for i = 7, #ARGV, 5 do
+for i = at, #ARGV, 5 do
   bad = bad or expect(p .. 'e:' .. ARGV[i + 1], 'string') or expect(p .. 't:' .. ARGV[i + 2], 'zset')
     or expect(p .. 'pa:' .. ARGV[i + 1], 'set')
   for parent in string.gmatch(ARGV[i + 4], '[^\n]+') do
@@ -68,6 +71,13 @@ if rid ~= '' then
     return tonumber(first)
   end
 end
+for i = 8, at - 1, 2 do
+  local current = redis.call('GET', p .. 'e:' .. ARGV[i])
+  local rev = current and string.match(current, '^{"rev":(%d+),') or '0'
+  if rev ~= ARGV[i + 1] then
+    return redis.error_reply('cedar-pdp: conflict on ' .. ARGV[i])
+  end
+end
 local stored = tonumber(redis.call('GET', p .. 'rev') or '0')
 if not stored then
   return redis.error_reply('cedar-pdp: key ' .. p .. 'rev is not a number')
@@ -79,7 +89,7 @@ local clock = tonumber(now[1]) * 1000000 + tonumber(now[2])
 local rev = string.format('%d', math.max(stored, floor, clock) + 1)
 redis.call('SET', p .. 'rev', rev)
 local uids = {}
-for i = 7, #ARGV, 5 do
+for i = at, #ARGV, 5 do
   local op, uid, ty, entity, parents = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   -- The children index: the entity's old parent edges go, its new ones come.
   local pa = p .. 'pa:' .. uid
@@ -203,6 +213,7 @@ impl RedisStore {
     pub async fn apply(
         &self,
         changes: &[Change],
+        guards: &[Guard],
         actor: &str,
         floor: u64,
         request: Option<&RequestKey>,
@@ -213,6 +224,10 @@ impl RedisStore {
             Some(key) => invocation.arg(&key.id).arg(&key.digest),
             None => invocation.arg("").arg(""),
         };
+        invocation.arg(guards.len());
+        for guard in guards {
+            invocation.arg(key_of(&guard.uid)).arg(guard.revision);
+        }
         for change in changes {
             let uid = change.uid();
             let (entity, parents) = match change {
@@ -230,6 +245,10 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
             Ok(Ok(revision)) => Ok(revision),
             // The script answered with an error: it wrote nothing.
+            Ok(Err(e)) if e.to_string().contains("cedar-pdp: conflict on ") => {
+                let uid = e.to_string().split("conflict on ").nth(1).unwrap_or_default().to_string();
+                Err(StoreError::Conflict(uid))
+            }
             Ok(Err(e)) if e.to_string().contains("request_id reused") => {
                 Err(StoreError::RequestReused(request.map(|k| k.id.clone()).unwrap_or_default()))
             }

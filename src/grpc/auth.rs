@@ -67,6 +67,11 @@ impl Gate {
         }
     }
 
+    /// The name of a presented token (for callers that read it themselves: SCIM's bare tokens).
+    pub fn name(&self, token: &str) -> Option<String> {
+        self.token_name(token)
+    }
+
     fn token_name(&self, token: &str) -> Option<String> {
         let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every configured token is compared, so timing does not tell which one came close.

@@ -54,7 +54,10 @@ impl EntityApi {
     ) -> Result<pb::WriteResponse, Status> {
         let count = changes.len();
         let request = entities::RequestKey::new(request_id, &changes)?;
-        let revision = self.store.apply(changes, actor, request).await?;
+        // What SCIM provisions is SCIM's: refused here, and guarded against SCIM taking it meanwhile.
+        let uids: Vec<_> = changes.iter().map(|c| c.uid().clone()).collect();
+        let guards = crate::scim::ownership_guards(&self.store, &uids).await?;
+        let revision = self.store.apply_guarded(changes, guards, actor, request).await?;
         tracing::info!(target: "cedar_pdp::audit", actor, revision, count, "entities changed");
         Ok(pb::WriteResponse { revision })
     }

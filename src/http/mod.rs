@@ -7,6 +7,7 @@
 //! configured and none presented gets nothing.
 
 mod authzen;
+mod scim;
 
 use std::sync::Arc;
 
@@ -29,11 +30,24 @@ pub struct HttpApi {
     max_batch: usize,
     /// `--http-token`s and `--check-peer`s; with neither, any caller the TLS policy admits.
     gate: Gate,
+    /// The SCIM service and its `--scim-token`s; None (SCIM refused) without a token.
+    scim: Option<(crate::scim::Scim, Gate)>,
+    /// `http` or `https`, for the URLs SCIM answers with.
+    scheme: &'static str,
 }
 
 impl HttpApi {
     pub fn new(decisions: Arc<Decisions>, max_batch: usize, tokens: Vec<(String, String)>, peers: Vec<String>) -> Self {
-        HttpApi { decisions, max_batch, gate: Gate::new("the AuthZEN API", tokens, peers) }
+        HttpApi { decisions, max_batch, gate: Gate::new("the AuthZEN API", tokens, peers), scim: None, scheme: "http" }
+    }
+
+    /// Serves SCIM under `/scim/v2` for callers presenting one of `tokens`; with none, SCIM is off.
+    pub fn with_scim(mut self, scim: crate::scim::Scim, tokens: Vec<(String, String)>, tls: bool) -> Self {
+        if !tokens.is_empty() {
+            self.scim = Some((scim, Gate::new("SCIM", tokens, Vec::<String>::new())));
+        }
+        self.scheme = if tls { "https" } else { "http" };
+        self
     }
 
     fn admit(&self, headers: &HeaderMap, peer: &Peer) -> Result<(), HttpError> {
@@ -53,7 +67,7 @@ impl HttpApi {
 
 /// The router: AuthZEN endpoints and the metadata document.
 pub fn router(api: Arc<HttpApi>) -> axum::Router {
-    authzen::routes().layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(api)
+    authzen::routes().merge(scim::routes()).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(api)
 }
 
 /// Serves the AuthZEN API on `listener` until `stop`, within `limits` (see `web.rs`).

@@ -34,6 +34,7 @@ enum Kind {
     Links,
     ExtAuthz,
     Authzen,
+    Scim,
 }
 
 struct SourceFile {
@@ -88,6 +89,17 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
             Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
         }
     }
+    let mut scim = super::ScimMapping::default();
+    for file in by_kind(Kind::Scim) {
+        if file.rel != super::scim::FILE {
+            diags.push(Diagnostic::new(&file.rel, "the SCIM mapping belongs at the top of the directory"));
+            continue;
+        }
+        match super::ScimMapping::parse(&file.text, schema.as_ref()) {
+            Ok(mapping) => scim = mapping,
+            Err(message) => diags.push(Diagnostic::new(&file.rel, message)),
+        }
+    }
     if !diags.is_empty() {
         return Err(PolicyLoadError { diagnostics: diags });
     }
@@ -105,6 +117,7 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
     }
     snapshot.ext_authz = ext_authz;
     snapshot.authzen = std::sync::Arc::new(authzen);
+    snapshot.scim = std::sync::Arc::new(scim);
     snapshot.files = file_stats(&snapshot.policies, &origins);
     Ok(snapshot)
 }
@@ -142,6 +155,8 @@ fn classify(name: &str) -> Option<Kind> {
         Some(Kind::ExtAuthz)
     } else if name == super::authzen::FILE {
         Some(Kind::Authzen)
+    } else if name == super::scim::FILE {
+        Some(Kind::Scim)
     } else {
         None
     }

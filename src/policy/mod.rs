@@ -7,6 +7,7 @@
 mod authzen;
 mod diag;
 mod load;
+pub mod scim;
 mod scope;
 mod snapshot;
 pub mod watch;
@@ -19,6 +20,11 @@ use arc_swap::ArcSwapOption;
 
 pub use crate::error::Diagnostic;
 pub use authzen::AuthzenNames;
+pub use scim::ScimMapping;
+
+/// Entity types under this namespace hold the SCIM endpoint's own state: no policy file, mapping or
+/// EntityService write may use them.
+pub const RESERVED_NAMESPACE: &str = "CedarPdp::Scim::";
 pub use load::load_dir;
 pub(crate) use scope::Selected;
 pub use scope::Targets;

@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub ext_authz: Option<std::sync::Arc<crate::envoy::Mapping>>,
     /// AuthZEN's names for Cedar types (`authzen.toml`; the same names without it).
     pub authzen: std::sync::Arc<super::AuthzenNames>,
+    /// How SCIM users and groups become Cedar entities (`scim.toml`; the defaults without it).
+    pub scim: std::sync::Arc<super::ScimMapping>,
     /// Per policy file: what it holds, to notice an edit that empties a file or drops its forbids.
     pub files: std::collections::BTreeMap<String, FileStat>,
     pub(crate) authorizer: Authorizer,
@@ -108,6 +110,7 @@ impl Snapshot {
             template_count: policies.templates().count(),
             ext_authz: None,
             authzen: Default::default(),
+            scim: Default::default(),
             files: Default::default(),
             policies,
             schema,

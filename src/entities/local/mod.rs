@@ -27,7 +27,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 use super::cache::{EntityCache, Source};
 use super::{
-    AuditRecord, Change, Fetched, Record, RequestKey, key_of, parent_keys, parse_stored, rfc3339, stored_entity,
+    AuditRecord, Change, Fetched, Guard, Record, RequestKey, key_of, parent_keys, parse_stored, rfc3339, stored_entity,
 };
 use crate::error::StoreError;
 
@@ -60,6 +60,25 @@ enum Committed {
     Replayed {
         revision: u64,
     },
+}
+
+/// Refuses the write unless every guarded entity is at its expected revision (0: absent).
+fn check_guards(txn: &redb::WriteTransaction, guards: &[Guard]) -> Result<(), StoreError> {
+    if guards.is_empty() {
+        return Ok(());
+    }
+    let entities = txn.open_table(ENTITIES).map_err(write_error)?;
+    for guard in guards {
+        let key = key_of(&guard.uid);
+        let current = match entities.get(key.as_str()).map_err(write_error)? {
+            Some(value) => parse_stored(value.value())?.revision,
+            None => 0,
+        };
+        if current != guard.revision {
+            return Err(StoreError::Conflict(key));
+        }
+    }
+    Ok(())
 }
 
 /// The first outcome of `key`, if it was used before; a different batch under it is refused.
@@ -159,13 +178,14 @@ impl LocalStore {
     pub async fn apply(
         self: &Arc<Self>,
         changes: Vec<Change>,
+        guards: Vec<Guard>,
         actor: &str,
         request: Option<RequestKey>,
         cache: &Arc<EntityCache>,
     ) -> Result<u64, StoreError> {
         let (store, actor, cache) = (self.clone(), actor.to_string(), cache.clone());
         // The commit syncs the file: off the runtime's workers.
-        tokio::task::spawn_blocking(move || store.apply_blocking(&changes, &actor, request.as_ref(), &cache))
+        tokio::task::spawn_blocking(move || store.apply_blocking(&changes, &guards, &actor, request.as_ref(), &cache))
             .await
             .map_err(|e| StoreError::WriteUnknown(format!("the write task failed: {e}")))?
     }
@@ -173,13 +193,14 @@ impl LocalStore {
     fn apply_blocking(
         &self,
         changes: &[Change],
+        guards: &[Guard],
         actor: &str,
         request: Option<&RequestKey>,
         cache: &EntityCache,
     ) -> Result<u64, StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let now = SystemTime::now();
-        let (revision, count) = match self.commit(changes, actor, request, now)? {
+        let (revision, count) = match self.commit(changes, guards, actor, request, now)? {
             Committed::New { revision, count } => (revision, count),
             Committed::Replayed { revision } => return Ok(revision),
         };
@@ -196,6 +217,7 @@ impl LocalStore {
     fn commit(
         &self,
         changes: &[Change],
+        guards: &[Guard],
         actor: &str,
         request: Option<&RequestKey>,
         now: SystemTime,
@@ -209,6 +231,7 @@ impl LocalStore {
         {
             return Ok(Committed::Replayed { revision });
         }
+        check_guards(&txn, guards)?;
         let (revision, count) = self.write_batch(&txn, changes, actor, now).map_err(write_error)?;
         if let Some(key) = request {
             let value = serde_json::json!({"rev": revision, "digest": key.digest, "at": millis(now)}).to_string();
