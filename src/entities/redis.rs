@@ -245,8 +245,9 @@ impl RedisStore {
         match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
             Ok(Ok(revision)) => Ok(revision),
             // The script answered with an error: it wrote nothing.
-            Ok(Err(e)) if e.to_string().contains("cedar-pdp: conflict on ") => {
-                let uid = e.to_string().split("conflict on ").nth(1).unwrap_or_default().to_string();
+            // Redis quotes the reply's first word as an error code: match on the rest.
+            Ok(Err(e)) if e.to_string().contains(": conflict on ") => {
+                let uid = e.to_string().split(": conflict on ").nth(1).unwrap_or_default().to_string();
                 Err(StoreError::Conflict(uid))
             }
             Ok(Err(e)) if e.to_string().contains("request_id reused") => {

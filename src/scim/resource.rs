@@ -69,7 +69,8 @@ pub fn coerce(attr: &'static Attr, value: &Value, field: &str) -> Result<Option<
                 out.push(item);
             }
         }
-        return Ok(Some(Value::Array(out)));
+        // An empty list is an unassigned attribute (RFC 7643 §2.5).
+        return Ok((!out.is_empty()).then_some(Value::Array(out)));
     }
     single(attr, value, field)
 }
@@ -122,7 +123,7 @@ mod tests {
         assert_eq!(
             got,
             json!({
-                "userName": "ann", "active": false, "roles": [],
+                "userName": "ann", "active": false,
                 "emails": [{"value": "a@x", "primary": true}], "name": {"givenName": "Ann"},
                 ENTERPRISE_URN: {"department": "R&D", "manager": {"value": "m1"}}
             })

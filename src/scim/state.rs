@@ -459,6 +459,9 @@ impl<'a> Txn<'a> {
                 if let Some(Value::Array(members)) = group.resource.get_mut("members") {
                     members.retain(|m| m.get("value").and_then(Value::as_str) != Some(id.as_str()));
                 }
+                if group.resource.get("members").and_then(Value::as_array).is_some_and(Vec::is_empty) {
+                    group.resource.as_object_mut().map(|o| o.remove("members"));
+                }
                 self.write(ResourceType::Group, &group)?;
             }
         }
