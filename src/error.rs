@@ -204,8 +204,8 @@ impl From<StoreError> for ScimError {
     fn from(err: StoreError) -> Self {
         let status = match &err {
             StoreError::Unavailable(_) | StoreError::Audit(_) | StoreError::WriteUnknown(_) => 503,
-            // A guarded write that lost a race with another writer: the caller's `If-Match` failed.
-            StoreError::Conflict(_) => 412,
+            // A guarded write that kept losing races with other writers (SCIM redoes it first).
+            StoreError::Conflict(_) => 503,
             StoreError::TooManyEntities(_) => 413,
             _ => 500,
         };

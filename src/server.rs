@@ -161,7 +161,7 @@ async fn start(
                 Incoming::new(listener, tls.clone().map(|t| (t, Alpn::Http))).map_err(|e| ServeError::Bind(addr, e))?;
             let scim_tokens = config.scim_credentials().map_err(ServeError::Credentials)?;
             if scim_tokens.is_empty() {
-                tracing::info!("SCIM is off: no --scim-token");
+                tracing::warn!("SCIM is off: no --scim-token (every /scim/v2 call is refused with 401)");
             }
             let scim = crate::scim::Scim::new(entities.clone(), store.clone());
             let api =

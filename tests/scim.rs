@@ -147,6 +147,14 @@ async fn okta_flow_provisions_deactivates_reactivates_and_renames() {
     let put = scim.call("PUT", &format!("/Users/{id}"), Some(whole.clone()), &[]).await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
+    // A PUT that leaves `active` out keeps it: it cannot bring the groups back.
+    let mut without = whole.clone();
+    without.as_object_mut().unwrap().remove("active");
+    let kept = scim.call("PUT", &format!("/Users/{id}"), Some(without), &[]).await;
+    assert_eq!((kept.status, kept.body["active"].clone()), (200, json!(false)), "{}", kept.body);
+    let removed = scim.patch(&format!("/Users/{id}"), json!([{"op": "remove", "path": "active"}])).await;
+    assert_eq!(removed.body["active"], json!(false), "{}", removed.body);
+    assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
     whole["active"] = json!(true);
     scim.call("PUT", &format!("/Users/{id}"), Some(whole), &[]).await;
     assert!(scim.allowed("ann@example.com", VIEW, DOC).await);
@@ -257,14 +265,32 @@ async fn errors_an_idp_relies_on() {
     assert_eq!(scim.call("PUT", &path, Some(user.clone()), &[("if-match", &current)]).await.status, 200);
     // Oversized bodies.
     let huge = json!({"userName": "big", "displayName": "x".repeat(2 << 20)});
-    assert_eq!(scim.post("/Users", huge).await.status, 413);
+    error(&scim.post("/Users", huge).await, 413, None);
+    // Unicode names: the lookup agrees with the uniqueness check.
+    scim.post("/Users", json!({"userName": "Élise@example.com"})).await;
+    let found = scim.get("/Users?filter=userName%20eq%20%22%C3%A9lise@example.com%22").await;
+    assert_eq!(found.body["totalResults"], json!(1), "{}", found.body);
+    error(&scim.post("/Users", json!({"userName": "élise@EXAMPLE.com"})).await, 409, Some("uniqueness"));
+    // Group cycles are refused.
+    let outer = scim.post("/Groups", json!({"displayName": "Outer"})).await.body["id"].as_str().unwrap().to_string();
+    let inner = scim.post("/Groups", json!({"displayName": "Inner"})).await.body["id"].as_str().unwrap().to_string();
+    let nest = |member: &str| json!([{"op": "add", "path": "members", "value": [{"value": member}]}]);
+    assert_eq!(scim.patch(&format!("/Groups/{outer}"), nest(&inner)).await.status, 200);
+    error(&scim.patch(&format!("/Groups/{inner}"), nest(&outer)).await, 400, Some("invalidValue"));
+    error(&scim.patch(&format!("/Groups/{inner}"), nest(&inner)).await, 400, Some("invalidValue"));
+    // A hostile filter is refused, and the server lives on.
+    let deep = format!("{}userName pr{}", "(".repeat(3000), ")".repeat(3000));
+    let answer = scim.client.get(format!("{}/Users", scim.base)).query(&[("filter", deep)])
+        .header("authorization", "Bearer okta-secret").send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 400);
+    assert_eq!(scim.get(&format!("/Users/{id}")).await.status, 200);
     // Pagination: 1-based, stable, integer counts.
     for n in 0..4 {
         scim.post("/Users", json!({"userName": format!("page{n}@example.com")})).await;
     }
     let first = scim.get("/Users?startIndex=1&count=2").await.body;
     let second = scim.get("/Users?startIndex=3&count=2").await.body;
-    assert_eq!((first["totalResults"].clone(), first["itemsPerPage"].clone(), second["startIndex"].clone()), (json!(5), json!(2), json!(3)));
+    assert_eq!((first["totalResults"].clone(), first["itemsPerPage"].clone(), second["startIndex"].clone()), (json!(6), json!(2), json!(3)));
     let ids: Vec<&Value> = [&first, &second].iter().flat_map(|p| p["Resources"].as_array().unwrap()).map(|r| &r["id"]).collect();
     let unique: std::collections::BTreeSet<String> = ids.iter().map(|v| v.to_string()).collect();
     assert_eq!(unique.len(), 4, "{ids:?}");
@@ -338,4 +364,35 @@ async fn deactivation_reaches_a_second_replica_on_shared_redis() {
     assert_eq!((x.status, y.status), (200, 200), "{} {}", x.body, y.body);
     let both = a.get(&format!("/Users/{id}")).await.body;
     assert_eq!((both["title"].clone(), both["nickName"].clone()), (json!("Engineer"), json!("Evie")), "{both}");
+    // Many members added to one group at once through both replicas, as an IdP pushes them: every
+    // one lands (conflicting writes are redone, never lost).
+    let group = a.post("/Groups", json!({"displayName": "Busy"})).await.body["id"].as_str().unwrap().to_string();
+    let mut users = Vec::new();
+    for n in 0..12 {
+        users.push(a.post("/Users", json!({"userName": format!("busy{n}@example.com")})).await.body["id"].as_str().unwrap().to_string());
+    }
+    let group_path = format!("/Groups/{group}");
+    let mut adds = tokio::task::JoinSet::new();
+    for (n, user) in users.iter().enumerate() {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        let request = replica
+            .client
+            .patch(format!("{}{group_path}", replica.base))
+            .header("authorization", format!("Bearer {}", replica.token))
+            .header("content-type", "application/scim+json")
+            .body(json!({"schemas": [PATCH_URN], "Operations": [{"op": "add", "path": "members", "value": [{"value": user}]}]}).to_string());
+        adds.spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        });
+    }
+    while let Some(done) = adds.join_next().await {
+        let (status, text) = done.unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let members = b.get(&group_path).await.body["members"].as_array().unwrap().len();
+    assert_eq!(members, 12);
+    for n in 0..12 {
+        assert_eq!(b.get(&format!("/Users/{}", users[n])).await.body["groups"][0]["value"], json!(group));
+    }
 }

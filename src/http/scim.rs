@@ -253,37 +253,51 @@ async fn delete(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, id: &str) 
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-type Q = Query<HashMap<String, String>>;
+type Q = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
-async fn list_users(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Query(q): Q) -> Result<Response, ScimError> {
-    list(&api, ResourceType::User, &headers, &q).await
+/// Query parameters, or a SCIM 400 (never axum's plain-text rejection).
+fn query(q: Q) -> Result<HashMap<String, String>, ScimError> {
+    q.map(|Query(q)| q).map_err(|e| ScimError::invalid_value(format!("the query string: {}", e.body_text())))
 }
-async fn list_groups(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Query(q): Q) -> Result<Response, ScimError> {
-    list(&api, ResourceType::Group, &headers, &q).await
+
+/// The body, or a SCIM 413 past the limit (400 for other failures to read it).
+fn read_body(b: Body) -> Result<Bytes, ScimError> {
+    b.map_err(|e| {
+        let status = e.status().as_u16();
+        ScimError::new(status, (status == 400).then_some("invalidSyntax"), e.body_text())
+    })
 }
-async fn get_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, Query(q): Q) -> Result<Response, ScimError> {
-    get_one(&api, ResourceType::User, &headers, &id, &q).await
+
+async fn list_users(State(api): State<Arc<HttpApi>>, headers: HeaderMap, q: Q) -> Result<Response, ScimError> {
+    list(&api, ResourceType::User, &headers, &query(q)?).await
 }
-async fn get_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, Query(q): Q) -> Result<Response, ScimError> {
-    get_one(&api, ResourceType::Group, &headers, &id, &q).await
+async fn list_groups(State(api): State<Arc<HttpApi>>, headers: HeaderMap, q: Q) -> Result<Response, ScimError> {
+    list(&api, ResourceType::Group, &headers, &query(q)?).await
 }
-async fn create_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: Bytes) -> Result<Response, ScimError> {
-    create(&api, ResourceType::User, &headers, &body).await
+async fn get_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, q: Q) -> Result<Response, ScimError> {
+    get_one(&api, ResourceType::User, &headers, &id, &query(q)?).await
 }
-async fn create_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: Bytes) -> Result<Response, ScimError> {
-    create(&api, ResourceType::Group, &headers, &body).await
+async fn get_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, q: Q) -> Result<Response, ScimError> {
+    get_one(&api, ResourceType::Group, &headers, &id, &query(q)?).await
 }
-async fn put_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Response, ScimError> {
-    put(&api, ResourceType::User, &headers, &id, &body).await
+async fn create_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: Body) -> Result<Response, ScimError> {
+    create(&api, ResourceType::User, &headers, &read_body(body)?).await
 }
-async fn put_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Response, ScimError> {
-    put(&api, ResourceType::Group, &headers, &id, &body).await
+async fn create_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: Body) -> Result<Response, ScimError> {
+    create(&api, ResourceType::Group, &headers, &read_body(body)?).await
 }
-async fn patch_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Response, ScimError> {
-    patch(&api, ResourceType::User, &headers, &id, &body).await
+async fn put_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+    put(&api, ResourceType::User, &headers, &id, &read_body(body)?).await
 }
-async fn patch_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Bytes) -> Result<Response, ScimError> {
-    patch(&api, ResourceType::Group, &headers, &id, &body).await
+async fn put_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+    put(&api, ResourceType::Group, &headers, &id, &read_body(body)?).await
+}
+async fn patch_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+    patch(&api, ResourceType::User, &headers, &id, &read_body(body)?).await
+}
+async fn patch_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+    patch(&api, ResourceType::Group, &headers, &id, &read_body(body)?).await
 }
 async fn delete_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ScimError> {
     delete(&api, ResourceType::User, &headers, &id).await

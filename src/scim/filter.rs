@@ -45,6 +45,11 @@ enum Token {
     Text(String),
 }
 
+/// Deepest nesting of parentheses, `not` and value filters, and most tokens: a hostile filter must
+/// not exhaust the stack (parsing, matching and dropping it all recurse).
+const MAX_DEPTH: usize = 32;
+const MAX_TOKENS: usize = 1000;
+
 fn invalid(detail: impl Into<String>) -> ScimError {
     ScimError::invalid_filter(detail)
 }
@@ -101,6 +106,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ScimError> {
                 tokens.push(Token::Word(word));
             }
         }
+        if tokens.len() > MAX_TOKENS {
+            return Err(invalid(format!("longer than {MAX_TOKENS} tokens")));
+        }
     }
     Ok(tokens)
 }
@@ -108,7 +116,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ScimError> {
 /// Parses `text` for a resource type described by `schemas`.
 pub fn parse(text: &str, schemas: &'static [SchemaDef]) -> Result<Filter, ScimError> {
     let tokens = tokenize(text)?;
-    let mut parser = Parser { tokens, at: 0, schemas, within: None };
+    let mut parser = Parser { tokens, at: 0, schemas, within: None, depth: 0 };
     let filter = parser.or()?;
     if parser.at != parser.tokens.len() {
         return Err(invalid(format!("unexpected `{}`", parser.describe())));
@@ -119,7 +127,7 @@ pub fn parse(text: &str, schemas: &'static [SchemaDef]) -> Result<Filter, ScimEr
 /// Parses the filter inside `attr[...]` of a PATCH path: names are `outer`'s sub-attributes.
 pub fn parse_within(text: &str, schemas: &'static [SchemaDef], outer: Target) -> Result<Filter, ScimError> {
     let tokens = tokenize(text)?;
-    let mut parser = Parser { tokens, at: 0, schemas, within: Some(outer) };
+    let mut parser = Parser { tokens, at: 0, schemas, within: Some(outer), depth: 0 };
     let filter = parser.or()?;
     if parser.at != parser.tokens.len() {
         return Err(invalid(format!("unexpected `{}`", parser.describe())));
@@ -133,6 +141,7 @@ struct Parser {
     schemas: &'static [SchemaDef],
     /// Inside `attr[...]`: attribute names are that attribute's sub-attributes.
     within: Option<Target>,
+    depth: usize,
 }
 
 impl Parser {
@@ -164,6 +173,16 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Filter, ScimError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(invalid(format!("nested deeper than {MAX_DEPTH}")));
+        }
+        let result = self.or_inner();
+        self.depth -= 1;
+        result
+    }
+
+    fn or_inner(&mut self) -> Result<Filter, ScimError> {
         let mut left = self.and()?;
         while self.keyword("or") {
             left = Filter::Or(Box::new(left), Box::new(self.and()?));
@@ -319,6 +338,18 @@ fn compare_any(path: &Target, op: Op, expected: &Value, resource: &Value) -> boo
     if expected.is_null() {
         return !values.iter().any(|v| present(v));
     }
+    if path.compared_kind() == Some(Kind::DateTime) {
+        let time = |v: &Value| v.as_str().and_then(|s| humantime::parse_rfc3339_weak(s).ok());
+        let Some(wanted) = time(expected) else { return false };
+        return values.iter().filter_map(|v| time(v)).any(|t| match op {
+            Op::Eq | Op::Ne => t == wanted,
+            Op::Gt => t > wanted,
+            Op::Ge => t >= wanted,
+            Op::Lt => t < wanted,
+            Op::Le => t <= wanted,
+            Op::Co | Op::Sw | Op::Ew => false,
+        });
+    }
     values.iter().any(|v| compare(v, op, expected, path.case_exact()))
 }
 
@@ -388,6 +419,9 @@ mod tests {
             ("userName ne \"x\"", true),
             ("meta.lastModified gt \"2026-01-01T00:00:00Z\"", true),
             ("meta.lastModified lt \"2026-01-01T00:00:00Z\"", false),
+            ("meta.lastModified gt \"2026-11-30T10:00:00Z\"", false),
+            ("meta.lastModified ge \"2026-11-30T10:00:00Z\"", true),
+            ("meta.lastModified lt \"2026-11-30T10:00:00.500Z\"", true),
             ("urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq \"sales\"", true),
             ("(userName eq \"x\" or id eq \"2819c223\") and active eq true", true),
             ("userName eq \"a \\\"quoted\\\" name\"", false),
@@ -432,6 +466,14 @@ mod tests {
             "not userName eq \"x\"",
             "userName eq 12",
         ] {
+            let err = parse(text, USER).expect_err(text);
+            assert_eq!(err.scim_type, Some("invalidFilter"), "{text}");
+        }
+        // Hostile sizes are refused, not recursed into.
+        let deep = format!("{}userName eq \"x\"{}", "(".repeat(100_000), ")".repeat(100_000));
+        let long = vec!["userName eq \"x\""; 5000].join(" and ");
+        let deep_not = format!("{}userName pr{}", "not (".repeat(40), ")".repeat(40));
+        for text in [deep.as_str(), long.as_str(), deep_not.as_str()] {
             let err = parse(text, USER).expect_err(text);
             assert_eq!(err.scim_type, Some("invalidFilter"), "{text}");
         }

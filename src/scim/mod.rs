@@ -39,8 +39,9 @@ use crate::policy::scim::{GROUP, SchemaDef, USER};
 /// Most resources one list answer carries (`filter.maxResults`).
 pub const MAX_RESULTS: usize = 1000;
 
-/// How often a write that lost a race with another writer is redone before giving up.
-const ATTEMPTS: usize = 8;
+/// How often a write that lost a race with another writer is redone before giving up (with a
+/// short random pause growing each time, so that concurrent writers to one group spread out).
+const ATTEMPTS: u32 = 16;
 
 /// The SCIM service: what the HTTP handlers call.
 pub struct Scim {
@@ -100,7 +101,8 @@ impl Scim {
             let mut txn = state::Txn::new(&self.store, self.snapshot()?);
             let current = txn.current(ty, id, if_match).await?;
             let mut next = wanted.clone();
-            if ty == ResourceType::Group && next.get("members").is_none() && body.get("members").is_none() {
+            let sent_members = body.as_object().is_some_and(|b| b.keys().any(|k| k.eq_ignore_ascii_case("members")));
+            if ty == ResourceType::Group && !sent_members {
                 // A PUT that leaves `members` out (Okta's rename) keeps them.
                 if let Some(members) = current.resource.get("members") {
                     next["members"] = members.clone();
@@ -154,15 +156,19 @@ impl Scim {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        for _ in 1..ATTEMPTS {
+        for n in 1..=ATTEMPTS {
             match attempt().await {
                 Err(Failure::Store(StoreError::Conflict(uid))) => {
                     tracing::debug!(uid, "a SCIM write raced another writer; redoing it");
+                    // A v7 uuid's low bits are random: jitter without another crate.
+                    let random = (uuid::Uuid::now_v7().as_u128() & 0xffff) as u64;
+                    let pause = random % (u64::from(n.min(8)) * 2 + 1);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 }
                 other => return other.map_err(ScimError::from),
             }
         }
-        attempt().await.map_err(ScimError::from)
+        Err(ScimError::new(503, None, "too many concurrent writes to the same resources; retry"))
     }
 }
 

@@ -119,6 +119,14 @@ fn apply_key(
     value: &Value,
     schemas: &'static [SchemaDef],
 ) -> Result<(), ScimError> {
+    // A key with a value filter is a path like any other (never dropped silently).
+    if key.contains('[') {
+        let path = parse_path(key, schemas)?;
+        if !writable(path.target.attr) {
+            return Err(ScimError::bad("mutability", format!("`{key}` is read-only")));
+        }
+        return at_path(resource, verb, &path, value);
+    }
     let Some(target) = target(schemas, key) else { return Ok(()) };
     if !writable(target.attr) || target.sub.is_some_and(|s| !writable(s)) {
         return Ok(());
@@ -321,12 +329,13 @@ mod tests {
         let ops = json!([{"op": "replace", "value": {
             "name.givenName": "Ann", "displayName": "Ann A",
             (format!("{ENTERPRISE_URN}:employeeNumber")): "42",
-            "emails[type eq \"work\"].value": "ignored: not a plain path"
+            "emails[type eq \"work\"].value": "w@x"
         }}]);
         let u = patched(user(), ops, USER).unwrap();
         assert_eq!(u["name"]["givenName"], "Ann");
         assert_eq!(u[ENTERPRISE_URN]["employeeNumber"], "42");
         assert_eq!(u["displayName"], "Ann A");
+        assert_eq!(u["emails"], json!([{"value": "w@x", "type": "work"}]));
         // A work email replaced through a filter, and added where there is none.
         let ops = json!([{"op": "Replace", "path": "emails[type eq \"work\"].value", "value": "new@x"}]);
         assert_eq!(patched(user(), ops.clone(), USER).unwrap()["emails"], json!([{"value": "new@x", "type": "work"}]));

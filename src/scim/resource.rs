@@ -97,6 +97,10 @@ pub fn single(attr: &'static Attr, value: &Value, field: &str) -> Result<Option<
             }
             Value::Object(out)
         }
+        // Entra sends `manager` as the bare id: the `value` of the complex attribute.
+        (Kind::Complex, Value::String(s)) if attr.sub.iter().any(|a| a.name == "value") => {
+            serde_json::json!({ "value": s })
+        }
         (Kind::Complex, _) => return Err(wrong("an object")),
         (_, Value::String(s)) => Value::String(s.clone()),
         (_, _) => return Err(wrong("a string")),
@@ -128,6 +132,8 @@ mod tests {
                 ENTERPRISE_URN: {"department": "R&D", "manager": {"value": "m1"}}
             })
         );
+        let manager = normalize(&json!({ENTERPRISE_URN: {"manager": "m7"}}), USER).unwrap();
+        assert_eq!(manager[ENTERPRISE_URN]["manager"], json!({"value": "m7"}));
         for bad in [json!({"active": "maybe"}), json!({"userName": 5}), json!({"name": "Ann"}), json!([])] {
             assert!(normalize(&bad, USER).is_err(), "{bad}");
         }

@@ -180,7 +180,9 @@ pub async fn by_name(store: &EntityStore, ty: ResourceType, name: &str) -> Resul
     let Some(id) = record.json()["attrs"]["id"].as_str().map(str::to_string) else { return Ok(None) };
     // The name entity and the state are written together; still, trust the state's own name.
     let found = read(store, ty, &id).await?;
-    Ok(found.filter(|s| s.resource.get(ty.unique()).and_then(Value::as_str).is_some_and(|n| n.eq_ignore_ascii_case(name))))
+    // Compared as the index keys it: Unicode lowercase, as a full-scan filter compares too.
+    let wanted = name.to_lowercase();
+    Ok(found.filter(|s| s.resource.get(ty.unique()).and_then(Value::as_str).is_some_and(|n| n.to_lowercase() == wanted)))
 }
 
 /// Every resource of `ty` that `keep` accepts, in id order.
@@ -311,6 +313,17 @@ impl<'a> Txn<'a> {
         {
             return Err(ScimError::uniqueness(format!("`{unique}` `{name}` is taken")).into());
         }
+        // Fail closed: a write that leaves `active` unassigned (a PUT without it, a PATCH removing it)
+        // keeps the current value, so it cannot bring a deactivated user's groups back.
+        if ty == ResourceType::User
+            && resource.get("active").is_none()
+            && let Some(active) = current.as_ref().and_then(|c| c.resource.get("active"))
+        {
+            resource["active"] = active.clone();
+        }
+        if ty == ResourceType::Group {
+            dedupe_members(&mut resource);
+        }
         let created = current.as_ref().and_then(|c| c.resource["meta"]["created"].as_str().map(str::to_string));
         resource["id"] = json!(id);
         resource["meta"] = json!({"created": created.unwrap_or_else(|| self.now.clone()), "lastModified": self.now});
@@ -405,11 +418,35 @@ impl<'a> Txn<'a> {
                 }
                 continue;
             };
+            if is && !was && ty == ResourceType::Group {
+                self.refuse_cycle(id, member).await?;
+            }
             stored.memberships.retain(|m| m.value != id);
             if is {
                 stored.memberships.push(Membership { value: id.into(), display: name.into(), cedar: cedar_key.into() });
             }
+            stored.resource["meta"]["lastModified"] = json!(self.now);
             self.write(ty, &stored)?;
+        }
+        Ok(())
+    }
+
+    /// Adding group `member` to group `group`: refused if `member` is `group` or one of its
+    /// ancestors. The ancestors are read through the transaction, so each is a guard: two writes on
+    /// two replicas cannot close a cycle between them.
+    async fn refuse_cycle(&mut self, group: &str, member: &str) -> Result<(), Failure> {
+        let mut todo = vec![group.to_string()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(next) = todo.pop() {
+            if next == member {
+                return Err(ScimError::invalid_value(format!("`members`: group `{member}` contains group `{group}`")).into());
+            }
+            if !seen.insert(next.clone()) {
+                continue;
+            }
+            if let Some(stored) = self.stored(ResourceType::Group, &next).await? {
+                todo.extend(stored.memberships.into_iter().map(|m| m.value));
+            }
         }
         Ok(())
     }
@@ -536,6 +573,14 @@ impl<'a> Txn<'a> {
         });
         result.revision = revision;
         Ok(result)
+    }
+}
+
+/// One entry per member id: the first one sent.
+fn dedupe_members(resource: &mut Value) {
+    if let Some(Value::Array(members)) = resource.get_mut("members") {
+        let mut seen = std::collections::BTreeSet::new();
+        members.retain(|m| seen.insert(m.get("value").map(Value::to_string).unwrap_or_default()));
     }
 }
 
