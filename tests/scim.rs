@@ -396,3 +396,32 @@ async fn deactivation_reaches_a_second_replica_on_shared_redis() {
         assert_eq!(b.get(&format!("/Users/{}", users[n])).await.body["groups"][0]["value"], json!(group));
     }
 }
+
+#[tokio::test]
+async fn the_enterprise_manager_maps_to_an_entity_reference() {
+    let dir = copy_dir(&fixture("scim"));
+    std::fs::write(
+        dir.path().join("scim.toml"),
+        "[user.attributes]\nuserName = \"userName\"\ndepartment = \"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department\"\nmanager = \"&urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("approve.cedar"),
+        "permit (principal, action == Action::\"approve\", resource is User) when { resource has manager && resource.manager == principal };\n",
+    )
+    .unwrap();
+    let scim = Scim::start(dir.path(), None).await;
+    let boss = scim.post("/Users", json!({"userName": "boss@example.com"})).await.body["id"].as_str().unwrap().to_string();
+    let report = scim.post("/Users", json!({"userName": "report@example.com"})).await.body["id"].as_str().unwrap().to_string();
+    let approve = |who: &str| req(&format!("User::{}", json!(who)), r#"Action::"approve""#, r#"User::"report@example.com""#);
+    assert!(!is_allow(&scim.server.check(approve("boss@example.com")).await.unwrap()));
+    // Entra sends the manager as the bare id.
+    let set = scim
+        .patch(&format!("/Users/{report}"), json!([{"op": "Add", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager", "value": boss}]))
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert!(is_allow(&scim.server.check(approve("boss@example.com")).await.unwrap()));
+    assert!(!is_allow(&scim.server.check(approve("report@example.com")).await.unwrap()));
+    let entity = scim.cedar(r#"User::"report@example.com""#).await.unwrap();
+    assert_eq!(entity["attrs"]["manager"], json!({"__entity": {"type": "User", "id": "boss@example.com"}}), "{entity}");
+}

@@ -11,6 +11,7 @@
 //! suspended = "!active"             # a boolean, negated
 //! department = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"
 //! email = "email"                   # the primary email, else the work one, else the first
+//! manager = "&urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"  # an entity reference
 //! [group]
 //! type = "Group"
 //! id = "displayName"                # displayName | externalId | id
@@ -38,6 +39,8 @@ pub enum Source {
     Not(String),
     /// The primary email, else the work email, else the first.
     Email,
+    /// A user's SCIM id at this path (`&…:manager`), as a reference to that user's Cedar entity.
+    Ref(String),
 }
 
 /// One resource type's mapping.
@@ -367,14 +370,18 @@ fn source(text: &str, is_path: impl Fn(&str) -> bool) -> Result<Source, String> 
     if text == "email" {
         return Ok(Source::Email);
     }
-    let (negated, path) = match text.strip_prefix('!') {
-        Some(path) => (true, path),
-        None => (false, text),
+    let (prefix, path) = match text.strip_prefix(['!', '&']) {
+        Some(path) => (text.chars().next(), path),
+        None => (None, text),
     };
     if !is_path(path) {
         return Err(format!("`{path}` is not an attribute of the SCIM schema"));
     }
-    Ok(if negated { Source::Not(path.into()) } else { Source::Path(path.into()) })
+    Ok(match prefix {
+        Some('!') => Source::Not(path.into()),
+        Some(_) => Source::Ref(path.into()),
+        None => Source::Path(path.into()),
+    })
 }
 
 #[cfg(test)]

@@ -38,18 +38,40 @@ pub fn active(resource: &Value) -> bool {
 
 /// The Cedar attributes of a resource, by the mapping; a source with no value leaves the attribute
 /// out (the schema then says whether it may be missing).
-pub fn attributes(mapping: &ResourceMapping, ty: ResourceType, resource: &Value) -> Map<String, Value> {
+/// `refs`: the Cedar uids of the users `Source::Ref` attributes name, by SCIM id (see `references`).
+pub fn attributes(mapping: &ResourceMapping, ty: ResourceType, resource: &Value, refs: &Refs) -> Map<String, Value> {
     let mut out = Map::new();
     for (name, sources) in &mapping.attributes {
-        if let Some(value) = sources.iter().find_map(|s| source(s, ty, resource)) {
+        if let Some(value) = sources.iter().find_map(|s| source(s, ty, resource, refs)) {
             out.insert(name.clone(), value);
         }
     }
     out
 }
 
-fn source(source: &Source, ty: ResourceType, resource: &Value) -> Option<Value> {
+/// SCIM id → Cedar uid (type, id) of the users a resource references.
+pub type Refs = std::collections::BTreeMap<String, (String, String)>;
+
+/// The SCIM ids of the users a resource's `Source::Ref` attributes name.
+pub fn references(mapping: &ResourceMapping, ty: ResourceType, resource: &Value) -> Vec<String> {
+    mapping
+        .attributes
+        .values()
+        .flatten()
+        .filter_map(|s| match s {
+            Source::Ref(path) => path_value(path, ty, resource)?.as_str().map(str::to_string),
+            _ => None,
+        })
+        .collect()
+}
+
+fn source(source: &Source, ty: ResourceType, resource: &Value, refs: &Refs) -> Option<Value> {
     match source {
+        // A user not provisioned (yet) leaves the attribute out.
+        Source::Ref(path) => {
+            let (ty, id) = refs.get(path_value(path, ty, resource)?.as_str()?)?;
+            Some(serde_json::json!({"__entity": {"type": ty, "id": id}}))
+        }
         Source::Email => email(resource).map(Value::from),
         Source::Not(path) => path_value(path, ty, resource).and_then(|v| v.as_bool()).map(|b| Value::Bool(!b)),
         Source::Path(path) => path_value(path, ty, resource),
@@ -92,7 +114,7 @@ mod tests {
             "emails": [{"value": "home@x", "type": "home"}, {"value": "work@x", "type": "work"}]});
         let m = super::mapping(&mapping, ResourceType::User);
         assert_eq!(uid(m, &user, "id1").unwrap(), ("User".into(), "ann@x".into()));
-        let attrs = attributes(m, ResourceType::User, &user);
+        let attrs = attributes(m, ResourceType::User, &user, &Refs::new());
         assert_eq!(
             Value::Object(attrs),
             json!({"userName": "ann@x", "active": true, "displayName": "Ann", "email": "work@x"})
@@ -106,8 +128,18 @@ mod tests {
         assert!(uid(m, &user, "id1").is_err(), "no externalId");
         let off = json!({"userName": "bo", "active": false, "emails": [{"value": "b@x"}]});
         assert_eq!(
-            Value::Object(attributes(m, ResourceType::User, &off)),
+            Value::Object(attributes(m, ResourceType::User, &off, &Refs::new())),
             json!({"suspended": true, "name": "bo", "mails": ["b@x"]})
+        );
+        let text = "[user.attributes]\nboss = \"&urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager\"";
+        let with_manager = ScimMapping::parse(text, None).unwrap();
+        let m = super::mapping(&with_manager, ResourceType::User);
+        let managed = json!({"userName": "cy", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"manager": {"value": "m1"}}});
+        assert_eq!(references(m, ResourceType::User, &managed), vec!["m1".to_string()]);
+        let refs = Refs::from([("m1".to_string(), ("User".to_string(), "dee".to_string()))]);
+        assert_eq!(
+            Value::Object(attributes(m, ResourceType::User, &managed, &refs)),
+            json!({"boss": {"__entity": {"type": "User", "id": "dee"}}})
         );
     }
 }

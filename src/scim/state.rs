@@ -247,6 +247,8 @@ pub struct Txn<'a> {
     cedar_deletes: BTreeMap<String, EntityUid>,
     /// The resource the caller asked about, after the write (revision set at commit).
     result: Option<Stored>,
+    /// The Cedar uids of users that mapped attributes reference, by SCIM id.
+    refs: cedar::Refs,
     now: String,
 }
 
@@ -260,6 +262,7 @@ impl<'a> Txn<'a> {
             cedar_upserts: BTreeMap::new(),
             cedar_deletes: BTreeMap::new(),
             result: None,
+            refs: cedar::Refs::new(),
             now: crate::entities::rfc3339(std::time::SystemTime::now()),
         }
     }
@@ -346,7 +349,7 @@ impl<'a> Txn<'a> {
             self.members(id, &name, &cedar_key, &mut resource, current.as_ref()).await?;
         }
         let stored = Stored { id: id.to_string(), resource, revision: 0, memberships, cedar: cedar_key };
-        self.write(ty, &stored)?;
+        self.write(ty, &stored).await?;
         self.result = Some(stored);
         Ok(())
     }
@@ -426,7 +429,7 @@ impl<'a> Txn<'a> {
                 stored.memberships.push(Membership { value: id.into(), display: name.into(), cedar: cedar_key.into() });
             }
             stored.resource["meta"]["lastModified"] = json!(self.now);
-            self.write(ty, &stored)?;
+            self.write(ty, &stored).await?;
         }
         Ok(())
     }
@@ -499,19 +502,37 @@ impl<'a> Txn<'a> {
                 if group.resource.get("members").and_then(Value::as_array).is_some_and(Vec::is_empty) {
                     group.resource.as_object_mut().map(|o| o.remove("members"));
                 }
-                self.write(ResourceType::Group, &group)?;
+                self.write(ResourceType::Group, &group).await?;
             }
         }
         Ok(())
     }
 
+    /// Reads (with guards) the users `stored`'s mapped references name, then queues its writes.
+    async fn write(&mut self, ty: ResourceType, stored: &Stored) -> Result<(), Failure> {
+        let mapping = self.snapshot.scim.clone();
+        for id in cedar::references(cedar::mapping(&mapping, ty), ty, &stored.resource) {
+            if self.refs.contains_key(&id) {
+                continue;
+            }
+            let referenced = match self.pending(ResourceType::User, &id) {
+                Some(pending) => Some(pending),
+                None => self.stored(ResourceType::User, &id).await?,
+            };
+            if let Some(user) = referenced {
+                self.refs.insert(id, parse_uid_pair(&user.cedar)?);
+            }
+        }
+        self.queue(ty, stored)
+    }
+
     /// Queues the state of `stored` and its Cedar entity.
-    fn write(&mut self, ty: ResourceType, stored: &Stored) -> Result<(), Failure> {
+    fn queue(&mut self, ty: ResourceType, stored: &Stored) -> Result<(), Failure> {
         self.upsert_state(ty.state_uid(&stored.id)?, stored.state_json(ty)?)?;
         let mapping = self.snapshot.scim.clone();
         let resource_mapping = cedar::mapping(&mapping, ty);
         let uid = parse_uid_pair(&stored.cedar)?;
-        let attrs = cedar::attributes(resource_mapping, ty, &stored.resource);
+        let attrs = cedar::attributes(resource_mapping, ty, &stored.resource, &self.refs);
         // Deprovisioning revokes: a deactivated user keeps its memberships in SCIM, not in Cedar.
         let parents = if ty == ResourceType::User && !cedar::active(&stored.resource) {
             Vec::new()
