@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use cedar_pdp::grpc::pb;
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{Value, json};
 
@@ -41,7 +41,12 @@ impl Scim {
             c.entities.redis_url = url;
         })
         .await;
-        Scim { server, base: format!("http://{addr}/scim/v2"), client: reqwest::Client::new(), token: "okta-secret".into() }
+        Scim {
+            server,
+            base: format!("http://{addr}/scim/v2"),
+            client: reqwest::Client::new(),
+            token: "okta-secret".into(),
+        }
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Answer {
@@ -59,7 +64,8 @@ impl Scim {
         let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
         let (status, etag, content_type) = (response.status().as_u16(), header("etag"), header("content-type"));
         let text = response.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Answer { status, body, etag, content_type }
     }
 
@@ -85,7 +91,9 @@ impl Scim {
         let mut client = self.server.entities(None).await;
         let found = client.get_entity(pb::GetEntityRequest { uid: Some(uid(uid_text)) }).await.ok()?;
         let entity = found.into_inner().entity.unwrap();
-        Some(json!({"attrs": serde_json::from_str::<Value>(&entity.attrs_json).unwrap(), "parents": entity.parents.len()}))
+        Some(
+            json!({"attrs": serde_json::from_str::<Value>(&entity.attrs_json).unwrap(), "parents": entity.parents.len()}),
+        )
     }
 }
 
@@ -108,9 +116,12 @@ async fn okta_flow_provisions_deactivates_reactivates_and_renames() {
     let scim = Scim::start(dir.path(), None).await;
     // Create, as Okta sends it.
     let created = scim
-        .post("/Users", json!({"schemas": [USER_URN], "userName": "ann@example.com", "active": true,
+        .post(
+            "/Users",
+            json!({"schemas": [USER_URN], "userName": "ann@example.com", "active": true,
             "name": {"givenName": "Ann", "familyName": "Lee"}, "displayName": "Ann Lee",
-            "emails": [{"primary": true, "value": "ann@example.com", "type": "work"}], "password": "never-kept"}))
+            "emails": [{"primary": true, "value": "ann@example.com", "type": "work"}], "password": "never-kept"}),
+        )
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
     assert_eq!(created.content_type.as_deref(), Some("application/scim+json"));
@@ -126,7 +137,9 @@ async fn okta_flow_provisions_deactivates_reactivates_and_renames() {
     assert_eq!((none.status, none.body["totalResults"].clone()), (200, json!(0)));
     // Group push with members: Check now allows through the group.
     assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
-    let group = scim.post("/Groups", json!({"schemas": [GROUP_URN], "displayName": "Engineers", "members": [{"value": id}]})).await;
+    let group = scim
+        .post("/Groups", json!({"schemas": [GROUP_URN], "displayName": "Engineers", "members": [{"value": id}]}))
+        .await;
     assert_eq!(group.status, 201, "{}", group.body);
     let gid = group.body["id"].as_str().unwrap().to_string();
     assert!(scim.allowed("ann@example.com", VIEW, DOC).await);
@@ -160,9 +173,17 @@ async fn okta_flow_provisions_deactivates_reactivates_and_renames() {
     assert!(scim.allowed("ann@example.com", VIEW, DOC).await);
     // Okta's group rename sends the read-only id too: ignored. The permit names the old group.
     let renamed = scim
-        .patch(&format!("/Groups/{gid}"), json!([{"op": "replace", "value": {"id": gid, "displayName": "Platform Engineers"}}]))
+        .patch(
+            &format!("/Groups/{gid}"),
+            json!([{"op": "replace", "value": {"id": gid, "displayName": "Platform Engineers"}}]),
+        )
         .await;
-    assert_eq!((renamed.status, renamed.body["displayName"].clone()), (200, json!("Platform Engineers")), "{}", renamed.body);
+    assert_eq!(
+        (renamed.status, renamed.body["displayName"].clone()),
+        (200, json!("Platform Engineers")),
+        "{}",
+        renamed.body
+    );
     assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
     assert!(scim.cedar(r#"Group::"Engineers""#).await.is_none());
     assert_eq!(scim.cedar(r#"Group::"Platform Engineers""#).await.unwrap()["attrs"]["name"], "Platform Engineers");
@@ -182,11 +203,14 @@ async fn okta_flow_provisions_deactivates_reactivates_and_renames() {
 async fn entra_flow_with_its_quirks_and_a_hard_delete() {
     let scim = Scim::start(&fixture("scim"), None).await;
     let created = scim
-        .post("/Users", json!({"schemas": [USER_URN, "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+        .post(
+            "/Users",
+            json!({"schemas": [USER_URN, "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
             "externalId": "0a21f0f2-8d2a", "userName": "Bo@contoso.com", "active": true, "roles": [],
             "meta": {"resourceType": "User"}, "displayName": "Bo",
             "emails": [{"primary": true, "type": "work", "value": "bo@contoso.com"}],
-            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "R&D"}}))
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "R&D"}}),
+        )
         .await;
     assert_eq!(created.status, 201, "{}", created.body);
     let id = created.body["id"].as_str().unwrap().to_string();
@@ -194,15 +218,24 @@ async fn entra_flow_with_its_quirks_and_a_hard_delete() {
     assert_eq!(found.body["totalResults"], json!(1), "{}", found.body);
     // Group create with Entra's extra schema URN, then members added as a value array with $ref null.
     let group = scim
-        .post("/Groups", json!({"schemas": [GROUP_URN, "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
-            "externalId": "g-ext", "displayName": "Engineers", "members": []}))
+        .post(
+            "/Groups",
+            json!({"schemas": [GROUP_URN, "http://schemas.microsoft.com/2006/11/ResourceManagement/ADSCIM/2.0/Group"],
+            "externalId": "g-ext", "displayName": "Engineers", "members": []}),
+        )
         .await;
     assert_eq!(group.status, 201, "{}", group.body);
     let gid = group.body["id"].as_str().unwrap().to_string();
-    let added = scim.patch(&format!("/Groups/{gid}"), json!([{"op": "Add", "path": "members", "value": [{"$ref": null, "value": id}]}])).await;
+    let added = scim
+        .patch(
+            &format!("/Groups/{gid}"),
+            json!([{"op": "Add", "path": "members", "value": [{"$ref": null, "value": id}]}]),
+        )
+        .await;
     assert_eq!(added.status, 200, "{}", added.body);
     assert!(scim.allowed("Bo@contoso.com", VIEW, r#"Document::"any""#).await);
-    let member = scim.get(&format!("/Groups?filter=members%5Bvalue%20eq%20%22{id}%22%5D&excludedAttributes=members")).await;
+    let member =
+        scim.get(&format!("/Groups?filter=members%5Bvalue%20eq%20%22{id}%22%5D&excludedAttributes=members")).await;
     assert_eq!(member.body["totalResults"], json!(1), "{}", member.body);
     assert!(member.body["Resources"][0].get("members").is_none());
     // Deactivation as Entra sends it: capitalised op, a string boolean. No policy reads `active`.
@@ -217,12 +250,17 @@ async fn entra_flow_with_its_quirks_and_a_hard_delete() {
     assert!(!scim.allowed("Bo@contoso.com", VIEW, r#"Document::"any""#).await);
     scim.patch(&format!("/Groups/{gid}"), json!([{"op": "add", "path": "members", "value": [{"value": id}]}])).await;
     assert!(scim.allowed("Bo@contoso.com", VIEW, r#"Document::"any""#).await);
-    let removed = scim.patch(&format!("/Groups/{gid}"), json!([{"op": "remove", "path": format!("members[value eq \"{id}\"]")}])).await;
+    let removed = scim
+        .patch(&format!("/Groups/{gid}"), json!([{"op": "remove", "path": format!("members[value eq \"{id}\"]")}]))
+        .await;
     assert_eq!(removed.status, 200, "{}", removed.body);
     assert!(!scim.allowed("Bo@contoso.com", VIEW, r#"Document::"any""#).await);
     // Cedar attributes by the default mapping.
     let entity = scim.cedar(r#"User::"Bo@contoso.com""#).await.unwrap();
-    assert_eq!(entity["attrs"], json!({"userName": "Bo@contoso.com", "active": true, "displayName": "Bo", "email": "bo@contoso.com"}));
+    assert_eq!(
+        entity["attrs"],
+        json!({"userName": "Bo@contoso.com", "active": true, "displayName": "Bo", "email": "bo@contoso.com"})
+    );
     // Hard delete: the user, its entity and its memberships go.
     scim.patch(&format!("/Groups/{gid}"), json!([{"op": "add", "path": "members", "value": [{"value": id}]}])).await;
     let gone = scim.call("DELETE", &format!("/Users/{id}"), None, &[]).await;
@@ -253,11 +291,20 @@ async fn errors_an_idp_relies_on() {
     error(&scim.get("/Users?filter=favouriteColour%20eq%20%22red%22").await, 400, Some("invalidFilter"));
     error(&scim.get("/Users?count=many").await, 400, Some("invalidValue"));
     error(&scim.get("/Users/no-such-id").await, 404, None);
-    error(&scim.patch(&format!("/Users/{id}"), json!([{"op": "remove", "path": "emails[type eq \"home\"]"}])).await, 400, Some("noTarget"));
-    error(&scim.patch(&format!("/Users/{id}"), json!([{"op": "replace", "path": "id", "value": "x"}])).await, 400, Some("mutability"));
+    error(
+        &scim.patch(&format!("/Users/{id}"), json!([{"op": "remove", "path": "emails[type eq \"home\"]"}])).await,
+        400,
+        Some("noTarget"),
+    );
+    error(
+        &scim.patch(&format!("/Users/{id}"), json!([{"op": "replace", "path": "id", "value": "x"}])).await,
+        400,
+        Some("mutability"),
+    );
     // ETags: a stale If-Match is refused, the current one accepted.
     let stale = created.etag.clone().unwrap();
-    let now = scim.patch(&format!("/Users/{id}"), json!([{"op": "replace", "path": "displayName", "value": "Cy"}])).await;
+    let now =
+        scim.patch(&format!("/Users/{id}"), json!([{"op": "replace", "path": "displayName", "value": "Cy"}])).await;
     assert_ne!(now.etag, Some(stale.clone()));
     let path = format!("/Users/{id}");
     error(&scim.call("PUT", &path, Some(user.clone()), &[("if-match", &stale)]).await, 412, None);
@@ -280,8 +327,14 @@ async fn errors_an_idp_relies_on() {
     error(&scim.patch(&format!("/Groups/{inner}"), nest(&inner)).await, 400, Some("invalidValue"));
     // A hostile filter is refused, and the server lives on.
     let deep = format!("{}userName pr{}", "(".repeat(3000), ")".repeat(3000));
-    let answer = scim.client.get(format!("{}/Users", scim.base)).query(&[("filter", deep)])
-        .header("authorization", "Bearer okta-secret").send().await.unwrap();
+    let answer = scim
+        .client
+        .get(format!("{}/Users", scim.base))
+        .query(&[("filter", deep)])
+        .header("authorization", "Bearer okta-secret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status().as_u16(), 400);
     assert_eq!(scim.get(&format!("/Users/{id}")).await.status, 200);
     // Pagination: 1-based, stable, integer counts.
@@ -290,13 +343,23 @@ async fn errors_an_idp_relies_on() {
     }
     let first = scim.get("/Users?startIndex=1&count=2").await.body;
     let second = scim.get("/Users?startIndex=3&count=2").await.body;
-    assert_eq!((first["totalResults"].clone(), first["itemsPerPage"].clone(), second["startIndex"].clone()), (json!(6), json!(2), json!(3)));
-    let ids: Vec<&Value> = [&first, &second].iter().flat_map(|p| p["Resources"].as_array().unwrap()).map(|r| &r["id"]).collect();
+    assert_eq!(
+        (first["totalResults"].clone(), first["itemsPerPage"].clone(), second["startIndex"].clone()),
+        (json!(6), json!(2), json!(3))
+    );
+    let ids: Vec<&Value> =
+        [&first, &second].iter().flat_map(|p| p["Resources"].as_array().unwrap()).map(|r| &r["id"]).collect();
     let unique: std::collections::BTreeSet<String> = ids.iter().map(|v| v.to_string()).collect();
     assert_eq!(unique.len(), 4, "{ids:?}");
     // Credentials: Okta's header mode sends the bare token; a wrong or missing one is a 401.
     scim.token = "entra-secret".into();
-    let bare = scim.client.get(format!("{}/Users/{id}", scim.base)).header("authorization", "okta-secret").send().await.unwrap();
+    let bare = scim
+        .client
+        .get(format!("{}/Users/{id}", scim.base))
+        .header("authorization", "okta-secret")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bare.status().as_u16(), 200);
     for header in [None, Some("Bearer wrong"), Some("wrong")] {
         let mut request = scim.client.get(format!("{}/Users", scim.base));
@@ -319,7 +382,10 @@ async fn errors_an_idp_relies_on() {
         ..Default::default()
     };
     assert_eq!(client.upsert_entities(state).await.unwrap_err().code(), tonic::Code::InvalidArgument);
-    let theirs = pb::UpsertEntitiesRequest { entities: vec![entity(r#"User::"dee@example.com""#, json!({}), &[])], ..Default::default() };
+    let theirs = pb::UpsertEntitiesRequest {
+        entities: vec![entity(r#"User::"dee@example.com""#, json!({}), &[])],
+        ..Default::default()
+    };
     client.upsert_entities(theirs).await.unwrap();
     error(&scim.post("/Users", json!({"userName": "dee@example.com"})).await, 409, Some("uniqueness"));
 }
@@ -328,7 +394,8 @@ async fn errors_an_idp_relies_on() {
 async fn without_a_scim_token_scim_is_off() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _server = TestServer::start_with(&fixture("scim"), |c| c.http_listen = cedar_pdp::config::Listen(Some(addr))).await;
+    let _server =
+        TestServer::start_with(&fixture("scim"), |c| c.http_listen = cedar_pdp::config::Listen(Some(addr))).await;
     let answer = reqwest::Client::new()
         .get(format!("http://{addr}/scim/v2/Users"))
         .header("authorization", "Bearer anything")
@@ -369,7 +436,12 @@ async fn deactivation_reaches_a_second_replica_on_shared_redis() {
     let group = a.post("/Groups", json!({"displayName": "Busy"})).await.body["id"].as_str().unwrap().to_string();
     let mut users = Vec::new();
     for n in 0..12 {
-        users.push(a.post("/Users", json!({"userName": format!("busy{n}@example.com")})).await.body["id"].as_str().unwrap().to_string());
+        users.push(
+            a.post("/Users", json!({"userName": format!("busy{n}@example.com")})).await.body["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let group_path = format!("/Groups/{group}");
     let mut adds = tokio::task::JoinSet::new();
@@ -392,8 +464,8 @@ async fn deactivation_reaches_a_second_replica_on_shared_redis() {
     }
     let members = b.get(&group_path).await.body["members"].as_array().unwrap().len();
     assert_eq!(members, 12);
-    for n in 0..12 {
-        assert_eq!(b.get(&format!("/Users/{}", users[n])).await.body["groups"][0]["value"], json!(group));
+    for user in &users {
+        assert_eq!(b.get(&format!("/Users/{user}")).await.body["groups"][0]["value"], json!(group));
     }
 }
 
@@ -411,9 +483,12 @@ async fn the_enterprise_manager_maps_to_an_entity_reference() {
     )
     .unwrap();
     let scim = Scim::start(dir.path(), None).await;
-    let boss = scim.post("/Users", json!({"userName": "boss@example.com"})).await.body["id"].as_str().unwrap().to_string();
-    let report = scim.post("/Users", json!({"userName": "report@example.com"})).await.body["id"].as_str().unwrap().to_string();
-    let approve = |who: &str| req(&format!("User::{}", json!(who)), r#"Action::"approve""#, r#"User::"report@example.com""#);
+    let boss =
+        scim.post("/Users", json!({"userName": "boss@example.com"})).await.body["id"].as_str().unwrap().to_string();
+    let report =
+        scim.post("/Users", json!({"userName": "report@example.com"})).await.body["id"].as_str().unwrap().to_string();
+    let approve =
+        |who: &str| req(&format!("User::{}", json!(who)), r#"Action::"approve""#, r#"User::"report@example.com""#);
     assert!(!is_allow(&scim.server.check(approve("boss@example.com")).await.unwrap()));
     // Entra sends the manager as the bare id.
     let set = scim

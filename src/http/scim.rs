@@ -74,7 +74,10 @@ fn caller(api: &HttpApi, headers: &HeaderMap) -> Result<String, ScimError> {
 }
 
 fn service(api: &HttpApi) -> Result<&scim::Scim, ScimError> {
-    api.scim.as_ref().map(|(s, _)| s).ok_or_else(|| ScimError::new(401, None, "SCIM is off: the server has no --scim-token"))
+    api.scim
+        .as_ref()
+        .map(|(s, _)| s)
+        .ok_or_else(|| ScimError::new(401, None, "SCIM is off: the server has no --scim-token"))
 }
 
 /// The base URL of the SCIM endpoints as the caller reached them (for `location` and `$ref`).
@@ -112,7 +115,11 @@ async fn schemas(State(api): State<Arc<HttpApi>>, headers: HeaderMap) -> Result<
     Ok(scim_json(StatusCode::OK, &list_of(scim::schema_documents(&base(&api, &headers)))))
 }
 
-async fn schema(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ScimError> {
+async fn schema(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ScimError> {
     caller(&api, &headers)?;
     let found = scim::schema_documents(&base(&api, &headers)).into_iter().find(|s| s["id"] == id.as_str());
     Ok(scim_json(StatusCode::OK, &found.ok_or_else(|| ScimError::not_found(format!("no schema `{id}`")))?))
@@ -143,7 +150,10 @@ impl Projection {
                 let a = a.rsplit_once(':').filter(|(urn, _)| urn.contains(':')).map_or(a.as_str(), |(_, name)| name);
                 let top = a.split('.').next().unwrap_or(a);
                 top.eq_ignore_ascii_case(key)
-                    || ty.schemas().iter().any(|s| s.id.eq_ignore_ascii_case(key) && list.iter().any(|x| x.starts_with(s.id)))
+                    || ty
+                        .schemas()
+                        .iter()
+                        .any(|s| s.id.eq_ignore_ascii_case(key) && list.iter().any(|x| x.starts_with(s.id)))
             })
         };
         let always = ["id", "schemas", "meta"];
@@ -168,12 +178,18 @@ fn query_number(query: &HashMap<String, String>, name: &str) -> Result<Option<i6
     }
 }
 
-async fn list(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Response, ScimError> {
+async fn list(
+    api: &HttpApi,
+    ty: ResourceType,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Response, ScimError> {
     caller(api, headers)?;
     let filter = query.iter().find(|(k, _)| k.eq_ignore_ascii_case("filter")).map(|(_, v)| v.as_str());
     // RFC 7644 §3.4.2.4: below 1 means 1; a negative count means 0.
     let start = query_number(query, "startIndex")?.unwrap_or(1).max(1);
-    let count = query_number(query, "count")?.map_or(MAX_RESULTS, |c| usize::try_from(c.max(0)).unwrap_or(0)).min(MAX_RESULTS);
+    let count =
+        query_number(query, "count")?.map_or(MAX_RESULTS, |c| usize::try_from(c.max(0)).unwrap_or(0)).min(MAX_RESULTS);
     let page = service(api)?.list(ty, filter, usize::try_from(start).unwrap_or(usize::MAX), count).await?;
     let base = base(api, headers);
     let projection = Projection::from_query(query);
@@ -189,7 +205,14 @@ async fn list(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, query: &Hash
 }
 
 /// One resource, with its ETag (and `Location` when created).
-fn one(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, stored: &Stored, status: StatusCode, projection: &Projection) -> Response {
+fn one(
+    api: &HttpApi,
+    ty: ResourceType,
+    headers: &HeaderMap,
+    stored: &Stored,
+    status: StatusCode,
+    projection: &Projection,
+) -> Response {
     let rendered = stored.render(ty, &base(api, headers));
     let location = rendered["meta"]["location"].as_str().unwrap_or_default().to_string();
     let mut response = scim_json(status, &projection.apply(ty, rendered));
@@ -215,13 +238,18 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-async fn get_one(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, id: &str, query: &HashMap<String, String>) -> Result<Response, ScimError> {
+async fn get_one(
+    api: &HttpApi,
+    ty: ResourceType,
+    headers: &HeaderMap,
+    id: &str,
+    query: &HashMap<String, String>,
+) -> Result<Response, ScimError> {
     caller(api, headers)?;
     let stored = service(api)?.get(ty, id).await?;
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|tags| tags.split(',').any(|t| t.trim().trim_start_matches("W/") == stored.etag().trim_start_matches("W/")));
+    let not_modified = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|tags| {
+        tags.split(',').any(|t| t.trim().trim_start_matches("W/") == stored.etag().trim_start_matches("W/"))
+    });
     if not_modified {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
@@ -235,13 +263,25 @@ async fn create(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, body: &Byt
     Ok(one(api, ty, headers, &stored, StatusCode::CREATED, &Projection { attributes: vec![], excluded: vec![] }))
 }
 
-async fn put(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, id: &str, body: &Bytes) -> Result<Response, ScimError> {
+async fn put(
+    api: &HttpApi,
+    ty: ResourceType,
+    headers: &HeaderMap,
+    id: &str,
+    body: &Bytes,
+) -> Result<Response, ScimError> {
     let actor = caller(api, headers)?;
     let stored = service(api)?.replace(ty, id, &body_json(body)?, if_match(headers).as_deref(), &actor).await?;
     Ok(one(api, ty, headers, &stored, StatusCode::OK, &Projection { attributes: vec![], excluded: vec![] }))
 }
 
-async fn patch(api: &HttpApi, ty: ResourceType, headers: &HeaderMap, id: &str, body: &Bytes) -> Result<Response, ScimError> {
+async fn patch(
+    api: &HttpApi,
+    ty: ResourceType,
+    headers: &HeaderMap,
+    id: &str,
+    body: &Bytes,
+) -> Result<Response, ScimError> {
     let actor = caller(api, headers)?;
     let stored = service(api)?.patch(ty, id, &body_json(body)?, if_match(headers).as_deref(), &actor).await?;
     Ok(one(api, ty, headers, &stored, StatusCode::OK, &Projection { attributes: vec![], excluded: vec![] }))
@@ -275,10 +315,20 @@ async fn list_users(State(api): State<Arc<HttpApi>>, headers: HeaderMap, q: Q) -
 async fn list_groups(State(api): State<Arc<HttpApi>>, headers: HeaderMap, q: Q) -> Result<Response, ScimError> {
     list(&api, ResourceType::Group, &headers, &query(q)?).await
 }
-async fn get_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, q: Q) -> Result<Response, ScimError> {
+async fn get_user(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Q,
+) -> Result<Response, ScimError> {
     get_one(&api, ResourceType::User, &headers, &id, &query(q)?).await
 }
-async fn get_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, q: Q) -> Result<Response, ScimError> {
+async fn get_group(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Q,
+) -> Result<Response, ScimError> {
     get_one(&api, ResourceType::Group, &headers, &id, &query(q)?).await
 }
 async fn create_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: Body) -> Result<Response, ScimError> {
@@ -287,21 +337,49 @@ async fn create_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: 
 async fn create_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, body: Body) -> Result<Response, ScimError> {
     create(&api, ResourceType::Group, &headers, &read_body(body)?).await
 }
-async fn put_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+async fn put_user(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ScimError> {
     put(&api, ResourceType::User, &headers, &id, &read_body(body)?).await
 }
-async fn put_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+async fn put_group(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ScimError> {
     put(&api, ResourceType::Group, &headers, &id, &read_body(body)?).await
 }
-async fn patch_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+async fn patch_user(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ScimError> {
     patch(&api, ResourceType::User, &headers, &id, &read_body(body)?).await
 }
-async fn patch_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>, body: Body) -> Result<Response, ScimError> {
+async fn patch_group(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ScimError> {
     patch(&api, ResourceType::Group, &headers, &id, &read_body(body)?).await
 }
-async fn delete_user(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ScimError> {
+async fn delete_user(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ScimError> {
     delete(&api, ResourceType::User, &headers, &id).await
 }
-async fn delete_group(State(api): State<Arc<HttpApi>>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ScimError> {
+async fn delete_group(
+    State(api): State<Arc<HttpApi>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ScimError> {
     delete(&api, ResourceType::Group, &headers, &id).await
 }

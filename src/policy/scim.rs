@@ -75,7 +75,11 @@ impl Default for ScimMapping {
                     ("email".into(), vec![Source::Email]),
                 ]),
             },
-            group: ResourceMapping { cedar_type: "Group".into(), id: "displayName".into(), attributes: BTreeMap::new() },
+            group: ResourceMapping {
+                cedar_type: "Group".into(),
+                id: "displayName".into(),
+                attributes: BTreeMap::new(),
+            },
         }
     }
 }
@@ -108,12 +112,10 @@ impl ScimMapping {
     pub fn parse(text: &str, schema: Option<&Schema>) -> Result<Self, String> {
         let file: MappingFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut mapping = ScimMapping::default();
-        let sections = [("user", file.user, &mut mapping.user, ["userName", "externalId", "id"]), (
-            "group",
-            file.group,
-            &mut mapping.group,
-            ["displayName", "externalId", "id"],
-        )];
+        let sections = [
+            ("user", file.user, &mut mapping.user, ["userName", "externalId", "id"]),
+            ("group", file.group, &mut mapping.group, ["displayName", "externalId", "id"]),
+        ];
         for (name, section, target, ids) in sections {
             let Some(section) = section else { continue };
             if let Some(ty) = section.cedar_type {
@@ -400,7 +402,11 @@ mod tests {
         assert_eq!(m.user.attributes["suspended"], vec![Source::Not("active".into())]);
         assert_eq!(m.user.attributes["name"].len(), 2);
         assert_eq!(m.group.cedar_type, "Group");
-        let m = ScimMapping::parse(&format!("[user.attributes]\nd = \"{ENTERPRISE_URN}:department\"\ng = \"NAME.givenname\""), None).unwrap();
+        let m = ScimMapping::parse(
+            &format!("[user.attributes]\nd = \"{ENTERPRISE_URN}:department\"\ng = \"NAME.givenname\""),
+            None,
+        )
+        .unwrap();
         assert_eq!(m.user.attributes.len(), 2);
         for (bad, says) in [
             ("[user]\nid = \"email\"", "user.id"),

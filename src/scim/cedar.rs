@@ -1,8 +1,8 @@
 //! A SCIM resource → the Cedar entity `scim.toml` maps it to.
 
-use serde_json::{Map, Value};
 #[cfg(test)]
 use serde_json::json;
+use serde_json::{Map, Value};
 
 use super::attrs::target;
 use super::state::ResourceType;

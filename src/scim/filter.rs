@@ -87,8 +87,8 @@ fn tokenize(text: &str) -> Result<Vec<Token>, ScimError> {
                     }
                 }
                 let end = end.ok_or_else(|| invalid("a string that does not end"))?;
-                let value: String = serde_json::from_str(&text[at..=end])
-                    .map_err(|e| invalid(format!("the string at {at}: {e}")))?;
+                let value: String =
+                    serde_json::from_str(&text[at..=end]).map_err(|e| invalid(format!("the string at {at}: {e}")))?;
                 tokens.push(Token::Text(value));
                 while chars.peek().is_some_and(|&(i, _)| i <= end) {
                     chars.next();
@@ -243,7 +243,8 @@ impl Parser {
                 Some(Token::Word(w)) if w.starts_with('.') => {
                     let sub = w[1..].to_string();
                     self.at += 1;
-                    let sub_target = path.sub(&sub).ok_or_else(|| invalid(format!("`{sub}` is not a sub-attribute")))?;
+                    let sub_target =
+                        path.sub(&sub).ok_or_else(|| invalid(format!("`{sub}` is not a sub-attribute")))?;
                     let (op, value) = self.operator(&sub_target)?;
                     let op = op.ok_or_else(|| invalid("`pr` after a value filter"))?;
                     Some((sub_target.name().to_string(), op, value))

@@ -65,11 +65,20 @@ impl Scim {
     }
 
     /// Resources matching `filter`, in id order; `start` is 1-based.
-    pub async fn list(&self, ty: ResourceType, filter: Option<&str>, start: usize, count: usize) -> Result<Page, ScimError> {
+    pub async fn list(
+        &self,
+        ty: ResourceType,
+        filter: Option<&str>,
+        start: usize,
+        count: usize,
+    ) -> Result<Page, ScimError> {
         let filter = filter.map(|f| filter::parse(f, ty.schemas())).transpose()?;
         let matching = match filter.as_ref().and_then(|f| state::name_lookup(ty, f)) {
             Some(name) => state::by_name(&self.store, ty, &name).await?.into_iter().collect(),
-            None => state::scan(&self.store, ty, |resource| filter.as_ref().is_none_or(|f| filter::matches(f, resource))).await?,
+            None => {
+                state::scan(&self.store, ty, |resource| filter.as_ref().is_none_or(|f| filter::matches(f, resource)))
+                    .await?
+            }
         };
         let total = matching.len();
         let resources = matching.into_iter().skip(start.saturating_sub(1)).take(count).collect();
@@ -134,7 +143,13 @@ impl Scim {
         .await
     }
 
-    pub async fn delete(&self, ty: ResourceType, id: &str, if_match: Option<&str>, actor: &str) -> Result<(), ScimError> {
+    pub async fn delete(
+        &self,
+        ty: ResourceType,
+        id: &str,
+        if_match: Option<&str>,
+        actor: &str,
+    ) -> Result<(), ScimError> {
         self.retrying(|| async {
             let mut txn = state::Txn::new(&self.store, self.snapshot()?);
             let current = txn.current(ty, id, if_match).await?;

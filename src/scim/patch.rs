@@ -99,13 +99,13 @@ fn without_path(
         return Err(ScimError::invalid_value("an operation without `path` needs an object `value`"));
     };
     for (key, value) in fields {
-        if let Some(schema) = schemas[1..].iter().find(|s| s.id.eq_ignore_ascii_case(key)) {
-            if let Value::Object(inner) = value {
-                for (sub, value) in inner {
-                    apply_key(resource, verb, &format!("{}:{sub}", schema.id), value, schemas)?;
-                }
-                continue;
+        if let Some(schema) = schemas[1..].iter().find(|s| s.id.eq_ignore_ascii_case(key))
+            && let Value::Object(inner) = value
+        {
+            for (sub, value) in inner {
+                apply_key(resource, verb, &format!("{}:{sub}", schema.id), value, schemas)?;
             }
+            continue;
         }
         apply_key(resource, verb, key, value, schemas)?;
     }
@@ -158,7 +158,8 @@ fn parse_path(text: &str, schemas: &'static [SchemaDef]) -> Result<Path, ScimErr
 
 /// The object that holds the path's attribute: the resource, or its extension object.
 fn container<'a>(resource: &'a mut Value, target: &Target) -> Result<&'a mut Map<String, Value>, ScimError> {
-    let root = resource.as_object_mut().ok_or_else(|| ScimError::new(500, None, "a stored resource is not an object"))?;
+    let root =
+        resource.as_object_mut().ok_or_else(|| ScimError::new(500, None, "a stored resource is not an object"))?;
     let Some(urn) = target.extension else { return Ok(root) };
     let slot = root.entry(urn.to_string()).or_insert_with(|| Value::Object(Map::new()));
     if !slot.is_object() {
@@ -182,7 +183,8 @@ fn at_path(resource: &mut Value, verb: Verb, path: &Path, value: &Value) -> Resu
             return Err(ScimError::bad("invalidPath", format!("`{name}.{}`: select elements with a filter", sub.name)));
         }
         let slot = map.entry(name.to_string()).or_insert_with(|| Value::Object(Map::new()));
-        let object = slot.as_object_mut().ok_or_else(|| ScimError::invalid_value(format!("`{name}` is not complex")))?;
+        let object =
+            slot.as_object_mut().ok_or_else(|| ScimError::invalid_value(format!("`{name}` is not complex")))?;
         match (verb, single(sub, value, &format!("{name}.{}", sub.name))?) {
             (Verb::Remove, _) | (_, None) => object.remove(sub.name),
             (_, Some(v)) => object.insert(sub.name.to_string(), v),
@@ -238,7 +240,13 @@ fn same_element(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn filtered(map: &mut Map<String, Value>, verb: Verb, path: &Path, filter: &Filter, value: &Value) -> Result<(), ScimError> {
+fn filtered(
+    map: &mut Map<String, Value>,
+    verb: Verb,
+    path: &Path,
+    filter: &Filter,
+    value: &Value,
+) -> Result<(), ScimError> {
     let name = path.target.attr.name;
     let mut items = match map.remove(name) {
         Some(Value::Array(items)) => items,
@@ -275,7 +283,9 @@ fn filtered(map: &mut Map<String, Value>, verb: Verb, path: &Path, filter: &Filt
                     }
                 }
                 (_, None) => {
-                    if let (Some(o), Some(Value::Object(new))) = (item.as_object_mut(), single(path.target.attr, value, name)?) {
+                    if let (Some(o), Some(Value::Object(new))) =
+                        (item.as_object_mut(), single(path.target.attr, value, name)?)
+                    {
                         o.extend(new);
                     }
                 }
@@ -343,7 +353,12 @@ mod tests {
         assert_eq!(patched(bare, ops, USER).unwrap()["emails"], json!([{"type": "work", "value": "new@x"}]));
         // Members: add as a value array with a null $ref, remove by value array, then by filter.
         let group = json!({"id": "g1", "displayName": "G", "members": [{"value": "u1"}]});
-        let g = patched(group, json!([{"op": "Add", "path": "members", "value": [{"$ref": null, "value": "u2"}, {"value": "u1"}]}]), GROUP).unwrap();
+        let g = patched(
+            group,
+            json!([{"op": "Add", "path": "members", "value": [{"$ref": null, "value": "u2"}, {"value": "u1"}]}]),
+            GROUP,
+        )
+        .unwrap();
         assert_eq!(g["members"], json!([{"value": "u1"}, {"value": "u2"}]));
         let g = patched(g, json!([{"op": "Remove", "path": "members", "value": [{"value": "u1"}]}]), GROUP).unwrap();
         assert_eq!(g["members"], json!([{"value": "u2"}]));
@@ -357,14 +372,22 @@ mod tests {
         assert_eq!(u["active"], json!(false));
         // Group rename that also sends the read-only id: the id is ignored.
         let group = json!({"id": "g1", "displayName": "G", "members": [{"value": "u1"}]});
-        let g = patched(group.clone(), json!([{"op": "replace", "value": {"id": "g1", "displayName": "Renamed"}}]), GROUP).unwrap();
+        let g =
+            patched(group.clone(), json!([{"op": "replace", "value": {"id": "g1", "displayName": "Renamed"}}]), GROUP)
+                .unwrap();
         assert_eq!((g["id"].clone(), g["displayName"].clone()), (json!("g1"), json!("Renamed")));
-        let g = patched(group, json!([{"op": "replace", "path": "members", "value": [{"value": "u9"}]}]), GROUP).unwrap();
+        let g =
+            patched(group, json!([{"op": "replace", "path": "members", "value": [{"value": "u9"}]}]), GROUP).unwrap();
         assert_eq!(g["members"], json!([{"value": "u9"}]));
         // URN-qualified paths and dotted sub-attributes.
         let u = patched(user(), json!([{"op": "add", "path": "urn:ietf:params:scim:schemas:core:2.0:User:name.familyName", "value": "Smith"}]), USER).unwrap();
         assert_eq!(u["name"]["familyName"], "Smith");
-        let u = patched(u, json!([{"op": "add", "path": format!("{ENTERPRISE_URN}:manager"), "value": {"value": "u7"}}]), USER).unwrap();
+        let u = patched(
+            u,
+            json!([{"op": "add", "path": format!("{ENTERPRISE_URN}:manager"), "value": {"value": "u7"}}]),
+            USER,
+        )
+        .unwrap();
         assert_eq!(u[ENTERPRISE_URN]["manager"]["value"], "u7");
         // A whole extension, with the `schemas` key scim2-tester sends in it.
         let ext = json!({"schemas": [ENTERPRISE_URN], "department": "R&D"});

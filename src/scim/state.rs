@@ -146,7 +146,8 @@ impl Stored {
     }
 
     fn state_json(&self, ty: ResourceType) -> Result<Value, ScimError> {
-        let memberships = serde_json::to_string(&self.memberships).map_err(|e| ScimError::new(500, None, e.to_string()))?;
+        let memberships =
+            serde_json::to_string(&self.memberships).map_err(|e| ScimError::new(500, None, e.to_string()))?;
         Ok(json!({
             "uid": {"type": format!("{STATE_NS}::{}", ty.name()), "id": self.id},
             "attrs": {"resource": self.resource.to_string(), "cedar": self.cedar, "groups": memberships},
@@ -182,11 +183,16 @@ pub async fn by_name(store: &EntityStore, ty: ResourceType, name: &str) -> Resul
     let found = read(store, ty, &id).await?;
     // Compared as the index keys it: Unicode lowercase, as a full-scan filter compares too.
     let wanted = name.to_lowercase();
-    Ok(found.filter(|s| s.resource.get(ty.unique()).and_then(Value::as_str).is_some_and(|n| n.to_lowercase() == wanted)))
+    Ok(found
+        .filter(|s| s.resource.get(ty.unique()).and_then(Value::as_str).is_some_and(|n| n.to_lowercase() == wanted)))
 }
 
 /// Every resource of `ty` that `keep` accepts, in id order.
-pub async fn scan(store: &EntityStore, ty: ResourceType, keep: impl Fn(&Value) -> bool) -> Result<Vec<Stored>, ScimError> {
+pub async fn scan(
+    store: &EntityStore,
+    ty: ResourceType,
+    keep: impl Fn(&Value) -> bool,
+) -> Result<Vec<Stored>, ScimError> {
     let state_type = format!("{STATE_NS}::{}", ty.name());
     let (mut out, mut after) = (Vec::new(), String::new());
     loop {
@@ -224,7 +230,11 @@ pub async fn ownership_guards(store: &EntityStore, uids: &[EntityUid]) -> Result
     let (records, _) = store.fetch(&owners, 0, true).await?;
     for (uid, record) in uids.iter().zip(&records) {
         if record.is_some() {
-            return Err(ScimError::new(409, Some("uniqueness"), format!("`{uid}` is provisioned through SCIM; change it there")));
+            return Err(ScimError::new(
+                409,
+                Some("uniqueness"),
+                format!("`{uid}` is provisioned through SCIM; change it there"),
+            ));
         }
     }
     Ok(owners.into_iter().map(|uid| Guard { uid, revision: 0 }).collect())
@@ -293,9 +303,16 @@ impl<'a> Txn<'a> {
         let current = self.stored(ty, id).await?.ok_or_else(|| super::not_found(ty, id))?;
         if let Some(wanted) = if_match
             && wanted.trim() != "*"
-            && !wanted.split(',').any(|tag| tag.trim().trim_start_matches("W/") == current.etag().trim_start_matches("W/"))
+            && !wanted
+                .split(',')
+                .any(|tag| tag.trim().trim_start_matches("W/") == current.etag().trim_start_matches("W/"))
         {
-            return Err(ScimError::new(412, None, format!("the {} changed: its version is {}", ty.name(), current.etag())).into());
+            return Err(ScimError::new(
+                412,
+                None,
+                format!("the {} changed: its version is {}", ty.name(), current.etag()),
+            )
+            .into());
         }
         Ok(current)
     }
@@ -303,7 +320,13 @@ impl<'a> Txn<'a> {
     /// Writes `resource` (stored form, without server fields) as the resource `id`, replacing
     /// `current`, with everything that follows: the unique name, the Cedar entity and its owner
     /// mark, and for a group its members' memberships and Cedar parents.
-    pub async fn put(&mut self, ty: ResourceType, id: &str, mut resource: Value, current: Option<Stored>) -> Result<(), Failure> {
+    pub async fn put(
+        &mut self,
+        ty: ResourceType,
+        id: &str,
+        mut resource: Value,
+        current: Option<Stored>,
+    ) -> Result<(), Failure> {
         let unique = ty.unique();
         let name = resource
             .get(unique)
@@ -417,7 +440,9 @@ impl<'a> Txn<'a> {
             }
             let Some((ty, mut stored)) = self.member(member).await? else {
                 if is {
-                    return Err(ScimError::invalid_value(format!("`members`: no user or group has id `{member}`")).into());
+                    return Err(
+                        ScimError::invalid_value(format!("`members`: no user or group has id `{member}`")).into()
+                    );
                 }
                 continue;
             };
@@ -442,7 +467,9 @@ impl<'a> Txn<'a> {
         let mut seen = std::collections::BTreeSet::new();
         while let Some(next) = todo.pop() {
             if next == member {
-                return Err(ScimError::invalid_value(format!("`members`: group `{member}` contains group `{group}`")).into());
+                return Err(
+                    ScimError::invalid_value(format!("`members`: group `{member}` contains group `{group}`")).into()
+                );
             }
             if !seen.insert(next.clone()) {
                 continue;
