@@ -414,6 +414,15 @@ async fn deactivation_reaches_a_second_replica_on_shared_redis() {
     let user = a.post("/Users", json!({"userName": "eve@example.com"})).await;
     let id = user.body["id"].as_str().unwrap().to_string();
     a.post("/Groups", json!({"displayName": "Engineers", "members": [{"value": id}]})).await;
+    // SCIM's entity is SCIM's on Redis too (the guard is checked in the write script).
+    let mut client = b.server.entities(None).await;
+    let overwrite = pb::UpsertEntitiesRequest {
+        entities: vec![entity(r#"User::"eve@example.com""#, json!({}), &[])],
+        ..Default::default()
+    };
+    let refused = client.upsert_entities(overwrite).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("provisioned through SCIM"), "{refused:?}");
     // B serves the same SCIM view and decides on the same entities.
     assert_eq!(b.get(&format!("/Users/{id}")).await.body["groups"][0]["display"], "Engineers");
     assert!(b.allowed("eve@example.com", VIEW, r#"Document::"any""#).await, "B's cache now holds eve");

@@ -56,8 +56,12 @@ impl EntityApi {
         let request = entities::RequestKey::new(request_id, &changes)?;
         // What SCIM provisions is SCIM's: refused here, and guarded against SCIM taking it meanwhile.
         let uids: Vec<_> = changes.iter().map(|c| c.uid().clone()).collect();
-        let guards = crate::scim::ownership_guards(&self.store, &uids).await?;
-        let revision = self.store.apply_guarded(changes, guards, actor, request).await?;
+        let guards = crate::scim::ownership_guards(&uids)?;
+        let revision = self
+            .store
+            .apply_guarded(changes, guards, actor, request)
+            .await
+            .map_err(|e| crate::scim::owned_by_scim(&e).map_or_else(|| Status::from(e), Status::from))?;
         tracing::info!(target: "cedar_pdp::audit", actor, revision, count, "entities changed");
         Ok(pb::WriteResponse { revision })
     }

@@ -233,11 +233,13 @@ fn not_found(ty: ResourceType, id: &str) -> ScimError {
     ScimError::not_found(format!("no {} with id `{id}`", ty.name()))
 }
 
-/// EntityService writes may not touch what SCIM owns: the guards that refuse such a write if SCIM
-/// takes one of `uids` meanwhile, or an error if SCIM owns one already.
-pub async fn ownership_guards(store: &EntityStore, uids: &[cedar_policy::EntityUid]) -> Result<Vec<Guard>, ScimError> {
-    state::ownership_guards(store, uids).await
+/// EntityService writes may not touch what SCIM owns: the guards that make the store refuse such a
+/// write (see `owned_by_scim` for the error), or an error for SCIM's own state.
+pub fn ownership_guards(uids: &[cedar_policy::EntityUid]) -> Result<Vec<Guard>, ScimError> {
+    state::ownership_guards(uids)
 }
+
+pub use state::owned_by_scim;
 
 /// The schemas of a resource type, for discovery.
 pub fn schemas(ty: ResourceType) -> &'static [SchemaDef] {

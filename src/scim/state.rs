@@ -218,26 +218,28 @@ impl Stored {
     }
 }
 
-/// The guards that keep EntityService writes off SCIM's entities (see `mod.rs`).
-pub async fn ownership_guards(store: &EntityStore, uids: &[EntityUid]) -> Result<Vec<Guard>, ScimError> {
-    let mut owners = Vec::with_capacity(uids.len());
-    for uid in uids {
-        if uid.type_name().to_string().starts_with(crate::policy::RESERVED_NAMESPACE) {
-            return Err(ScimError::invalid_value(format!("`{uid}` is SCIM's own state")));
-        }
-        owners.push(owner_uid(&key_of(uid))?);
+/// The guards that keep EntityService writes off SCIM's entities (see `mod.rs`): each uid's owner
+/// mark must be absent when the write applies. No read first: the store checks them in the write.
+pub fn ownership_guards(uids: &[EntityUid]) -> Result<Vec<Guard>, ScimError> {
+    uids.iter()
+        .map(|uid| {
+            if uid.type_name().to_string().starts_with(crate::policy::RESERVED_NAMESPACE) {
+                return Err(ScimError::invalid_value(format!("`{uid}` is SCIM's own state")));
+            }
+            Ok(Guard { uid: owner_uid(&key_of(uid))?, revision: 0 })
+        })
+        .collect()
+}
+
+/// A guarded EntityService write that failed on an owner mark: the uid it names is SCIM's.
+pub fn owned_by_scim(err: &StoreError) -> Option<ScimError> {
+    let StoreError::Conflict(key) = err else { return None };
+    let mark: EntityUid = key.parse().ok()?;
+    if mark.type_name().to_string() != format!("{STATE_NS}::Owner") {
+        return None;
     }
-    let (records, _) = store.fetch(&owners, 0, true).await?;
-    for (uid, record) in uids.iter().zip(&records) {
-        if record.is_some() {
-            return Err(ScimError::new(
-                409,
-                Some("uniqueness"),
-                format!("`{uid}` is provisioned through SCIM; change it there"),
-            ));
-        }
-    }
-    Ok(owners.into_iter().map(|uid| Guard { uid, revision: 0 }).collect())
+    let cedar = mark.id().unescaped().to_string();
+    Some(ScimError::new(409, Some("uniqueness"), format!("`{cedar}` is provisioned through SCIM; change it there")))
 }
 
 /// A Cedar entity to write: its uid, attributes and parents.
