@@ -34,6 +34,9 @@ cargo test --locked 2>&1 | tee target/test.log
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f; exit (p == 0 || f > 0) }' \
   target/test.log
 
+# The example policies' own tests, as a policy author's CI runs them.
+target/debug/cedar-pdp test --policies policies
+
 # Through a real Envoy: allow, deny, 401s, unknown routes, forged headers, dry run, PDP down.
 scripts/e2e-envoy.sh
 

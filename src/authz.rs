@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema};
 
 use crate::error::RequestError;
+use crate::policy::ForbidErrors;
 use crate::policy::{Selected, Snapshot, collect_uids};
 
 /// An entity uid as a client sent it: type text (possibly namespaced) and id.
@@ -151,14 +152,35 @@ pub(crate) struct Verdict {
 /// Cedar's answer to `request` on `entities`, asking Cedar only about the policies that can apply.
 pub(crate) fn evaluate(snapshot: &Snapshot, request: &Request, uids: [&EntityUid; 3], entities: &Entities) -> Verdict {
     let [principal, action, resource] = uids;
-    match snapshot.policies_for(principal, action, resource, entities) {
+    let verdict = match snapshot.policies_for(principal, action, resource, entities) {
         Selected::Full(set) => verdict(snapshot.authorizer.is_authorized(request, set, entities)),
         Selected::Sliced(slice) => {
             let evaluated = (!slice.conditional.is_empty())
                 .then(|| verdict(snapshot.authorizer.is_authorized(request, &slice.conditional, entities)));
             combine(evaluated, &slice.permits, &slice.forbids)
         }
+    };
+    if snapshot.forbid_errors == ForbidErrors::Deny { forbid_errors_deny(snapshot, verdict) } else { verdict }
+}
+
+/// `--forbid-errors deny`: a forbid whose evaluation errored denies, as if its condition held, and
+/// is among the determining policies (its error stays listed). Cedar itself skips it.
+fn forbid_errors_deny(snapshot: &Snapshot, verdict: Verdict) -> Verdict {
+    let is_forbid = |id: &str| {
+        snapshot
+            .policies
+            .policy(&cedar_policy::PolicyId::new(id))
+            .is_some_and(|p| p.effect() == cedar_policy::Effect::Forbid)
+    };
+    let erred: Vec<String> =
+        verdict.errors.iter().filter(|e| is_forbid(&e.policy_id)).map(|e| e.policy_id.clone()).collect();
+    if erred.is_empty() {
+        return verdict;
     }
+    let mut determining = if verdict.allow { erred } else { [verdict.determining, erred].concat() };
+    determining.sort_unstable();
+    determining.dedup();
+    Verdict { allow: false, determining, errors: verdict.errors }
 }
 
 /// Merges Cedar's answer on the conditional policies with the satisfied unconditional ones, by

@@ -28,6 +28,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Ask a running server for one decision.
     Check(CheckArgs),
+    /// Run policy tests (Cedar's `run-tests` JSON, or YAML suites) against a policy directory loaded
+    /// as the server loads it: exit 0 all pass, 1 a test failed, 2 something does not load.
+    Test(TestArgs),
     /// Show a running server's active policy set, entity store and last reload error.
     Status(AdminArgs),
     /// Reload a running server's policy directory now; prints the version serving afterwards.
@@ -54,7 +57,7 @@ pub enum LogFormat {
     Json,
 }
 
-pub use crate::policy::ValidationMode;
+pub use crate::policy::{ForbidErrors, ValidationMode};
 
 #[derive(Debug, Clone, Args)]
 pub struct PolicyConfig {
@@ -64,6 +67,10 @@ pub struct PolicyConfig {
     /// Schema validation mode.
     #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
     pub validation: ValidationMode,
+    /// A `forbid` whose evaluation errors (an attribute its entity lacks, an entity the store does
+    /// not hold): `skip` it, as Cedar does (the error is reported), or `deny`, failing closed.
+    #[arg(long, env = "CEDAR_PDP_FORBID_ERRORS", value_enum, default_value_t = ForbidErrors::Skip)]
+    pub forbid_errors: ForbidErrors,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -380,6 +387,30 @@ pub struct ValidateArgs {
     /// Schema validation mode.
     #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
     pub validation: ValidationMode,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// The policy directory under test.
+    #[arg(long, env = "CEDAR_PDP_POLICIES", default_value = "./policies")]
+    pub policies: PathBuf,
+    /// Schema validation mode, as the server's.
+    #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
+    pub validation: ValidationMode,
+    /// As the server's `--forbid-errors`.
+    #[arg(long, env = "CEDAR_PDP_FORBID_ERRORS", value_enum, default_value_t = ForbidErrors::Skip)]
+    pub forbid_errors: ForbidErrors,
+    /// Output: failures and a summary, or JUnit XML for CI systems.
+    #[arg(long, value_enum, default_value_t = TestFormat::Text)]
+    pub format: TestFormat,
+    /// Test files or directories; default: every `*.test.json` / `*.test.yaml` under `<policies>/tests/`.
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TestFormat {
+    Text,
+    Junit,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Serve(config) => return runtime.block_on(cli::serve(config)),
         Command::Validate(args) => cli::validate(&args),
         Command::Check(args) => runtime.block_on(cli::check(&args)),
+        Command::Test(args) => cli::test(&args),
         Command::Status(args) => runtime.block_on(cli::status(&args)),
         Command::Reload(args) => runtime.block_on(cli::reload(&args)),
         Command::Entities(args) => runtime.block_on(cli::entities(&args)),

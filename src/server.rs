@@ -66,7 +66,10 @@ pub async fn serve(
             Incoming::new(listener, tls.clone().map(|t| (t, Alpn::Http))).map_err(|e| ServeError::Bind(addr, e))?;
         telemetry::serve_metrics(incoming, background.clone()).map_err(ServeError::Metrics)?;
     }
-    let store = Arc::new(PolicyStore::new(config.policy.policies.clone(), config.policy.validation));
+    let store = Arc::new(
+        PolicyStore::new(config.policy.policies.clone(), config.policy.validation)
+            .with_forbid_errors(config.policy.forbid_errors),
+    );
     // Watch first, then load: an edit landing during the first load still triggers a reload.
     let reloader = match watch::spawn(
         store.clone(),

@@ -102,15 +102,42 @@ async fn decision_ids_are_unique() {
 
 #[tokio::test]
 async fn unknown_entities_deny_with_the_policy_error_reported() {
-    let server = TestServer::start(&example_policies()).await;
-    // No such user: `principal.suspended` cannot be read, so that forbid errors (Cedar skips it) and no
+    let server = TestServer::start(&fixture("authoring")).await;
+    // No such user: `principal.banned` cannot be read, so that forbid errors (Cedar skips it) and no
     // permit applies.
-    let resp = server.check(req(r#"User::"mallory""#, r#"Action::"view""#, r#"Document::"design-doc""#)).await.unwrap();
+    let resp = server.check(req(r#"User::"mallory""#, r#"Action::"view""#, r#"Doc::"d1""#)).await.unwrap();
     assert!(!is_allow(&resp));
     assert!(resp.determining_policies.is_empty());
     let ids: Vec<&str> = resp.errors.iter().map(|e| e.policy_id.as_str()).collect();
-    assert!(ids.contains(&"suspended-users-denied"), "{:?}", resp.errors);
+    assert_eq!(ids, ["no-banned"], "{:?}", resp.errors);
     assert!(resp.errors.iter().all(|e| !e.message.is_empty()));
+}
+
+/// A forbid that errors is skipped by Cedar, so a member whose `banned` attribute is missing is
+/// allowed; `--forbid-errors deny` turns that into a Deny naming the forbid, with its error listed.
+#[tokio::test]
+async fn forbid_errors_deny_fails_closed() {
+    let dir = copy_dir(&fixture("authoring"));
+    let mut entities: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("entities.json")).unwrap()).unwrap();
+    entities.as_array_mut().unwrap().push(serde_json::json!(
+        {"uid": {"type": "User", "id": "nob"}, "attrs": {}, "parents": [{"type": "Group", "id": "members"}]}
+    ));
+    std::fs::write(dir.path().join("entities.json"), entities.to_string()).unwrap();
+    let question = || req(r#"User::"nob""#, r#"Action::"view""#, r#"Doc::"d1""#);
+    let skip = TestServer::start(dir.path()).await;
+    let resp = skip.check(question()).await.unwrap();
+    assert!(is_allow(&resp), "Cedar's semantics: the erroring forbid is skipped");
+    assert_eq!((resp.determining_policies.clone(), resp.errors.len()), (vec!["members-view".to_string()], 1));
+    let deny =
+        TestServer::start_with(dir.path(), |c| c.policy.forbid_errors = cedar_pdp::config::ForbidErrors::Deny).await;
+    let resp = deny.check(question()).await.unwrap();
+    assert!(!is_allow(&resp));
+    assert_eq!(resp.determining_policies, ["no-banned"]);
+    assert_eq!(resp.errors.iter().map(|e| e.policy_id.as_str()).collect::<Vec<_>>(), ["no-banned"]);
+    // Nothing else changes: a member with the attribute is still allowed, a banned one denied.
+    assert!(is_allow(&deny.check(req(r#"User::"ann""#, r#"Action::"view""#, r#"Doc::"d1""#)).await.unwrap()));
+    assert!(!is_allow(&deny.check(req(r#"User::"ben""#, r#"Action::"view""#, r#"Doc::"d1""#)).await.unwrap()));
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 mod admin;
 mod entities;
 mod remote;
+mod test;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -19,6 +20,7 @@ use crate::policy::load_dir;
 
 pub use admin::{reload, status};
 pub use entities::{audit, entities};
+pub use test::test;
 
 /// Why a command failed: a message for stderr, or standard output that closed under it.
 #[derive(Debug)]

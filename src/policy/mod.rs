@@ -63,9 +63,20 @@ pub struct ReloadStats {
     pub last_error: Option<(SystemTime, Vec<Diagnostic>)>,
 }
 
+/// What a `forbid` whose evaluation errors does (`--forbid-errors`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForbidErrors {
+    /// Cedar's semantics: the policy does not apply (its error is reported).
+    #[default]
+    Skip,
+    /// The decision is a Deny, with that policy among the determining ones.
+    Deny,
+}
+
 pub struct PolicyStore {
     dir: PathBuf,
     mode: ValidationMode,
+    forbid_errors: ForbidErrors,
     current: ArcSwapOption<Snapshot>,
     stats: Mutex<ReloadStats>,
     /// Serialises reloads so that a slow one cannot overwrite the result of a newer one.
@@ -86,10 +97,17 @@ impl PolicyStore {
         PolicyStore {
             dir,
             mode,
+            forbid_errors: ForbidErrors::Skip,
             current: ArcSwapOption::empty(),
             stats: Mutex::new(ReloadStats::default()),
             reloading: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Decides with `forbid_errors` from the next load on.
+    pub fn with_forbid_errors(mut self, forbid_errors: ForbidErrors) -> Self {
+        self.forbid_errors = forbid_errors;
+        self
     }
 
     /// The active snapshot, if one has loaded.
@@ -199,7 +217,8 @@ impl PolicyStore {
             Err(poisoned) => poisoned.into_inner(),
         };
         match loaded {
-            Ok(snapshot) => {
+            Ok(mut snapshot) => {
+                snapshot.forbid_errors = self.forbid_errors;
                 stats.succeeded += 1;
                 stats.last_error = None;
                 metrics::counter!("cedar_pdp_policy_reloads_total", "result" => "success").increment(1);

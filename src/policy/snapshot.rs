@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub authzen: std::sync::Arc<super::AuthzenNames>,
     /// How SCIM users and groups become Cedar entities (`scim.toml`; the defaults without it).
     pub scim: std::sync::Arc<super::ScimMapping>,
+    /// What an erroring `forbid` does (`--forbid-errors`; set by the `PolicyStore`).
+    pub forbid_errors: super::ForbidErrors,
     /// Per policy file: what it holds, to notice an edit that empties a file or drops its forbids.
     pub files: std::collections::BTreeMap<String, FileStat>,
     pub(crate) authorizer: Authorizer,
@@ -111,6 +113,7 @@ impl Snapshot {
             ext_authz: None,
             authzen: Default::default(),
             scim: Default::default(),
+            forbid_errors: Default::default(),
             files: Default::default(),
             policies,
             schema,
