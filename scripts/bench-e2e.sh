@@ -5,6 +5,7 @@
 #   noop      the same tonic stack answering Check with a constant (examples/noop_server.rs)
 #   check     cedar-pdp Check, decision log off
 #   check-log cedar-pdp Check, decision log on (JSON lines to a file)
+#   check-shadow cedar-pdp Check with --shadow-policies (the same set: every decision made twice)
 #   check-redis cedar-pdp Check with the same entities provisioned in Redis instead of files
 #             (its own redis-server; warm cache after the verification)
 #   health    cedar-pdp's gRPC health Check
@@ -16,6 +17,7 @@
 #
 # Usage: scripts/bench-e2e.sh            (DURATION=10 ROUNDS=3 by default)
 #        SAT="noop check ext-authz" LAT="noop check" BATCH=0 scripts/bench-e2e.sh   (a subset)
+#        HALF="check check-shadow" HALF_RPS=10000 ...   (also at a fixed rate, e.g. half of saturation)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -39,6 +41,8 @@ taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50162 --decision-
 taskset -c 1 "$BIN" --log-format json serve --http-listen off --listen 127.0.0.1:50163 --data-dir "$OUT/data-50163" >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50165 --decision-log false --policies tests/fixtures/mesh --data-dir "$OUT/data-50165" \
   >"$OUT/pdp-mesh.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50166 --decision-log false --shadow-policies policies \
+  --data-dir "$OUT/data-50166" >"$OUT/pdp-shadow.out" 2>&1 & PIDS+=($!)
 # The example policies without their entity file; the entities go to Redis instead.
 mkdir -p "$OUT/no-entities" && cp policies/*.cedar policies/*.cedarschema policies/links.json "$OUT/no-entities/"
 taskset -c 1 redis-server --port 50170 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.out" 2>&1 & PIDS+=($!)
@@ -54,9 +58,10 @@ verify() { # kind url → prints the verified response frame size
 }
 declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163
                 [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162 [check-redis]=http://127.0.0.1:50164
-                [ext-authz]=http://127.0.0.1:50165 [ext-authz-jwt]=http://127.0.0.1:50165)
+                [ext-authz]=http://127.0.0.1:50165 [ext-authz-jwt]=http://127.0.0.1:50165
+                [check-shadow]=http://127.0.0.1:50166)
 declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100
-                 [check-redis]=check [ext-authz]=ext_authz [ext-authz-jwt]=ext_authz_jwt)
+                 [check-redis]=check [ext-authz]=ext_authz [ext-authz-jwt]=ext_authz_jwt [check-shadow]=check)
 declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/cedar_pdp.v1.AuthorizationService/BatchCheck
                 [health]=/grpc.health.v1.Health/Check [ext_authz]=/envoy.service.auth.v3.Authorization/Check
                 [ext_authz_jwt]=/envoy.service.auth.v3.Authorization/Check)
@@ -67,7 +72,7 @@ until CEDAR_PDP_TOKEN=$(cat "$OUT/data-50164/cli.token" 2>/dev/null) \
   [ $SECONDS -lt $deadline ] || { echo "provisioning the Redis-backed server failed" >&2; exit 1; }
   sleep 0.2
 done
-for target in noop check check-log health batch100 check-redis ext-authz ext-authz-jwt; do
+for target in noop check check-log health batch100 check-redis ext-authz ext-authz-jwt check-shadow; do
   verify "${KIND[$target]}" "${URL[$target]}" >"$OUT/$target.frame"
 done
 
@@ -75,6 +80,8 @@ load() { # target level(sat|lat) round
   local target=$1 level=$2 round=$3 kind=${KIND[$1]}
   local conc=(-c16 -m100)
   [ "$level" = lat ] && conc=(-c4 -m10)
+  # half: a fixed rate (HALF_RPS in all, over 4 clients), for the cost at part load.
+  [ "$level" = half ] && conc=(-c4 -m10 "--rps=$((HALF_RPS / 4))")
   [ "$target" = batch100 ] && conc=(-c4 -m4)
   local name="$OUT/$target.$level.$round"
   taskset -c 0 h2load -t1 "${conc[@]}" -D "$DURATION" --warm-up-time=2 -d "$OUT/$kind.bin" \
@@ -86,6 +93,7 @@ load() { # target level(sat|lat) round
 for round in $(seq 1 "$ROUNDS"); do
   for target in ${SAT:-noop check check-log health check-redis ext-authz ext-authz-jwt}; do load "$target" sat "$round"; done
   for target in ${LAT:-noop check check-redis ext-authz ext-authz-jwt}; do load "$target" lat "$round"; done
+  for target in ${HALF:-}; do load "$target" half "$round"; done
   [ "${BATCH:-1}" = 0 ] || load batch100 sat "$round"
   echo "round $round done" >&2
 done

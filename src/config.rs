@@ -80,6 +80,14 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub policy: PolicyConfig,
+    /// A second policy directory, loaded, validated and reloaded like the first: every live decision
+    /// is decided on it too, off the request's path, and the differences are logged and counted. The
+    /// live answer never depends on it.
+    #[arg(long, env = "CEDAR_PDP_SHADOW_POLICIES")]
+    pub shadow_policies: Option<PathBuf>,
+    /// Shadow evaluations waiting at most; past it, new ones are dropped (and counted), never waited for.
+    #[arg(long, env = "CEDAR_PDP_SHADOW_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub shadow_queue: u32,
     /// Watch the policy directory and reload on change (SIGHUP always reloads).
     #[arg(long, env = "CEDAR_PDP_WATCH", default_value_t = true, action = ArgAction::Set)]
     pub watch: bool,

@@ -23,6 +23,7 @@ use crate::grpc::{
     EntityServiceServer, Gate, HealthApi, HealthState, LocalToken, RefusalsLayer, pb,
 };
 use crate::http::HttpApi;
+use crate::decision::Shadow;
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 use crate::tls::{Alpn, Incoming, Tls};
@@ -101,6 +102,25 @@ pub async fn serve(
     result
 }
 
+/// Loads `--shadow-policies` (a directory that does not load fails the start, as the live one does),
+/// watches it like the live one, and starts the shadow worker.
+async fn start_shadow(
+    config: &ServeConfig,
+    dir: &std::path::Path,
+    entities: &Arc<EntityStore>,
+    limits: crate::authz::Limits,
+    background: &CancellationToken,
+) -> Result<Shadow, ServeError> {
+    let policies = Arc::new(
+        PolicyStore::new(dir.to_path_buf(), config.policy.validation).with_forbid_errors(config.policy.forbid_errors),
+    );
+    policies.reload().await.inspect_err(|_| tracing::error!("the shadow policy directory {} does not load", dir.display()))?;
+    watch::spawn(policies.clone(), dir, config.watch, config.reload_debounce, config.reload_settle, background.clone())?;
+    let version = policies.current().map(|s| s.version.clone()).unwrap_or_default();
+    tracing::info!(dir = %dir.display(), version, "shadow policies loaded: live decisions are decided on them too");
+    Ok(Shadow::start(policies, entities.clone(), limits, config.shadow_queue as usize, background.clone()))
+}
+
 /// What `start` prepares: the services, and the provisioning listener when there is one.
 struct Parts {
     main: Router<tower::layer::util::Stack<RefusalsLayer, tower::layer::util::Identity>>,
@@ -146,8 +166,17 @@ async fn start(
         max_list_candidates: usize::try_from(config.max_list_candidates).unwrap_or(usize::MAX),
     };
     let callers = Arc::new(CheckGate::new(&config.tls.check_peers));
+    let shadow = match &config.shadow_policies {
+        Some(dir) => Some(start_shadow(config, dir, &entities, limits, background).await?),
+        None => None,
+    };
+    let shadow_status = shadow.as_ref().map(|s: &Shadow| (s.policies.clone(), s.counts.clone()));
     // Every front door decides through this one service.
-    let decisions = Arc::new(Decisions::new(store.clone(), entities.clone(), limits, config.decision_log));
+    let mut decisions = Decisions::new(store.clone(), entities.clone(), limits, config.decision_log);
+    if let Some(shadow) = shadow {
+        decisions = decisions.with_shadow(shadow);
+    }
+    let decisions = Arc::new(decisions);
     let authorization =
         AuthorizationServiceServer::new(AuthorizationApi::new(decisions.clone(), config.max_batch, callers.clone()))
             .max_decoding_message_size(config.max_message_bytes);
@@ -174,7 +203,9 @@ async fn start(
         }
         None => None,
     };
-    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), entities.clone(), admin_gate, tls.clone()));
+    let admin = AdminServiceServer::new(
+        AdminApi::new(store.clone(), entities.clone(), admin_gate, tls.clone()).with_shadow(shadow_status),
+    );
     let provisioning =
         EntityServiceServer::new(EntityApi::new(store.clone(), entities, provisioning_gate, config.max_batch))
             .max_decoding_message_size(config.max_message_bytes);

@@ -40,6 +40,21 @@ pub async fn status(args: &AdminArgs) -> Result<ExitCode, CliError> {
         }
         lines.extend(tls.warnings.iter().map(|w| format!("WARNING: tls: {w}")));
     }
+    if let Some(shadow) = &s.shadow {
+        lines.push(format!(
+            "shadow policies: version {}; same {}, allow gained {}, allow lost {}, other reasons {}, errors {}, dropped {}",
+            shadow.policy_version,
+            shadow.same,
+            shadow.allow_gain,
+            shadow.allow_loss,
+            shadow.reasons_differ,
+            shadow.errors,
+            shadow.dropped
+        ));
+        if !shadow.last_reload_error.is_empty() {
+            lines.push(format!("WARNING: shadow policies: the last reload failed: {}", shadow.last_reload_error));
+        }
+    }
     if let Some(jwks) = &s.jwks {
         lines.push(format!("jwks: {} keys from {}, fetched at {}", jwks.keys, jwks.url, jwks.fetched_at));
         if !jwks.last_error.is_empty() {

@@ -8,12 +8,14 @@
 
 mod list;
 mod plan;
+mod shadow;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 pub use list::{ListQuery, Listed, Varying, page_token, parse_page_token};
 pub use plan::{Plan, Residual};
+pub use shadow::{Shadow, ShadowCounts};
 
 use crate::authz::{CheckInput, Limits, Outcome, UidRef};
 use crate::entities::{self, EntityStore};
@@ -44,11 +46,19 @@ pub struct Decisions {
     entities: Arc<EntityStore>,
     limits: Limits,
     log: bool,
+    /// `--shadow-policies`: every decision is offered to it, off the request's path.
+    shadow: Option<Shadow>,
 }
 
 impl Decisions {
     pub fn new(policies: Arc<PolicyStore>, entities: Arc<EntityStore>, limits: Limits, log: bool) -> Self {
-        Decisions { policies, entities, limits, log }
+        Decisions { policies, entities, limits, log, shadow: None }
+    }
+
+    /// Decides every decision again on `shadow`'s policies too (see `shadow.rs`).
+    pub fn with_shadow(mut self, shadow: Shadow) -> Self {
+        self.shadow = Some(shadow);
+        self
     }
 
     /// The policy set answering now; a batch takes it once so that every item has the same version.
@@ -78,6 +88,9 @@ impl Decisions {
             started.elapsed(),
             origin.http,
         );
+        if let Some(shadow) = &self.shadow {
+            shadow.offer(&decision_id, input, min_revision, &outcome);
+        }
         Ok(Decided { outcome, decision_id })
     }
 

@@ -18,11 +18,18 @@ pub struct AdminApi {
     entities: Arc<EntityStore>,
     gate: Gate,
     tls: Option<Arc<Tls>>,
+    /// With `--shadow-policies`: the shadow set and its counts.
+    shadow: Option<(Arc<PolicyStore>, Arc<crate::decision::ShadowCounts>)>,
 }
 
 impl AdminApi {
     pub fn new(store: Arc<PolicyStore>, entities: Arc<EntityStore>, gate: Gate, tls: Option<Arc<Tls>>) -> Self {
-        AdminApi { store, entities, gate, tls }
+        AdminApi { store, entities, gate, tls, shadow: None }
+    }
+
+    pub fn with_shadow(mut self, shadow: Option<(Arc<PolicyStore>, Arc<crate::decision::ShadowCounts>)>) -> Self {
+        self.shadow = shadow;
+        self
     }
 }
 
@@ -44,6 +51,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let jwks = snapshot.as_deref().and_then(|s| s.ext_authz.as_deref()).and_then(|m| m.jwt.as_ref());
         status.jwks = jwks.and_then(|j| j.remote_status()).map(convert::jwks_status);
         status.tls = self.tls.as_ref().map(|tls| convert::tls_status(tls.status()));
+        status.shadow = self.shadow.as_ref().map(|(policies, counts)| convert::shadow_status(policies, counts));
         Ok(Response::new(status))
     }
 

@@ -137,6 +137,26 @@ pub fn jwks_status(jwks: crate::envoy::RemoteStatus) -> pb::JwksStatus {
     }
 }
 
+/// The shadow set's version and counts.
+pub fn shadow_status(policies: &crate::policy::PolicyStore, counts: &crate::decision::ShadowCounts) -> pb::ShadowStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let last_reload_error = policies
+        .stats()
+        .last_error
+        .map(|(_, diags)| diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+        .unwrap_or_default();
+    pb::ShadowStatus {
+        policy_version: policies.current().map(|s| s.version.clone()).unwrap_or_default(),
+        same: counts.same.load(Relaxed),
+        allow_gain: counts.allow_gain.load(Relaxed),
+        allow_loss: counts.allow_loss.load(Relaxed),
+        reasons_differ: counts.reasons_differ.load(Relaxed),
+        errors: counts.errors.load(Relaxed),
+        dropped: counts.dropped.load(Relaxed),
+        last_reload_error,
+    }
+}
+
 pub fn status_response(snapshot: Option<&Snapshot>, stats: ReloadStats) -> pb::GetStatusResponse {
     let rfc3339 = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
     let mut out = pb::GetStatusResponse {
