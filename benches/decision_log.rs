@@ -31,6 +31,28 @@ fn bench(c: &mut Criterion) {
                     &outcome,
                     Duration::from_micros(42),
                     None,
+                    None,
+                )
+            })
+        });
+        // `--decision-log-requests`: the same record with the request needed to replay it.
+        let replay = cedar_pdp::telemetry::Replayable {
+            context: r#"{"mfa": true, "source_ip": "10.1.2.3"}"#,
+            entities: "",
+            min_revision: 0,
+            entity_revision: 1_796_044_686_941_345,
+        };
+        c.bench_function("decision_log/json_record_with_request", |b| {
+            b.iter(|| {
+                cedar_pdp::telemetry::record_decision(
+                    true,
+                    "check",
+                    "01234567-89ab-7def-8123-456789abcdef",
+                    &snapshot.version,
+                    &outcome,
+                    Duration::from_micros(42),
+                    None,
+                    Some(replay),
                 )
             })
         });

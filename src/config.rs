@@ -31,6 +31,9 @@ pub enum Command {
     /// Run policy tests (Cedar's `run-tests` JSON, or YAML suites) against a policy directory loaded
     /// as the server loads it: exit 0 all pass, 1 a test failed, 2 something does not load.
     Test(TestArgs),
+    /// Decide logged decisions (`--decision-log-requests`) again on a new policy directory and print
+    /// every decision that changes: impact analysis before a policy change is merged.
+    Replay(ReplayArgs),
     /// Show a running server's active policy set, entity store and last reload error.
     Status(AdminArgs),
     /// Reload a running server's policy directory now; prints the version serving afterwards.
@@ -114,6 +117,10 @@ pub struct ServeConfig {
     /// Emit one decision-log event per decision (target `cedar_pdp::decision`).
     #[arg(long, env = "CEDAR_PDP_DECISION_LOG", default_value_t = true, action = ArgAction::Set)]
     pub decision_log: bool,
+    /// Decision-log records carry the whole request (context, request-scoped entities, min_revision)
+    /// and the entity revision it was decided at, so that `cedar-pdp replay` can decide them again.
+    #[arg(long, env = "CEDAR_PDP_DECISION_LOG_REQUESTS", default_value_t = false, action = ArgAction::Set)]
+    pub decision_log_requests: bool,
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT.
     #[arg(long, env = "CEDAR_PDP_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -413,6 +420,39 @@ pub struct TestArgs {
     pub format: TestFormat,
     /// Test files or directories; default: every `*.test.json` / `*.test.yaml` under `<policies>/tests/`.
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The new policy directory.
+    #[arg(long, env = "CEDAR_PDP_POLICIES", default_value = "./policies")]
+    pub policies: PathBuf,
+    /// Schema validation mode, as the server's.
+    #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
+    pub validation: ValidationMode,
+    /// As the server's `--forbid-errors`.
+    #[arg(long, env = "CEDAR_PDP_FORBID_ERRORS", value_enum, default_value_t = ForbidErrors::Skip)]
+    pub forbid_errors: ForbidErrors,
+    /// Also the provisioned entities of the server at this address (read at its current revision);
+    /// without it, the new directory's entity files only. Its token: `--token`, `--token-file`, or
+    /// the one it generated in `--data-dir`.
+    #[arg(long)]
+    pub entities_from: Option<String>,
+    #[command(flatten)]
+    pub client: ProvisioningClient,
+    /// Exit 1 when a decision changes from deny to allow (`allow-gain`: "this change grants no new
+    /// access") or changes at all (`any`).
+    #[arg(long, value_enum)]
+    pub fail_on: Option<FailOn>,
+    /// Decision logs (JSON lines, `--log-format json`); `-` reads standard input.
+    #[arg(required = true)]
+    pub logs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailOn {
+    AllowGain,
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cli::validate(&args),
         Command::Check(args) => runtime.block_on(cli::check(&args)),
         Command::Test(args) => cli::test(&args),
+        Command::Replay(args) => runtime.block_on(cli::replay(&args)),
         Command::Status(args) => runtime.block_on(cli::status(&args)),
         Command::Reload(args) => runtime.block_on(cli::reload(&args)),
         Command::Entities(args) => runtime.block_on(cli::entities(&args)),

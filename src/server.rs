@@ -16,6 +16,7 @@ use tonic_health::pb::health_server::HealthServer;
 
 use crate::config::ServeConfig;
 use crate::decision::Decisions;
+use crate::decision::Shadow;
 use crate::entities::EntityStore;
 use crate::error::{ServeError, StoreError};
 use crate::grpc::{
@@ -23,7 +24,6 @@ use crate::grpc::{
     EntityServiceServer, Gate, HealthApi, HealthState, LocalToken, RefusalsLayer, pb,
 };
 use crate::http::HttpApi;
-use crate::decision::Shadow;
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
 use crate::tls::{Alpn, Incoming, Tls};
@@ -114,8 +114,18 @@ async fn start_shadow(
     let policies = Arc::new(
         PolicyStore::new(dir.to_path_buf(), config.policy.validation).with_forbid_errors(config.policy.forbid_errors),
     );
-    policies.reload().await.inspect_err(|_| tracing::error!("the shadow policy directory {} does not load", dir.display()))?;
-    watch::spawn(policies.clone(), dir, config.watch, config.reload_debounce, config.reload_settle, background.clone())?;
+    policies
+        .reload()
+        .await
+        .inspect_err(|_| tracing::error!("the shadow policy directory {} does not load", dir.display()))?;
+    watch::spawn(
+        policies.clone(),
+        dir,
+        config.watch,
+        config.reload_debounce,
+        config.reload_settle,
+        background.clone(),
+    )?;
     let version = policies.current().map(|s| s.version.clone()).unwrap_or_default();
     tracing::info!(dir = %dir.display(), version, "shadow policies loaded: live decisions are decided on them too");
     Ok(Shadow::start(policies, entities.clone(), limits, config.shadow_queue as usize, background.clone()))
@@ -172,7 +182,8 @@ async fn start(
     };
     let shadow_status = shadow.as_ref().map(|s: &Shadow| (s.policies.clone(), s.counts.clone()));
     // Every front door decides through this one service.
-    let mut decisions = Decisions::new(store.clone(), entities.clone(), limits, config.decision_log);
+    let mut decisions = Decisions::new(store.clone(), entities.clone(), limits, config.decision_log)
+        .with_logged_requests(config.decision_log_requests);
     if let Some(shadow) = shadow {
         decisions = decisions.with_shadow(shadow);
     }

@@ -34,9 +34,14 @@ async fn differences_are_counted_and_logged_and_the_live_answer_stands() {
     let shadow = shadow_dir();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let metrics = format!("127.0.0.1:{port}");
-    let p = Process::start(&example_policies(), &["--shadow-policies", shadow.path().to_str().unwrap(), "--metrics-listen", &metrics]);
+    let p = Process::start(
+        &example_policies(),
+        &["--shadow-policies", shadow.path().to_str().unwrap(), "--metrics-listen", &metrics],
+    );
     let mut client = AuthorizationServiceClient::connect(p.url()).await.unwrap();
-    let ask = |principal: &str, action: &str| req(&format!("User::{principal:?}"), &format!("Action::{action:?}"), r#"Document::"design-doc""#);
+    let ask = |principal: &str, action: &str| {
+        req(&format!("User::{principal:?}"), &format!("Action::{action:?}"), r#"Document::"design-doc""#)
+    };
     // Live answers are the live set's, whatever the shadow set says.
     let gain = client.check(ask("bob", "edit")).await.unwrap().into_inner();
     let loss = client.check(ask("alice", "delete")).await.unwrap().into_inner();
@@ -78,7 +83,10 @@ async fn differences_are_counted_and_logged_and_the_live_answer_stands() {
     // The shadow set reloads like the live one.
     std::fs::remove_file(shadow.path().join("proposed.cedar")).unwrap();
     let first = counts.policy_version;
-    eventually("the shadow set reloads", Duration::from_secs(10), || async { status(&p).await.policy_version != first }).await;
+    eventually("the shadow set reloads", Duration::from_secs(10), || async {
+        status(&p).await.policy_version != first
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -86,7 +94,9 @@ async fn a_full_shadow_queue_drops_and_live_answers_do_not_change() {
     // A shadow set that is slow to decide (thousands of conditional policies) behind a queue of one.
     let shadow = copy_dir(&example_policies());
     let slow: String = (0..3000)
-        .map(|i| format!("permit (principal, action, resource) when {{ context has mfa && context.mfa && {i} > 3000 }};\n"))
+        .map(|i| {
+            format!("permit (principal, action, resource) when {{ context has mfa && context.mfa && {i} > 3000 }};\n")
+        })
         .collect();
     std::fs::write(shadow.path().join("slow.cedar"), slow).unwrap();
     let p = Process::start(

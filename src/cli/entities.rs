@@ -18,7 +18,7 @@ use crate::grpc::{EntityServiceClient, pb};
 
 type Client = EntityServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
 
-async fn client(args: &ProvisioningClient) -> Result<Client, CliError> {
+pub(super) async fn client(args: &ProvisioningClient) -> Result<Client, CliError> {
     let bearer = Bearer::new(token(args.token.as_deref(), args.token_file.as_deref(), &args.data_dir)?)?;
     Ok(EntityServiceClient::with_interceptor(channel(&args.addr, &args.tls).await?, bearer)
         .max_decoding_message_size(super::remote::MAX_ANSWER_BYTES))
@@ -196,7 +196,7 @@ fn uid_message(value: &Value) -> Option<pb::EntityUid> {
 }
 
 /// The API's entity → one line of Cedar entity JSON.
-fn entity_json(entity: &pb::Entity) -> String {
+pub(super) fn entity_json(entity: &pb::Entity) -> String {
     let uid = |u: &pb::EntityUid| json!({"type": u.r#type, "id": u.id});
     let record = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_else(|_| json!({}));
     let mut out = json!({

@@ -5,6 +5,7 @@
 mod admin;
 mod entities;
 mod remote;
+mod replay;
 mod test;
 
 use std::fmt;
@@ -20,6 +21,7 @@ use crate::policy::load_dir;
 
 pub use admin::{reload, status};
 pub use entities::{audit, entities};
+pub use replay::replay;
 pub use test::test;
 
 /// Why a command failed: a message for stderr, or standard output that closed under it.

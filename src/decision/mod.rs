@@ -48,11 +48,19 @@ pub struct Decisions {
     log: bool,
     /// `--shadow-policies`: every decision is offered to it, off the request's path.
     shadow: Option<Shadow>,
+    /// `--decision-log-requests`: records carry what `cedar-pdp replay` needs.
+    log_requests: bool,
 }
 
 impl Decisions {
     pub fn new(policies: Arc<PolicyStore>, entities: Arc<EntityStore>, limits: Limits, log: bool) -> Self {
-        Decisions { policies, entities, limits, log, shadow: None }
+        Decisions { policies, entities, limits, log, shadow: None, log_requests: false }
+    }
+
+    /// Decision-log records carry the whole request (see `telemetry::Replayable`).
+    pub fn with_logged_requests(mut self, on: bool) -> Self {
+        self.log_requests = on;
+        self
     }
 
     /// Decides every decision again on `shadow`'s policies too (see `shadow.rs`).
@@ -79,6 +87,12 @@ impl Decisions {
         let started = Instant::now();
         let outcome = entities::decide(&self.entities, snapshot, input, &self.limits, min_revision).await?;
         let decision_id = uuid::Uuid::now_v7().to_string();
+        let replay = self.log_requests.then(|| telemetry::Replayable {
+            context: input.context_json,
+            entities: input.entities_json,
+            min_revision,
+            entity_revision: self.entities.seen_revision(),
+        });
         telemetry::record_decision(
             self.log,
             origin.api,
@@ -87,6 +101,7 @@ impl Decisions {
             &outcome,
             started.elapsed(),
             origin.http,
+            replay,
         );
         if let Some(shadow) = &self.shadow {
             shadow.offer(&decision_id, input, min_revision, &outcome);

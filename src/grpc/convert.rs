@@ -138,7 +138,10 @@ pub fn jwks_status(jwks: crate::envoy::RemoteStatus) -> pb::JwksStatus {
 }
 
 /// The shadow set's version and counts.
-pub fn shadow_status(policies: &crate::policy::PolicyStore, counts: &crate::decision::ShadowCounts) -> pb::ShadowStatus {
+pub fn shadow_status(
+    policies: &crate::policy::PolicyStore,
+    counts: &crate::decision::ShadowCounts,
+) -> pb::ShadowStatus {
     use std::sync::atomic::Ordering::Relaxed;
     let last_reload_error = policies
         .stats()

@@ -54,6 +54,17 @@ pub struct HttpInfo<'a> {
 }
 
 /// Counts one decision and, when enabled, writes its decision-log record.
+/// What makes a decision-log record replayable (`--decision-log-requests`): the rest of the request
+/// and the entity store revision it was decided at.
+#[derive(Debug, Clone, Copy)]
+pub struct Replayable<'a> {
+    pub context: &'a str,
+    pub entities: &'a str,
+    pub min_revision: u64,
+    pub entity_revision: u64,
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn record_decision(
     log: bool,
     front_door: &'static str,
@@ -62,6 +73,7 @@ pub fn record_decision(
     outcome: &Outcome,
     latency: Duration,
     http: Option<HttpInfo<'_>>,
+    replay: Option<Replayable<'_>>,
 ) {
     let decision = if outcome.allow { "allow" } else { "deny" };
     metrics::counter!("cedar_pdp_decisions_total", "decision" => decision, "api" => front_door).increment(1);
@@ -84,6 +96,7 @@ pub fn record_decision(
         reason: None,
         listing: None,
         http,
+        replay,
     };
     write(&record);
 }
@@ -117,6 +130,7 @@ pub fn record_without_policies(
         reason: Some(reason),
         listing: None,
         http,
+        replay: None,
     };
     write(&record);
 }
@@ -161,6 +175,7 @@ pub fn record_listing(
         reason: None,
         listing: Some(listing),
         http,
+        replay: None,
     };
     write(&record);
 }
@@ -195,6 +210,7 @@ pub fn record_plan(
         reason: Some(outcome),
         listing: None,
         http: None,
+        replay: None,
     };
     write(&record);
 }
@@ -215,6 +231,7 @@ struct Record<'a> {
     reason: Option<&'a str>,
     listing: Option<&'a Listing<'a>>,
     http: Option<HttpInfo<'a>>,
+    replay: Option<Replayable<'a>>,
 }
 
 fn write(r: &Record<'_>) {
@@ -237,6 +254,10 @@ fn write(r: &Record<'_>) {
         route = r.http.map(|h| h.route),
         request_id = r.http.map(|h| h.request_id),
         dry_run = r.http.map(|h| h.dry_run),
+        context = r.replay.map(|x| x.context),
+        request_entities = r.replay.map(|x| x.entities),
+        min_revision = r.replay.map(|x| x.min_revision),
+        entity_revision = r.replay.map(|x| x.entity_revision),
         "decision"
     );
 }
