@@ -86,3 +86,23 @@ fn what_does_not_load_exits_2_naming_the_file_and_line() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("access.cedar"), "{err}");
 }
+
+#[test]
+fn validate_warns_about_forbids_that_fail_open() {
+    let (code, out, err) = run(&["validate", fixture("authoring").to_str().unwrap()]);
+    assert_eq!(code, 0, "warnings do not fail validation: {out}{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].starts_with(
+            "warning: access.cedar:4: forbid `no-banned` reads `principal.banned` without `principal has banned` first"
+        ),
+        "{err}"
+    );
+    assert!(warnings[0].contains("--forbid-errors deny"), "{err}");
+    // The example policies guard their reads: no warning.
+    let (code, out, err) = run(&["validate", example_policies().to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(out.starts_with("ok: "), "{out}");
+}

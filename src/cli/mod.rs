@@ -116,6 +116,12 @@ pub async fn serve(config: ServeConfig) -> ExitCode {
 pub fn validate(args: &ValidateArgs) -> Result<ExitCode, CliError> {
     match load_dir(&args.dir, args.validation) {
         Ok(s) => {
+            let warnings = crate::policy::lint::forbids_that_fail_open(&s, &args.dir);
+            let mut stderr = io::stderr().lock();
+            for warning in &warnings {
+                writeln!(stderr, "warning: {warning}")?;
+            }
+            drop(stderr);
             emit(&[format!(
                 "ok: {} policies, {} templates, {} entities, schema: {}, validation: {}, version {}",
                 s.policy_count,

@@ -119,6 +119,7 @@ pub fn load_dir(dir: &Path, mode: ValidationMode) -> Result<Snapshot, PolicyLoad
     snapshot.authzen = std::sync::Arc::new(authzen);
     snapshot.scim = std::sync::Arc::new(scim);
     snapshot.files = file_stats(&snapshot.policies, &origins);
+    snapshot.origins = origins;
     Ok(snapshot)
 }
 

@@ -6,6 +6,7 @@
 
 mod authzen;
 mod diag;
+pub mod lint;
 mod load;
 pub mod scim;
 mod scope;

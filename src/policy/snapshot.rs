@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub scim: std::sync::Arc<super::ScimMapping>,
     /// What an erroring `forbid` does (`--forbid-errors`; set by the `PolicyStore`).
     pub forbid_errors: super::ForbidErrors,
+    /// The file (relative to the directory) each policy and template came from, by id.
+    pub origins: std::collections::HashMap<String, String>,
     /// Per policy file: what it holds, to notice an edit that empties a file or drops its forbids.
     pub files: std::collections::BTreeMap<String, FileStat>,
     pub(crate) authorizer: Authorizer,
@@ -114,6 +116,7 @@ impl Snapshot {
             authzen: Default::default(),
             scim: Default::default(),
             forbid_errors: Default::default(),
+            origins: Default::default(),
             files: Default::default(),
             policies,
             schema,
