@@ -135,5 +135,25 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// 10,000 users, each with a grant of their own: every principal matches a distinct set of policies,
+/// more than any fixed-size slice cache would hold if it stopped caching.
+fn many_match_sets(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let grants: String = (0..10_000)
+        .map(|u| format!("permit (principal == User::\"u{u}\", action == Action::\"view\", resource) when {{ context.n > {u} }};\n"))
+        .collect();
+    std::fs::write(dir.path().join("grants.cedar"), grants).unwrap();
+    let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+    let names: Vec<String> = (0..10_000).map(|u| format!("u{u}")).collect();
+    let mut next = 0;
+    c.bench_function("decide/many_match_sets", |b| {
+        b.iter(|| {
+            next = (next + 1) % names.len();
+            let check = input(&names[next], "view", "d", r#"{"n": 20000}"#, "");
+            black_box(decide(&snapshot, &check, &Limits::default()).unwrap())
+        })
+    });
+}
+
+criterion_group!(benches, bench, many_match_sets);
 criterion_main!(benches);

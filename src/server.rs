@@ -112,7 +112,9 @@ async fn start_shadow(
     background: &CancellationToken,
 ) -> Result<Shadow, ServeError> {
     let policies = Arc::new(
-        PolicyStore::new(dir.to_path_buf(), config.policy.validation).with_forbid_errors(config.policy.forbid_errors),
+        PolicyStore::new(dir.to_path_buf(), config.policy.validation)
+            .with_forbid_errors(config.policy.forbid_errors)
+            .as_shadow(),
     );
     policies
         .reload()

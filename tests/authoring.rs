@@ -85,6 +85,10 @@ fn what_does_not_load_exits_2_naming_the_file_and_line() {
     let (code, _, err) = run(&["test", "--policies", dir.path().to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("access.cedar"), "{err}");
+    // No test files at all: a CI job that runs nothing must not pass either.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&["test", "--policies", empty.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
 }
 
 #[test]

@@ -138,6 +138,20 @@ async fn forbid_errors_deny_fails_closed() {
     // Nothing else changes: a member with the attribute is still allowed, a banned one denied.
     assert!(is_allow(&deny.check(req(r#"User::"ann""#, r#"Action::"view""#, r#"Doc::"d1""#)).await.unwrap()));
     assert!(!is_allow(&deny.check(req(r#"User::"ben""#, r#"Action::"view""#, r#"Doc::"d1""#)).await.unwrap()));
+    // PlanResources keeps Cedar's semantics, so it is refused rather than allowed to disagree.
+    let planner =
+        TestServer::start_with(&example_policies(), |c| c.policy.forbid_errors = cedar_pdp::config::ForbidErrors::Deny)
+            .await;
+    let mut client = cedar_pdp::grpc::AuthorizationServiceClient::new(planner.channel().await);
+    let plan = pb::PlanResourcesRequest {
+        principal: Some(uid(r#"User::"bob""#)),
+        action: Some(uid(r#"Action::"view""#)),
+        resource_type: "Document".into(),
+        ..Default::default()
+    };
+    let refused = client.plan_resources(plan).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("--forbid-errors deny"), "{refused:?}");
 }
 
 #[tokio::test]

@@ -117,9 +117,10 @@ async fn records_without_the_request_are_not_replayed_and_provisioned_entities_c
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("plain.jsonl");
     std::fs::write(&log, logged(&plain, &[id]).join("\n")).unwrap();
-    let (code, changes, summary) = replay(&example_policies(), &log, &[]);
-    assert_eq!((code, changes.len()), (0, 0));
+    let (code, changes, summary) = replay(&example_policies(), &log, &["--fail-on", "any"]);
+    assert_eq!((code, changes.len()), (2, 0), "a gate that compared nothing does not pass");
     assert!(summary.contains("replayed 0 decisions") && summary.contains("1 not replayable"), "{summary}");
+    assert!(summary.contains("nothing was replayed"), "{summary}");
 
     // A provisioned user: without the server's entities the replay cannot know them.
     let p = Process::start(&example_policies(), &["--decision-log-requests", "true"]);

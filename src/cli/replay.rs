@@ -25,8 +25,11 @@ struct Summary {
     /// Records not replayable: answers made without the policies, listings, or decisions logged
     /// without `--decision-log-requests`.
     skipped: u64,
-    /// Records the new policies cannot decide (a request the new schema refuses).
+    /// Records the new policies cannot decide (a request the new schema refuses): a change for
+    /// `--fail-on any`.
     refused: u64,
+    /// Lines that are not JSON (a log written without `--log-format json`).
+    unreadable: u64,
     /// Changes by (action, resource type).
     by_pair: BTreeMap<(String, String), u64>,
 }
@@ -71,9 +74,17 @@ pub async fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
     out.flush()?;
     drop(out);
     report(&summary)?;
+    // A gate that compared nothing must not pass.
+    if summary.replayed == 0 {
+        writeln!(
+            std::io::stderr(),
+            "nothing was replayed: record decisions with `serve --log-format json --decision-log-requests true`"
+        )?;
+        return Ok(ExitCode::from(2));
+    }
     let failed = match args.fail_on {
         Some(FailOn::AllowGain) => summary.deny_to_allow > 0,
-        Some(FailOn::Any) => summary.deny_to_allow + summary.allow_to_deny > 0,
+        Some(FailOn::Any) => summary.deny_to_allow + summary.allow_to_deny + summary.refused > 0,
         None => false,
     };
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
@@ -119,7 +130,10 @@ async fn with_provisioned(
 
 /// Replays one decision-log line; the change, if its decision changed.
 fn replay_line(snapshot: &Snapshot, entities: &Entities, line: &str, summary: &mut Summary) -> Option<Value> {
-    let record: Value = serde_json::from_str(line).ok()?;
+    let Ok(record) = serde_json::from_str::<Value>(line) else {
+        summary.unreadable += u64::from(!line.trim().is_empty());
+        return None;
+    };
     if record.get("decision_id").is_none() || !matches!(record["decision"].as_str(), Some("allow" | "deny")) {
         return None;
     }
@@ -147,7 +161,9 @@ fn replay_line(snapshot: &Snapshot, entities: &Entities, line: &str, summary: &m
         context_json: context.as_str().unwrap_or_default(),
         entities_json: record["request_entities"].as_str().unwrap_or_default(),
     };
-    let after = match authz::prepare(snapshot, &input, &Limits::default()) {
+    // The server's own request-entity limit already applied when it decided.
+    let limits = Limits { max_request_entities: usize::MAX, ..Limits::default() };
+    let after = match authz::prepare(snapshot, &input, &limits) {
         Ok(prepared) if prepared.own.is_empty() => authz::decide_on(snapshot, prepared, entities),
         Ok(prepared) => {
             let own: Vec<_> = prepared.own.iter().map(|(_, e)| e.clone()).collect();
@@ -195,13 +211,14 @@ fn report(summary: &Summary) -> Result<(), CliError> {
     let mut stderr = std::io::stderr().lock();
     writeln!(
         stderr,
-        "replayed {} decisions: {} changed ({} allow → deny, {} deny → allow); {} not replayable (not logged with --decision-log-requests, or not a check), {} refused by the new policies",
+        "replayed {} decisions: {} changed ({} allow → deny, {} deny → allow); {} not replayable (not logged with --decision-log-requests, or not a check), {} refused by the new policies, {} lines not JSON",
         summary.replayed,
         summary.allow_to_deny + summary.deny_to_allow,
         summary.allow_to_deny,
         summary.deny_to_allow,
         summary.skipped,
-        summary.refused
+        summary.refused,
+        summary.unreadable
     )?;
     let mut pairs: Vec<_> = summary.by_pair.iter().collect();
     pairs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

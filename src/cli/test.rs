@@ -55,14 +55,16 @@ pub fn test(args: &TestArgs) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(2));
         }
     };
-    let files = test_files(&args.policies, &args.paths)?;
-    if files.is_empty() {
-        return Err(format!(
-            "no test files (*.test.json, *.test.yaml) under {}",
-            args.policies.join("tests").display()
-        )
-        .into());
-    }
+    let files = match test_files(&args.policies, &args.paths) {
+        Ok(files) if !files.is_empty() => files,
+        found => {
+            let why = found.err().unwrap_or_else(|| {
+                format!("no test files (*.test.json, *.test.yaml) under {}", args.policies.join("tests").display())
+            });
+            writeln!(std::io::stderr(), "{why}")?;
+            return Ok(ExitCode::from(2));
+        }
+    };
     let mut cases = Vec::new();
     for file in &files {
         match run_file(&snapshot, file) {
@@ -290,7 +292,12 @@ enum Expected {
 
 impl Suite {
     fn entities(&self, snapshot: &Snapshot) -> Result<Entities, String> {
-        let base = if self.directory_entities { snapshot.entities.clone() } else { Entities::empty() };
+        let base = match (&snapshot.schema, self.directory_entities) {
+            (_, true) => snapshot.entities.clone(),
+            // Without the directory's entities, still the schema's actions (action groups).
+            (Some(schema), false) => schema.action_entities().map_err(|e| e.to_string())?,
+            (None, false) => Entities::empty(),
+        };
         if self.entities.is_empty() {
             return Ok(base);
         }
@@ -398,5 +405,7 @@ fn junit(cases: &[Case]) -> String {
 }
 
 fn xml(text: &str) -> String {
+    // XML 1.0 has no place for most control characters, even escaped.
+    let text: String = text.chars().filter(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r')).collect();
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }

@@ -45,6 +45,11 @@ pub(super) async fn plan(
             "PlanResources needs a schema in the policy directory (and validation not `off`)".into(),
         ));
     };
+    // Partial evaluation keeps Cedar's semantics, where an erroring forbid does not apply: its plan
+    // could allow what Check, denying on such errors, refuses.
+    if snapshot.forbid_errors == crate::policy::ForbidErrors::Deny {
+        return Err(DecideError::Unsupported("PlanResources is not available with --forbid-errors deny".into()));
+    }
     let ty: EntityTypeName = snapshot.index.type_name(resource_type).map_err(|e| {
         RequestError::invalid("resource_type", format!("`{resource_type}` is not an entity type name: {e}"))
     })?;

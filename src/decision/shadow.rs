@@ -4,11 +4,13 @@
 //!
 //! Architecture invariant: the live answer never waits for, or depends on, the shadow set. A live
 //! decision only offers a copy of its question to a bounded queue; when the queue is full the shadow
-//! evaluation is dropped and counted. The worker runs on its own thread at the lowest CPU priority,
-//! so that under saturation the cores go to live decisions and the shadow side drops instead.
+//! evaluation is dropped and counted. The worker that takes jobs off the queue is a thread at the
+//! lowest CPU priority: under saturation it is rarely scheduled, so few shadow decisions start and
+//! the rest are dropped. Each decision it starts runs on the server's runtime, like any decision, so
+//! that the entity store's connections and locks are only ever used from there.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -42,11 +44,16 @@ struct Job {
     determining: Vec<String>,
 }
 
+/// The most bytes of context and request entities waiting in the queue: a slow shadow set with
+/// large requests must not hold gigabytes.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
 /// The live side's handle: offers questions to the worker.
 pub struct Shadow {
     pub policies: Arc<PolicyStore>,
     pub counts: Arc<ShadowCounts>,
     queue: mpsc::Sender<Job>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Shadow {
@@ -60,7 +67,16 @@ impl Shadow {
     ) -> Self {
         let (queue, jobs) = mpsc::channel(capacity.max(1));
         let counts = Arc::new(ShadowCounts::default());
-        let worker = work(policies.clone(), store, limits, jobs, counts.clone(), stop);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let shared = Worker {
+            policies: policies.clone(),
+            store,
+            limits,
+            counts: counts.clone(),
+            queued_bytes: queued_bytes.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let worker = work(shared, jobs, stop);
         let spawned = std::thread::Builder::new().name("shadow".into()).spawn(move || {
             if let Err(e) = thread_priority::set_current_thread_priority(thread_priority::ThreadPriority::Min) {
                 tracing::warn!("shadow evaluations run at normal priority: {e:?}");
@@ -73,11 +89,21 @@ impl Shadow {
         if let Err(e) = spawned {
             tracing::error!("shadow evaluations are off: cannot start their thread: {e}");
         }
-        Shadow { policies, counts, queue }
+        Shadow { policies, counts, queue, queued_bytes }
+    }
+
+    fn drop_one(&self) {
+        self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("cedar_pdp_shadow_decisions_total", "result" => "dropped").increment(1);
     }
 
     /// Offers a live decision for shadow evaluation; never waits.
     pub fn offer(&self, decision_id: &str, input: &CheckInput<'_>, min_revision: u64, live: &Outcome) {
+        // A full queue or byte budget drops before anything is copied on the live path.
+        let bytes = input.context_json.len() + input.entities_json.len();
+        if self.queue.capacity() == 0 || self.queued_bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES {
+            return self.drop_one();
+        }
         let owned = |u: Option<UidRef<'_>>| u.map(|u| (u.ty.to_string(), u.id.to_string())).unwrap_or_default();
         let job = Job {
             decision_id: decision_id.to_string(),
@@ -88,45 +114,66 @@ impl Shadow {
             allow: live.allow,
             determining: live.determining.clone(),
         };
-        if self.queue.try_send(job).is_err() {
-            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("cedar_pdp_shadow_decisions_total", "result" => "dropped").increment(1);
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.drop_one(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counts.errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("cedar_pdp_shadow_decisions_total", "result" => "error").increment(1);
+            }
         }
     }
 }
 
-async fn work(
+/// What the worker needs, shared with each decision it starts.
+#[derive(Clone)]
+struct Worker {
     policies: Arc<PolicyStore>,
     store: Arc<EntityStore>,
     limits: Limits,
-    mut jobs: mpsc::Receiver<Job>,
     counts: Arc<ShadowCounts>,
-    stop: CancellationToken,
-) {
+    queued_bytes: Arc<AtomicUsize>,
+    /// The server's runtime: shadow decisions run there, one at a time.
+    runtime: tokio::runtime::Handle,
+}
+
+async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, stop: CancellationToken) {
     loop {
         let job = tokio::select! {
             () = stop.cancelled() => return,
             job = jobs.recv() => match job { Some(job) => job, None => return },
         };
-        let Some(snapshot) = policies.current() else { continue };
-        let [p, a, r] = &job.uids;
-        let input = CheckInput {
-            principal: Some(UidRef { ty: &p.0, id: &p.1 }),
-            action: Some(UidRef { ty: &a.0, id: &a.1 }),
-            resource: Some(UidRef { ty: &r.0, id: &r.1 }),
-            context_json: &job.context_json,
-            entities_json: &job.entities_json,
-        };
-        let result = match entities::decide(&store, &snapshot, &input, &limits, job.min_revision).await {
-            Ok(shadow) => compare(&job, &shadow, &snapshot.version, &counts),
-            Err(e) => {
-                counts.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(target: "cedar_pdp::shadow", decision_id = %job.decision_id, error = %e, "the shadow set could not decide");
-                "error"
-            }
-        };
-        metrics::counter!("cedar_pdp_shadow_decisions_total", "result" => result).increment(1);
+        worker.queued_bytes.fetch_sub(job.context_json.len() + job.entities_json.len(), Ordering::Relaxed);
+        let decided = worker.runtime.spawn(decide(worker.clone(), job));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = decided => {}
+        }
     }
+}
+
+/// One shadow decision, on the server's runtime.
+async fn decide(worker: Worker, job: Job) {
+    let Some(snapshot) = worker.policies.current() else { return };
+    let [p, a, r] = &job.uids;
+    let input = CheckInput {
+        principal: Some(UidRef { ty: &p.0, id: &p.1 }),
+        action: Some(UidRef { ty: &a.0, id: &a.1 }),
+        resource: Some(UidRef { ty: &r.0, id: &r.1 }),
+        context_json: &job.context_json,
+        entities_json: &job.entities_json,
+    };
+    let result = match entities::decide(&worker.store, &snapshot, &input, &worker.limits, job.min_revision).await {
+        Ok(shadow) => compare(&job, &shadow, &snapshot.version, &worker.counts),
+        Err(e) => {
+            worker.counts.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(target: "cedar_pdp::shadow", decision_id = %job.decision_id, error = %e, "the shadow set could not decide");
+            "error"
+        }
+    };
+    metrics::counter!("cedar_pdp_shadow_decisions_total", "result" => result).increment(1);
 }
 
 fn compare(job: &Job, shadow: &Outcome, version: &str, counts: &ShadowCounts) -> &'static str {

@@ -44,10 +44,8 @@ pub fn forbids_that_fail_open(snapshot: &Snapshot, dir: &std::path::Path) -> Vec
             continue;
         }
         let Ok(est) = policy.to_json() else { continue };
-        let mut risks = BTreeSet::new();
-        for condition in est["conditions"].as_array().into_iter().flatten() {
-            walk(&condition["body"], &BTreeSet::new(), snapshot.schema.is_some(), &mut risks);
-        }
+        let typed_context = snapshot.schema.is_some() && snapshot.mode != super::ValidationMode::Off;
+        let risks = risks_of(&est, typed_context);
         let id = AsRef::<str>::as_ref(policy.id()).to_string();
         let file = snapshot.origins.get(&id).cloned().unwrap_or_default();
         let line = std::fs::read_to_string(dir.join(&file))
@@ -57,6 +55,23 @@ pub fn forbids_that_fail_open(snapshot: &Snapshot, dir: &std::path::Path) -> Vec
     }
     out.sort_by(|a, b| (&a.file, a.line, &a.policy_id).cmp(&(&b.file, b.line, &b.policy_id)));
     out
+}
+
+/// The risky reads of a policy's conditions. Cedar evaluates the `when` clauses before the `unless`
+/// ones, so what a `when` proves guards the `unless` reads too.
+fn risks_of(est: &Value, typed_context: bool) -> BTreeSet<String> {
+    let mut risks = BTreeSet::new();
+    let mut proven = BTreeSet::new();
+    let conditions = est["conditions"].as_array().cloned().unwrap_or_default();
+    for kind in ["when", "unless"] {
+        for condition in conditions.iter().filter(|c| c["kind"] == kind) {
+            walk(&condition["body"], &proven, typed_context, &mut risks);
+        }
+        for condition in conditions.iter().filter(|c| c["kind"] == kind && kind == "when") {
+            facts(&condition["body"], &mut proven);
+        }
+    }
+    risks
 }
 
 /// `principal`, `resource.owner`, …: an expression as a path, if it is one.
@@ -71,9 +86,23 @@ fn path(expr: &Value) -> Option<String> {
 /// The `has` facts an expression proves when it is true (through `&&`).
 fn facts(expr: &Value, out: &mut BTreeSet<(String, String)>) {
     if let Some(has) = expr.get("has")
-        && let (Some(p), Some(attr)) = (path(&has["left"]), has["attr"].as_str())
+        && let Some(mut p) = path(&has["left"])
     {
-        out.insert((p, attr.to_string()));
+        // `e has a` names one attribute; `e has a.b` a path of them, each prefix proven.
+        let attrs: Vec<&str> = match &has["attr"] {
+            Value::String(a) => vec![a.as_str()],
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for attr in attrs {
+            out.insert((p.clone(), attr.to_string()));
+            p = format!("{p}.{attr}");
+        }
+    }
+    if let Some(tag) = expr.get("hasTag")
+        && let (Some(p), Some(name)) = (path(&tag["left"]), tag["right"].get("Value"))
+    {
+        out.insert((p, format!("tag:{name}")));
     }
     if let Some(and) = expr.get("&&") {
         facts(&and["left"], out);
@@ -109,7 +138,10 @@ fn walk(expr: &Value, guards: &BTreeSet<(String, String)>, typed_context: bool, 
                 walk(&args["else"], guards, typed_context, risks);
             }
             "getTag" => {
-                if let Some(p) = path(&args["left"]) {
+                let name = args["right"].get("Value").map(|n| format!("tag:{n}"));
+                if let Some(p) = path(&args["left"])
+                    && !name.is_some_and(|n| guards.contains(&(p.clone(), n)))
+                {
                     risks.insert(format!("reads a tag of `{p}` with getTag (guard it with hasTag)"));
                 }
                 walk(&args["left"], guards, typed_context, risks);
@@ -141,12 +173,7 @@ mod tests {
 
     fn risks(text: &str, typed_context: bool) -> Vec<String> {
         let policy = cedar_policy::Policy::parse(None, text).unwrap();
-        let est = policy.to_json().unwrap();
-        let mut found = BTreeSet::new();
-        for condition in est["conditions"].as_array().into_iter().flatten() {
-            walk(&condition["body"], &BTreeSet::new(), typed_context, &mut found);
-        }
-        found.into_iter().collect()
+        risks_of(&policy.to_json().unwrap(), typed_context).into_iter().collect()
     }
 
     #[test]
@@ -181,5 +208,15 @@ mod tests {
                 .is_empty()
         );
         assert!(one("forbid (principal, action, resource) when { principal == User::\"mallory\" };").is_empty());
+        // Extended `has`, `hasTag`, and a `when` guarding the `unless`.
+        assert!(one("forbid (principal, action, resource) when { principal has a.b && principal.a.b };").is_empty());
+        assert!(
+            one(
+                "forbid (principal, action, resource) when { principal.hasTag(\"x\") && principal.getTag(\"x\") == 1 };"
+            )
+            .is_empty()
+        );
+        assert!(one("forbid (principal, action, resource) when { resource has x } unless { resource.x };").is_empty());
+        assert_eq!(one("forbid (principal, action, resource) when { true } unless { resource.x };").len(), 1);
     }
 }

@@ -78,6 +78,8 @@ pub struct PolicyStore {
     dir: PathBuf,
     mode: ValidationMode,
     forbid_errors: ForbidErrors,
+    /// `live`, or `shadow` for `--shadow-policies`: in reload logs and metrics.
+    set: &'static str,
     current: ArcSwapOption<Snapshot>,
     stats: Mutex<ReloadStats>,
     /// Serialises reloads so that a slow one cannot overwrite the result of a newer one.
@@ -99,6 +101,7 @@ impl PolicyStore {
             dir,
             mode,
             forbid_errors: ForbidErrors::Skip,
+            set: "live",
             current: ArcSwapOption::empty(),
             stats: Mutex::new(ReloadStats::default()),
             reloading: tokio::sync::Mutex::new(()),
@@ -108,6 +111,12 @@ impl PolicyStore {
     /// Decides with `forbid_errors` from the next load on.
     pub fn with_forbid_errors(mut self, forbid_errors: ForbidErrors) -> Self {
         self.forbid_errors = forbid_errors;
+        self
+    }
+
+    /// Names this set `shadow` in reload logs and metrics (`set` label), apart from the live one.
+    pub fn as_shadow(mut self) -> Self {
+        self.set = "shadow";
         self
     }
 
@@ -212,6 +221,15 @@ impl PolicyStore {
     }
 
     /// Swaps a loaded snapshot in, or records why the load failed.
+    /// The live set's series stay as they were; the shadow set's carry `set="shadow"`.
+    fn count_reload(&self, result: &'static str) {
+        if self.set == "live" {
+            metrics::counter!("cedar_pdp_policy_reloads_total", "result" => result).increment(1);
+        } else {
+            metrics::counter!("cedar_pdp_policy_reloads_total", "result" => result, "set" => self.set).increment(1);
+        }
+    }
+
     fn apply(&self, loaded: Result<Snapshot, PolicyLoadError>) -> Result<ReloadOutcome, PolicyLoadError> {
         let mut stats = match self.stats.lock() {
             Ok(stats) => stats,
@@ -222,13 +240,14 @@ impl PolicyStore {
                 snapshot.forbid_errors = self.forbid_errors;
                 stats.succeeded += 1;
                 stats.last_error = None;
-                metrics::counter!("cedar_pdp_policy_reloads_total", "result" => "success").increment(1);
+                self.count_reload("success");
                 let unchanged = self.current().is_some_and(|s| s.version == snapshot.version);
                 if unchanged {
                     return Ok(ReloadOutcome::Unchanged);
                 }
                 let version = snapshot.version.clone();
                 tracing::info!(
+                    set = self.set,
                     policy_version = %version,
                     policies = snapshot.policy_count,
                     templates = snapshot.template_count,
@@ -245,9 +264,9 @@ impl PolicyStore {
             Err(err) => {
                 stats.failed += 1;
                 stats.last_error = Some((SystemTime::now(), err.diagnostics.clone()));
-                metrics::counter!("cedar_pdp_policy_reloads_total", "result" => "failure").increment(1);
+                self.count_reload("failure");
                 for d in &err.diagnostics {
-                    tracing::error!(file = %d.file, "policy reload rejected, keeping the last good set: {}", d.one_line());
+                    tracing::error!(set = self.set, file = %d.file, "policy reload rejected, keeping the last good set: {}", d.one_line());
                 }
                 Err(err)
             }
