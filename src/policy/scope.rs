@@ -15,18 +15,19 @@
 //! Candidates come from an index on the principal scope's entity (for `==`, `in` and `is … in`),
 //! looked up with the principal and each of its ancestors; each candidate's whole scope is then
 //! checked against the same entities Cedar will see. The slice for each distinct set of matching
-//! policies is built once and cached (bounded; past the bound the full set is used).
+//! policies is built once and cached, in a bounded cache that evicts the least useful slices (moka's
+//! TinyLFU), so that many distinct match sets cost a rebuild only on a miss, never on every request.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
 
-/// Distinct slices kept per snapshot.
-const MAX_CACHED_SLICES: usize = 4096;
+/// Slices kept per snapshot, weighed by the policies they hold.
+const MAX_CACHED_POLICY_REFS: u64 = 1 << 18;
 
 /// A principal or resource scope, in one shape for both.
 enum Scope {
@@ -54,7 +55,7 @@ pub(crate) struct ScopeIndex {
     /// Policies whose principal scope names no entity (`principal`, `principal is T`).
     any_principal: Vec<u32>,
     any_unconditional: bool,
-    slices: RwLock<HashMap<Box<[u32]>, Arc<Slice>>>,
+    slices: moka::sync::Cache<Box<[u32]>, Arc<Slice>>,
 }
 
 /// The policies that can apply to one request.
@@ -88,7 +89,10 @@ impl ScopeIndex {
             by_principal: HashMap::new(),
             any_principal: Vec::new(),
             any_unconditional: false,
-            slices: RwLock::new(HashMap::new()),
+            slices: moka::sync::Cache::builder()
+                .max_capacity(MAX_CACHED_POLICY_REFS)
+                .weigher(|matching: &Box<[u32]>, _| u32::try_from(matching.len()).unwrap_or(u32::MAX).max(1))
+                .build(),
         };
         for (i, policy) in set.policies().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
@@ -156,18 +160,14 @@ impl ScopeIndex {
         if matching.len() == self.entries.len() && !self.any_unconditional {
             return Selected::Full(full);
         }
-        if let Some(slice) = self.slices.read().ok().and_then(|cache| cache.get(matching.as_slice()).cloned()) {
+        if let Some(slice) = self.slices.get(matching.as_slice()) {
             return Selected::Sliced(slice);
         }
         let Some(slice) = self.slice(full, &matching) else {
             return Selected::Full(full);
         };
         let slice = Arc::new(slice);
-        if let Ok(mut cache) = self.slices.write()
-            && cache.len() < MAX_CACHED_SLICES
-        {
-            cache.insert(matching.into_boxed_slice(), slice.clone());
-        }
+        self.slices.insert(matching.into_boxed_slice(), slice.clone());
         Selected::Sliced(slice)
     }
 
