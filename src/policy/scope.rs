@@ -91,7 +91,7 @@ impl ScopeIndex {
             any_unconditional: false,
             slices: moka::sync::Cache::builder()
                 .max_capacity(MAX_CACHED_POLICY_REFS)
-                .weigher(|matching: &Box<[u32]>, _| u32::try_from(matching.len()).unwrap_or(u32::MAX).max(1))
+                .weigher(|matching, _| u32::try_from(<[u32]>::len(matching)).unwrap_or(u32::MAX).max(1))
                 .build(),
         };
         for (i, policy) in set.policies().enumerate() {
