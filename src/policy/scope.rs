@@ -29,6 +29,12 @@ use cedar_policy::{
 /// Slices kept per snapshot, weighed by the policies they hold.
 const MAX_CACHED_POLICY_REFS: u64 = 1 << 18;
 
+/// A cached slice weighs the policies it was matched from (moka passes the key as stored).
+#[allow(clippy::borrowed_box)]
+fn weigh(matching: &Box<[u32]>, _: &Arc<Slice>) -> u32 {
+    u32::try_from(matching.len()).unwrap_or(u32::MAX).max(1)
+}
+
 /// A principal or resource scope, in one shape for both.
 enum Scope {
     Any,
@@ -89,10 +95,7 @@ impl ScopeIndex {
             by_principal: HashMap::new(),
             any_principal: Vec::new(),
             any_unconditional: false,
-            slices: moka::sync::Cache::builder()
-                .max_capacity(MAX_CACHED_POLICY_REFS)
-                .weigher(|matching, _| u32::try_from(<[u32]>::len(matching)).unwrap_or(u32::MAX).max(1))
-                .build(),
+            slices: moka::sync::Cache::builder().max_capacity(MAX_CACHED_POLICY_REFS).weigher(weigh).build(),
         };
         for (i, policy) in set.policies().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
