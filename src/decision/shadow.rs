@@ -6,8 +6,8 @@
 //! decision only offers a copy of its question to a bounded queue; when the queue is full the shadow
 //! evaluation is dropped and counted. The worker that takes jobs off the queue is a thread at the
 //! lowest CPU priority: under saturation it is rarely scheduled, so few shadow decisions start and
-//! the rest are dropped. Each decision it starts runs on the server's runtime, like any decision, so
-//! that the entity store's connections and locks are only ever used from there.
+//! the rest are dropped. The decisions it starts (a batch at a time) run on the server's runtime,
+//! like any decision, so that the entity store's connections and locks are only used from there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -139,14 +139,22 @@ struct Worker {
     runtime: tokio::runtime::Handle,
 }
 
+/// Jobs the dispatcher hands to the server's runtime at once: one hand-off per batch, not per job.
+const BATCH: usize = 32;
+
 async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, stop: CancellationToken) {
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let job = tokio::select! {
+        let taken = tokio::select! {
             () = stop.cancelled() => return,
-            job = jobs.recv() => match job { Some(job) => job, None => return },
+            taken = jobs.recv_many(&mut batch, BATCH) => taken,
         };
-        worker.queued_bytes.fetch_sub(job.context_json.len() + job.entities_json.len(), Ordering::Relaxed);
-        let decided = worker.runtime.spawn(decide(worker.clone(), job));
+        if taken == 0 {
+            return;
+        }
+        let bytes: usize = batch.iter().map(|j| j.context_json.len() + j.entities_json.len()).sum();
+        worker.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let decided = worker.runtime.spawn(decide_all(worker.clone(), std::mem::take(&mut batch)));
         tokio::select! {
             () = stop.cancelled() => return,
             _ = decided => {}
@@ -154,8 +162,14 @@ async fn work(worker: Worker, mut jobs: mpsc::Receiver<Job>, stop: CancellationT
     }
 }
 
+async fn decide_all(worker: Worker, jobs: Vec<Job>) {
+    for job in jobs {
+        decide(&worker, job).await;
+    }
+}
+
 /// One shadow decision, on the server's runtime.
-async fn decide(worker: Worker, job: Job) {
+async fn decide(worker: &Worker, job: Job) {
     let Some(snapshot) = worker.policies.current() else { return };
     let [p, a, r] = &job.uids;
     let input = CheckInput {
