@@ -160,13 +160,18 @@ async fn okta_flow_provisions_deactivates_reactivates_and_renames() {
     let put = scim.call("PUT", &format!("/Users/{id}"), Some(whole.clone()), &[]).await;
     assert_eq!(put.status, 200, "{}", put.body);
     assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
-    // A PUT that leaves `active` out keeps it: it cannot bring the groups back.
+    // A PUT that leaves `active` out, or a PATCH that removes it, unassigns it in SCIM (RFC 7644), but
+    // never reactivates in Cedar: the user stays denied until `active: true` is sent.
     let mut without = whole.clone();
     without.as_object_mut().unwrap().remove("active");
     let kept = scim.call("PUT", &format!("/Users/{id}"), Some(without), &[]).await;
-    assert_eq!((kept.status, kept.body["active"].clone()), (200, json!(false)), "{}", kept.body);
+    assert_eq!((kept.status, kept.body.get("active")), (200, None), "{}", kept.body);
+    assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
+    let entity = scim.cedar(r#"User::"ann@example.com""#).await.unwrap();
+    assert_eq!((entity["attrs"]["suspended"].clone(), entity["parents"].clone()), (json!(true), json!(0)), "{entity}");
+    scim.patch(&format!("/Users/{id}"), json!([{"op": "replace", "path": "active", "value": false}])).await;
     let removed = scim.patch(&format!("/Users/{id}"), json!([{"op": "remove", "path": "active"}])).await;
-    assert_eq!(removed.body["active"], json!(false), "{}", removed.body);
+    assert_eq!((removed.status, removed.body.get("active")), (200, None), "{}", removed.body);
     assert!(!scim.allowed("ann@example.com", VIEW, DOC).await);
     whole["active"] = json!(true);
     scim.call("PUT", &format!("/Users/{id}"), Some(whole), &[]).await;

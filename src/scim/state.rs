@@ -91,6 +91,9 @@ pub struct Stored {
     pub memberships: Vec<Membership>,
     /// The key of the Cedar uid it maps to.
     pub cedar: String,
+    /// Whether a user counts as active in Cedar: its `active`, or while that is unassigned the last
+    /// value it had (new users: active). Removing `active` in SCIM never reactivates in Cedar.
+    pub active: bool,
 }
 
 impl Stored {
@@ -102,12 +105,14 @@ impl Stored {
             .map_err(|e| corrupt(&e.to_string()))?;
         let memberships = serde_json::from_str(&text("groups").unwrap_or_else(|| "[]".into()))
             .map_err(|e| corrupt(&e.to_string()))?;
+        let active = json["attrs"]["active"].as_bool().unwrap_or_else(|| cedar::active(&resource));
         Ok(Stored {
             id: id.to_string(),
             resource,
             revision: record.revision,
             memberships,
             cedar: text("cedar").unwrap_or_default(),
+            active,
         })
     }
 
@@ -150,7 +155,8 @@ impl Stored {
             serde_json::to_string(&self.memberships).map_err(|e| ScimError::new(500, None, e.to_string()))?;
         Ok(json!({
             "uid": {"type": format!("{STATE_NS}::{}", ty.name()), "id": self.id},
-            "attrs": {"resource": self.resource.to_string(), "cedar": self.cedar, "groups": memberships},
+            "attrs": {"resource": self.resource.to_string(), "cedar": self.cedar, "groups": memberships,
+                      "active": self.active},
             "parents": []
         }))
     }
@@ -342,13 +348,11 @@ impl<'a> Txn<'a> {
             return Err(ScimError::uniqueness(format!("`{unique}` `{name}` is taken")).into());
         }
         // Fail closed: a write that leaves `active` unassigned (a PUT without it, a PATCH removing it)
-        // keeps the current value, so it cannot bring a deactivated user's groups back.
-        if ty == ResourceType::User
-            && resource.get("active").is_none()
-            && let Some(active) = current.as_ref().and_then(|c| c.resource.get("active"))
-        {
-            resource["active"] = active.clone();
-        }
+        // keeps the Cedar side's last value, so it cannot bring a deactivated user's groups back.
+        let active = match resource.get("active").and_then(Value::as_bool) {
+            Some(active) => active,
+            None => current.as_ref().is_none_or(|c| c.active),
+        };
         if ty == ResourceType::Group {
             dedupe_members(&mut resource);
         }
@@ -373,7 +377,7 @@ impl<'a> Txn<'a> {
         if ty == ResourceType::Group {
             self.members(id, &name, &cedar_key, &mut resource, current.as_ref()).await?;
         }
-        let stored = Stored { id: id.to_string(), resource, revision: 0, memberships, cedar: cedar_key };
+        let stored = Stored { id: id.to_string(), resource, revision: 0, memberships, cedar: cedar_key, active };
         self.write(ty, &stored).await?;
         self.result = Some(stored);
         Ok(())
@@ -561,9 +565,14 @@ impl<'a> Txn<'a> {
         let mapping = self.snapshot.scim.clone();
         let resource_mapping = cedar::mapping(&mapping, ty);
         let uid = parse_uid_pair(&stored.cedar)?;
-        let attrs = cedar::attributes(resource_mapping, ty, &stored.resource, &self.refs);
+        // The mapping sees the user's effective `active` (see `Stored::active`).
+        let mut view = stored.resource.clone();
+        if ty == ResourceType::User {
+            view["active"] = json!(stored.active);
+        }
+        let attrs = cedar::attributes(resource_mapping, ty, &view, &self.refs);
         // Deprovisioning revokes: a deactivated user keeps its memberships in SCIM, not in Cedar.
-        let parents = if ty == ResourceType::User && !cedar::active(&stored.resource) {
+        let parents = if ty == ResourceType::User && !stored.active {
             Vec::new()
         } else {
             stored.memberships.iter().map(|m| parse_uid_pair(&m.cedar)).collect::<Result<_, _>>()?
@@ -620,6 +629,7 @@ impl<'a> Txn<'a> {
             revision,
             memberships: Vec::new(),
             cedar: String::new(),
+            active: true,
         });
         result.revision = revision;
         Ok(result)
