@@ -406,15 +406,9 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct TestArgs {
-    /// The policy directory under test.
-    #[arg(long, env = "CEDAR_PDP_POLICIES", default_value = "./policies")]
-    pub policies: PathBuf,
-    /// Schema validation mode, as the server's.
-    #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
-    pub validation: ValidationMode,
-    /// As the server's `--forbid-errors`.
-    #[arg(long, env = "CEDAR_PDP_FORBID_ERRORS", value_enum, default_value_t = ForbidErrors::Skip)]
-    pub forbid_errors: ForbidErrors,
+    /// `--policies` (the policy directory under test), `--validation` and `--forbid-errors`, as the server's.
+    #[command(flatten)]
+    pub policy: PolicyConfig,
     /// Output: failures and a summary, or JUnit XML for CI systems.
     #[arg(long, value_enum, default_value_t = TestFormat::Text)]
     pub format: TestFormat,
@@ -424,15 +418,9 @@ pub struct TestArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
-    /// The new policy directory.
-    #[arg(long, env = "CEDAR_PDP_POLICIES", default_value = "./policies")]
-    pub policies: PathBuf,
-    /// Schema validation mode, as the server's.
-    #[arg(long, env = "CEDAR_PDP_VALIDATION", value_enum, default_value_t = ValidationMode::Strict)]
-    pub validation: ValidationMode,
-    /// As the server's `--forbid-errors`.
-    #[arg(long, env = "CEDAR_PDP_FORBID_ERRORS", value_enum, default_value_t = ForbidErrors::Skip)]
-    pub forbid_errors: ForbidErrors,
+    /// `--policies` (the new policy directory), `--validation` and `--forbid-errors`, as the server's.
+    #[command(flatten)]
+    pub policy: PolicyConfig,
     /// Also the provisioned entities of the server at this address (read at its current revision);
     /// without it, the new directory's entity files only. Its token: `--token`, `--token-file`, or
     /// the one it generated in `--data-dir`.

@@ -17,7 +17,7 @@ use cedar_policy::EntityUid;
 
 use crate::config::{CheckArgs, ServeConfig, ValidateArgs};
 use crate::grpc::{AuthorizationServiceClient, pb};
-use crate::policy::load_dir;
+use crate::policy::{Snapshot, load_dir};
 
 pub use admin::{reload, status};
 pub use entities::{audit, entities};
@@ -109,6 +109,25 @@ pub async fn serve(config: ServeConfig) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A policy directory loaded as the server loads it, for the offline tools (`test`, `replay`); when
+/// it does not load, its problems are on stderr and the exit code is 2.
+pub(crate) fn load_for_tool(policy: &crate::config::PolicyConfig) -> Result<Result<Snapshot, ExitCode>, CliError> {
+    match load_dir(&policy.policies, policy.validation) {
+        Ok(mut snapshot) => {
+            snapshot.forbid_errors = policy.forbid_errors;
+            Ok(Ok(snapshot))
+        }
+        Err(err) => {
+            let mut stderr = io::stderr().lock();
+            for d in &err.diagnostics {
+                writeln!(stderr, "{d}\n")?;
+            }
+            writeln!(stderr, "the policy directory {} does not load", policy.policies.display())?;
+            Ok(Err(ExitCode::from(2)))
         }
     }
 }

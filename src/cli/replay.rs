@@ -14,7 +14,7 @@ use super::CliError;
 use crate::authz::{self, CheckInput, Limits, UidRef};
 use crate::config::{FailOn, ReplayArgs};
 use crate::grpc::pb;
-use crate::policy::{Snapshot, load_dir};
+use crate::policy::Snapshot;
 
 /// What a replay found.
 #[derive(Default)]
@@ -35,19 +35,9 @@ struct Summary {
 }
 
 pub async fn replay(args: &ReplayArgs) -> Result<ExitCode, CliError> {
-    let snapshot = match load_dir(&args.policies, args.validation) {
-        Ok(mut snapshot) => {
-            snapshot.forbid_errors = args.forbid_errors;
-            snapshot
-        }
-        Err(err) => {
-            let mut stderr = std::io::stderr().lock();
-            for d in &err.diagnostics {
-                writeln!(stderr, "{d}\n")?;
-            }
-            writeln!(stderr, "the policy directory {} does not load", args.policies.display())?;
-            return Ok(ExitCode::from(2));
-        }
+    let snapshot = match super::load_for_tool(&args.policy)? {
+        Ok(snapshot) => snapshot,
+        Err(code) => return Ok(code),
     };
     let entities = match &args.entities_from {
         Some(addr) => {

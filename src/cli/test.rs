@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{CliError, emit};
 use crate::authz::{self, CheckInput, Limits, UidRef};
 use crate::config::{TestArgs, TestFormat};
-use crate::policy::{Snapshot, load_dir};
+use crate::policy::Snapshot;
 
 /// One expectation checked.
 struct Case {
@@ -41,25 +41,18 @@ struct Expect {
 }
 
 pub fn test(args: &TestArgs) -> Result<ExitCode, CliError> {
-    let snapshot = match load_dir(&args.policies, args.validation) {
-        Ok(mut snapshot) => {
-            snapshot.forbid_errors = args.forbid_errors;
-            snapshot
-        }
-        Err(err) => {
-            let mut stderr = std::io::stderr().lock();
-            for d in &err.diagnostics {
-                writeln!(stderr, "{d}\n")?;
-            }
-            writeln!(stderr, "the policy directory {} does not load", args.policies.display())?;
-            return Ok(ExitCode::from(2));
-        }
+    let snapshot = match super::load_for_tool(&args.policy)? {
+        Ok(snapshot) => snapshot,
+        Err(code) => return Ok(code),
     };
-    let files = match test_files(&args.policies, &args.paths) {
+    let files = match test_files(&args.policy.policies, &args.paths) {
         Ok(files) if !files.is_empty() => files,
         found => {
             let why = found.err().unwrap_or_else(|| {
-                format!("no test files (*.test.json, *.test.yaml) under {}", args.policies.join("tests").display())
+                format!(
+                    "no test files (*.test.json, *.test.yaml) under {}",
+                    args.policy.policies.join("tests").display()
+                )
             });
             writeln!(std::io::stderr(), "{why}")?;
             return Ok(ExitCode::from(2));
