@@ -136,7 +136,13 @@ fn bench(c: &mut Criterion) {
     let empty = store(&runtime, StoreKind::Memory, empty_scratch.path(), false);
     let memory = store(&runtime, StoreKind::Memory, scratch.path(), true);
     let embedded = store(&runtime, StoreKind::Embedded { data_dir: scratch.path().join("data") }, scratch.path(), true);
-    let redis_kind = StoreKind::Redis { url: redis.url(), prefix: "bench:".into(), tls: Default::default() };
+    let redis_kind = StoreKind::Redis {
+        url: redis.url(),
+        prefix: "bench:".into(),
+        tls: Default::default(),
+        topology: Default::default(),
+        min_replicas: 0,
+    };
     let shared = store(&runtime, redis_kind, scratch.path(), true);
 
     // Every variant must decide the same way: allowed through team → dept → readers.

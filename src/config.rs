@@ -231,7 +231,8 @@ pub enum StoreChoice {
 /// The provisioned-entity store and the EntityService.
 #[derive(Debug, Clone, Args)]
 pub struct EntityConfig {
-    /// Where provisioned entities live. Default: `redis` when `--redis-url` is set, else `embedded`.
+    /// Where provisioned entities live. Default: `redis` when `--redis-url`, `--redis-sentinel` or
+    /// `--redis-cluster` is set, else `embedded`.
     #[arg(long, env = "CEDAR_PDP_STORE", value_enum)]
     pub store: Option<StoreChoice>,
     /// Directory of the embedded store's database (created if missing; one server at a time).
@@ -240,6 +241,22 @@ pub struct EntityConfig {
     /// Redis URL (`redis://host:6379/0`): the entity store and cache shared by all replicas.
     #[arg(long, env = "CEDAR_PDP_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Sentinel `HOST:PORT` (repeatable, or comma-separated): the store is the primary they name
+    /// `--redis-sentinel-master`, followed through failovers; `--redis-url` then gives only the
+    /// database, credentials and TLS.
+    #[arg(long = "redis-sentinel", env = "CEDAR_PDP_REDIS_SENTINELS", value_delimiter = ',', value_name = "HOST:PORT")]
+    pub redis_sentinels: Vec<String>,
+    /// The name of the primary the sentinels watch.
+    #[arg(long, env = "CEDAR_PDP_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    pub redis_sentinel_master: Option<String>,
+    /// Redis Cluster seed node `HOST:PORT` (repeatable, or comma-separated); `--redis-url` then gives
+    /// only the credentials and TLS. Every key carries one hash tag: one node's capacity, with failover.
+    #[arg(long = "redis-cluster", env = "CEDAR_PDP_REDIS_CLUSTER", value_delimiter = ',', value_name = "HOST:PORT")]
+    pub redis_cluster: Vec<String>,
+    /// Replicas that must have a write (Redis `WAIT`) before it is acknowledged; one that is not
+    /// replicated within `--redis-timeout` is answered UNAVAILABLE. 0: the primary's answer suffices.
+    #[arg(long, env = "CEDAR_PDP_REDIS_MIN_REPLICAS", default_value_t = 0)]
+    pub redis_min_replicas: u32,
     /// PEM CA certificates trusted for a `rediss://` Redis (a private CA). Unset: the system's roots.
     #[arg(long, env = "CEDAR_PDP_REDIS_TLS_CA")]
     pub redis_tls_ca: Option<PathBuf>,
@@ -361,21 +378,46 @@ impl EntityConfig {
         Ok(tokens)
     }
 
-    /// The store settings; a `--store` that contradicts `--redis-url` is an error.
+    /// Which Redis deployment the flags name, and the URL that gives its database, credentials and
+    /// TLS; `None` when no Redis is named.
+    fn redis_topology(&self) -> Result<Option<(String, crate::entities::Topology)>, String> {
+        use crate::entities::Topology;
+        let topology = match (&self.redis_sentinels[..], &self.redis_cluster[..], &self.redis_sentinel_master) {
+            ([], [], Some(_)) => return Err("--redis-sentinel-master needs --redis-sentinel".into()),
+            ([], [], None) => Topology::Single,
+            ([_, ..], [_, ..], _) => return Err("--redis-sentinel and --redis-cluster exclude each other".into()),
+            ([_, ..], [], None) => return Err("--redis-sentinel needs --redis-sentinel-master NAME".into()),
+            (sentinels @ [_, ..], [], Some(master)) => {
+                Topology::Sentinel { sentinels: sentinels.to_vec(), master: master.clone() }
+            }
+            ([], seeds, _) => Topology::Cluster { seeds: seeds.to_vec() },
+        };
+        Ok(match (&self.redis_url, topology) {
+            (None, Topology::Single) => None,
+            (Some(url), topology) => Some((url.clone(), topology)),
+            // The address comes from the sentinels or the seeds: the URL is the defaults'.
+            (None, topology) => Some(("redis://localhost/0".into(), topology)),
+        })
+    }
+
+    /// The store settings; a `--store` that contradicts the Redis flags is an error.
     pub fn store(&self) -> Result<crate::entities::StoreConfig, String> {
         use crate::entities::StoreKind;
-        let kind = match (self.store, &self.redis_url) {
-            (Some(StoreChoice::Redis) | None, Some(url)) => {
+        let kind = match (self.store, self.redis_topology()?) {
+            (Some(StoreChoice::Redis) | None, Some((url, topology))) => {
                 let tls = crate::entities::RedisTls {
                     ca: self.redis_tls_ca.clone(),
                     cert: self.redis_tls_cert.clone(),
                     key: self.redis_tls_key.clone(),
                 };
-                StoreKind::Redis { url: url.clone(), prefix: self.redis_prefix.clone(), tls }
+                let prefix = self.redis_prefix.clone();
+                StoreKind::Redis { url, prefix, tls, topology, min_replicas: self.redis_min_replicas }
             }
-            (Some(StoreChoice::Redis), None) => return Err("--store redis needs --redis-url".into()),
+            (Some(StoreChoice::Redis), None) => {
+                return Err("--store redis needs --redis-url, --redis-sentinel or --redis-cluster".into());
+            }
             (Some(choice), Some(_)) => {
-                return Err(format!("--redis-url is set, but --store is {choice:?}; drop one of them"));
+                return Err(format!("a Redis is named, but --store is {choice:?}; drop one of them"));
             }
             (Some(StoreChoice::Memory), None) => StoreKind::Memory,
             (Some(StoreChoice::Embedded) | None, None) => StoreKind::Embedded { data_dir: self.data_dir.clone() },
@@ -673,6 +715,28 @@ mod tests {
         assert!(kind(&["--store", "memory", "--redis-url", "redis://x"]).is_err());
         assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--store", "disk"]).is_err());
         assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--audit-retention", "forever"]).is_err());
+    }
+
+    #[test]
+    fn redis_topologies_come_from_the_flags() {
+        use crate::entities::{StoreKind, Topology};
+        let kind = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["cedar-pdp", "serve"], args].concat()).unwrap();
+            let Command::Serve(c) = cli.command else { panic!("not serve") };
+            c.entities.store().map(|s| s.kind)
+        };
+        let sentinel = ["--redis-sentinel", "127.0.0.1:1,127.0.0.1:2", "--redis-sentinel-master", "main"];
+        let Ok(StoreKind::Redis { topology, min_replicas: 0, .. }) = kind(&sentinel) else { panic!("not redis") };
+        let sentinels = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
+        assert_eq!(topology, Topology::Sentinel { sentinels, master: "main".into() });
+        let cluster = ["--redis-cluster", "127.0.0.1:1", "--redis-cluster", "127.0.0.1:2", "--redis-min-replicas", "1"];
+        let Ok(StoreKind::Redis { topology, min_replicas: 1, .. }) = kind(&cluster) else { panic!("not redis") };
+        assert!(matches!(topology, Topology::Cluster { seeds } if seeds.len() == 2));
+        assert!(kind(&["--redis-sentinel", "127.0.0.1:1"]).unwrap_err().contains("--redis-sentinel-master"));
+        assert!(kind(&["--redis-sentinel-master", "main"]).unwrap_err().contains("--redis-sentinel"));
+        let both = ["--redis-cluster", "a:1", "--redis-sentinel", "b:1", "--redis-sentinel-master", "m"];
+        assert!(kind(&both).unwrap_err().contains("exclude"));
+        assert!(kind(&["--store", "embedded", "--redis-cluster", "a:1"]).is_err());
     }
 
     #[test]

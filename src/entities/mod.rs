@@ -17,6 +17,7 @@ mod legacy;
 mod local;
 mod redis;
 mod resolve;
+mod topology;
 mod validate;
 
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub use audit::{AuditFilter, AuditRecord, parse_cursor};
 pub use local::DB_FILE;
 pub use resolve::decide;
 pub(crate) use resolve::slice_for;
+pub use topology::Topology;
 pub use validate::{EntityInput, RequestKey, check_acyclic, validate_deletes, validate_upserts};
 
 use crate::error::StoreError;
@@ -131,8 +133,9 @@ pub enum StoreKind {
     Embedded { data_dir: PathBuf },
     /// A redb database in memory: lost on restart.
     Memory,
-    /// Redis, shared by every replica.
-    Redis { url: String, prefix: String, tls: RedisTls },
+    /// Redis, shared by every replica: one server, a Sentinel-watched primary, or a Cluster;
+    /// writes wait for `min_replicas` replicas.
+    Redis { url: String, prefix: String, tls: RedisTls, topology: Topology, min_replicas: u32 },
 }
 
 /// PEM files for a `rediss://` connection: a private CA, and a client certificate if Redis asks.
@@ -195,8 +198,16 @@ impl EntityStore {
     pub fn open(config: &StoreConfig, stop: tokio_util::sync::CancellationToken) -> Result<Arc<Self>, StoreError> {
         let cache = Arc::new(cache::EntityCache::new(config.cache_capacity, config.cache_ttl, config.stale_for));
         let backend = match &config.kind {
-            StoreKind::Redis { url, prefix, tls } => {
-                let store = redis::RedisStore::connect(url, prefix, tls, config.redis_timeout)?;
+            StoreKind::Redis { url, prefix, tls, topology, min_replicas } => {
+                let options = redis::RedisOptions {
+                    url,
+                    prefix,
+                    tls,
+                    topology,
+                    min_replicas: *min_replicas,
+                    timeout: config.redis_timeout,
+                };
+                let store = redis::RedisStore::connect(&options)?;
                 store.spawn_subscriber(cache.clone(), stop.clone())?;
                 Backend::Redis { store: Box::new(store), cache }
             }
@@ -326,7 +337,16 @@ impl EntityStore {
     pub fn location(&self) -> String {
         match (&self.kind, &self.backend) {
             (_, Backend::Local { store, .. }) => store.path().map_or("memory".into(), |p| p.display().to_string()),
-            (StoreKind::Redis { url, prefix, .. }, _) => format!("{} (prefix `{prefix}`)", redact_url(url)),
+            (StoreKind::Redis { url, prefix, topology, .. }, _) => {
+                let prefix = redis::effective_prefix(prefix, topology);
+                match topology {
+                    Topology::Single => format!("{} (prefix `{prefix}`)", redact_url(url)),
+                    Topology::Sentinel { sentinels, master } => {
+                        format!("Sentinel primary `{master}` via {} (prefix `{prefix}`)", sentinels.join(","))
+                    }
+                    Topology::Cluster { seeds } => format!("Cluster via {} (prefix `{prefix}`)", seeds.join(",")),
+                }
+            }
             _ => String::new(),
         }
     }

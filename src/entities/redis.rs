@@ -12,19 +12,21 @@
 //!   global to a Redis server, so the database number keeps deployments on other databases apart).
 //!
 //! A write is one Lua script: the revision, the entities, their audit entries and the invalidation
-//! message commit together or not at all. Redis Cluster is not supported (the script's keys are
-//! derived, not declared).
+//! message commit together or not at all. On a Cluster the prefix carries a hash tag, so every key
+//! is in one slot and the script (routed by its one declared key, `p rev`) runs on that slot's node.
+//! With `--redis-min-replicas N` the script is followed, in the same pipeline, by `WAIT N`: a write
+//! is acknowledged only once N replicas have it.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cedar_policy::EntityUid;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{EntityCache, Source};
+use super::topology::{Conn, Endpoint, Link, Topology};
 use super::{
     AuditFilter, AuditRecord, Change, ExportChunk, Fetched, Guard, Record, RequestKey, key_of, parse_stored, rfc3339,
     stored_entity,
@@ -68,6 +70,8 @@ if rid ~= '' then
     if seen_digest ~= digest then
       return redis.error_reply('cedar-pdp: request_id reused for a different batch')
     end
+    -- A write of this connection after the first one's, so that a WAIT covers that one too.
+    redis.call('EXPIRE', request, 86400)
     return tonumber(first)
   end
 end
@@ -148,16 +152,16 @@ fn entries_added(info: &redis::Value) -> Option<u64> {
 /// Redis timeout.
 const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// A client for `url`: over TLS for `rediss://`, trusting `tls.ca` (else the system's roots) and
-/// presenting `tls.cert` when given.
-fn client(url: &str, tls: &super::RedisTls) -> Result<redis::Client, StoreError> {
+/// The endpoint `url` names: over TLS for `rediss://`, trusting `tls.ca` (else the system's roots)
+/// and presenting `tls.cert` when given.
+fn endpoint(url: &str, tls: &super::RedisTls) -> Result<Endpoint, StoreError> {
     let config = |message: String| StoreError::Config(message);
     let secure = url.starts_with("rediss://");
     if !secure {
         if *tls != super::RedisTls::default() {
             return Err(config("--redis-tls-* options need a TLS URL: rediss://host:port/db".into()));
         }
-        return redis::Client::open(url).map_err(|e| config(format!("--redis-url: {e}")));
+        return Ok(Endpoint { url: url.to_string(), secure, certs: None });
     }
     let read = |path: &std::path::Path, flag: &str| {
         std::fs::read(path).map_err(|e| config(format!("{flag} {}: {e}", path.display())))
@@ -171,31 +175,56 @@ fn client(url: &str, tls: &super::RedisTls) -> Result<redis::Client, StoreError>
         _ => return Err(config("--redis-tls-cert and --redis-tls-key go together".into())),
     };
     let root_cert = tls.ca.as_deref().map(|ca| read(ca, "--redis-tls-ca")).transpose()?;
-    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert })
-        .map_err(|e| config(format!("--redis-url: {e}")))
+    Ok(Endpoint { url: url.to_string(), secure, certs: Some(redis::TlsCertificates { client_tls, root_cert }) })
+}
+
+/// The key prefix as used: on a Cluster it must hold a hash tag (`{…}`), and gets one around it
+/// when it has none, so that every key of the deployment is in one slot.
+pub fn effective_prefix(prefix: &str, topology: &Topology) -> String {
+    let tagged = prefix.find('{').is_some_and(|open| prefix[open + 1..].find('}').is_some_and(|len| len > 0));
+    match topology {
+        Topology::Cluster { .. } if !tagged => format!("{{{prefix}}}"),
+        _ => prefix.to_string(),
+    }
+}
+
+/// How a RedisStore connects.
+pub struct RedisOptions<'a> {
+    pub url: &'a str,
+    pub prefix: &'a str,
+    pub tls: &'a super::RedisTls,
+    pub topology: &'a Topology,
+    /// Replicas that must have a write before it is acknowledged (0: the primary's answer is enough).
+    pub min_replicas: u32,
+    pub timeout: Duration,
 }
 
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    link: Link,
+    conn: Conn,
     prefix: String,
     channel: String,
     timeout: Duration,
+    min_replicas: u32,
     apply: redis::Script,
 }
 
 impl RedisStore {
-    /// Connects lazily: the server starts while Redis is down, and the connection manager reconnects.
-    pub fn connect(url: &str, prefix: &str, tls: &super::RedisTls, timeout: Duration) -> Result<Self, StoreError> {
-        let client = client(url, tls)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Config(format!("--redis-url: {e}")))?;
-        let channel = format!("{prefix}invalidate:{}", client.get_connection_info().redis_settings().db());
-        Ok(RedisStore { client, conn, prefix: prefix.to_string(), channel, timeout, apply: redis::Script::new(APPLY) })
+    /// Connects lazily: the server starts while Redis is down, and reconnects by itself.
+    pub fn connect(options: &RedisOptions) -> Result<Self, StoreError> {
+        let endpoint = endpoint(options.url, options.tls)?;
+        let prefix = effective_prefix(options.prefix, options.topology);
+        let link = Link::open(&endpoint, options.topology, &format!("{prefix}rev"), options.timeout)?;
+        let channel = format!("{prefix}invalidate:{}", link.db);
+        Ok(RedisStore {
+            conn: link.conn.clone(),
+            link,
+            prefix,
+            channel,
+            timeout: options.timeout,
+            min_replicas: options.min_replicas,
+            apply: redis::Script::new(APPLY),
+        })
     }
 
     fn entity_key(&self, uid: &str) -> String {
@@ -218,15 +247,16 @@ impl RedisStore {
         floor: u64,
         request: Option<&RequestKey>,
     ) -> Result<u64, StoreError> {
-        let mut invocation = self.apply.prepare_invoke();
-        invocation.arg(&self.prefix).arg(&self.channel).arg(actor).arg(floor);
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.apply.get_hash()).arg(1).arg(format!("{}rev", self.prefix));
+        eval.arg(&self.prefix).arg(&self.channel).arg(actor).arg(floor);
         match request {
-            Some(key) => invocation.arg(&key.id).arg(&key.digest),
-            None => invocation.arg("").arg(""),
+            Some(key) => eval.arg(&key.id).arg(&key.digest),
+            None => eval.arg("").arg(""),
         };
-        invocation.arg(guards.len());
+        eval.arg(guards.len());
         for guard in guards {
-            invocation.arg(key_of(&guard.uid)).arg(guard.revision);
+            eval.arg(key_of(&guard.uid)).arg(guard.revision);
         }
         for change in changes {
             let uid = change.uid();
@@ -234,35 +264,46 @@ impl RedisStore {
                 Change::Upsert { json, .. } => (json.to_string(), super::parent_keys(json).join("\n")),
                 Change::Delete { .. } => (String::new(), String::new()),
             };
-            invocation
-                .arg(change.operation())
-                .arg(key_of(uid))
-                .arg(uid.type_name().to_string())
-                .arg(entity)
-                .arg(parents);
+            eval.arg(change.operation()).arg(key_of(uid)).arg(uid.type_name().to_string()).arg(entity).arg(parents);
         }
+        // The script, then the wait for replicas: each bounded by the timeout.
+        let bound = self.timeout * if self.min_replicas > 0 { 2 } else { 1 };
+        let (revision, replicated) = match tokio::time::timeout(bound, self.run_apply(&eval)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(apply_error(e, request)),
+            Err(_) => return Err(StoreError::WriteUnknown(format!("no answer from Redis within {bound:?}"))),
+        };
+        match replicated {
+            Some(n) if n < self.min_replicas => Err(StoreError::Unavailable(format!(
+                "not replicated; retry: written at revision {revision} on the primary, but {n} of the \
+                 {} replicas --redis-min-replicas asks for had it within {:?} (a failover now may undo it; \
+                 retry with the same request_id)",
+                self.min_replicas, self.timeout
+            ))),
+            _ => Ok(revision),
+        }
+    }
+
+    /// The write script (loaded first if Redis does not have it) and, with min replicas, `WAIT` in
+    /// the same pipeline: the revision and how many replicas have the write.
+    async fn run_apply(&self, eval: &redis::Cmd) -> redis::RedisResult<(u64, Option<u32>)> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(revision)) => Ok(revision),
-            // The script answered with an error: it wrote nothing.
-            // Redis quotes the reply's first word as an error code: match on the rest.
-            Ok(Err(e)) if e.to_string().contains(": conflict on ") => {
-                let uid = e.to_string().split(": conflict on ").nth(1).unwrap_or_default().to_string();
-                Err(StoreError::Conflict(uid))
-            }
-            Ok(Err(e)) if e.to_string().contains("request_id reused") => {
-                Err(StoreError::RequestReused(request.map(|k| k.id.clone()).unwrap_or_default()))
-            }
-            Ok(Err(e))
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
-                    || e.kind() == redis::ErrorKind::Extension =>
-            {
-                Err(StoreError::Unavailable(format!("Redis refused the write, so nothing was changed: {e}")))
-            }
-            // Sent, perhaps applied, no answer: only a retry with the same request_id can tell.
-            Ok(Err(e)) => Err(StoreError::WriteUnknown(format!("Redis: {e}"))),
-            Err(_) => Err(StoreError::WriteUnknown(format!("no answer from Redis within {:?}", self.timeout))),
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval.clone());
+        if self.min_replicas > 0 {
+            pipe.cmd("WAIT").arg(self.min_replicas).arg(self.timeout.as_millis() as u64);
         }
+        let reply: redis::RedisResult<Vec<redis::Value>> = match pipe.query_async(&mut conn).await {
+            Err(e) if e.code() == Some("NOSCRIPT") => {
+                self.apply.load_async(&mut conn).await?;
+                pipe.query_async(&mut conn).await
+            }
+            other => other,
+        };
+        let mut values = reply?.into_iter();
+        let revision = redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))?;
+        let replicated = values.next().map(redis::from_redis_value).transpose()?;
+        Ok((revision, replicated))
     }
 
     /// One round trip: the records of `uids` and the store's revision they were read at.
@@ -454,17 +495,8 @@ impl RedisStore {
         let mut cursor = 0u64;
         let mut types = Vec::new();
         loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .bounded(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query_async(&mut conn),
-                )
-                .await?;
+            let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).clone();
+            let (next, keys): (u64, Vec<String>) = self.bounded(conn.on_store_node(&scan)).await?;
             types.extend(
                 keys.into_iter().filter_map(|k| k.strip_prefix(&format!("{}t:", self.prefix)).map(str::to_string)),
             );
@@ -520,7 +552,7 @@ impl RedisStore {
     /// subscription is lost, marks the cache unconfirmed (served only within the staleness bound);
     /// when it is back, drops the cache, since messages may have been missed.
     pub fn spawn_subscriber(&self, cache: Arc<EntityCache>, stop: CancellationToken) -> Result<(), StoreError> {
-        let client = self.client.clone();
+        let link = self.link.clone();
         let channel = self.channel.clone();
         let rev_key = format!("{}rev", self.prefix);
         let mut conn = self.conn.clone();
@@ -531,7 +563,7 @@ impl RedisStore {
             let mut backoff = Duration::from_millis(50);
             loop {
                 let session = async {
-                    let mut pubsub = tokio::time::timeout(timeout, client.get_async_pubsub()).await??;
+                    let mut pubsub = tokio::time::timeout(timeout, link.pubsub()).await??;
                     tokio::time::timeout(timeout, pubsub.subscribe(&channel)).await??;
                     // Read after subscribing: every later write arrives as a message.
                     let floor = cache.highest();
@@ -577,6 +609,9 @@ impl RedisStore {
                             None => break "connection closed".to_string(),
                         },
                         _ = ping.tick() => {
+                            if let Err(reason) = conn.check_primary().await {
+                                break reason;
+                            }
                             let sent = std::time::Instant::now();
                             match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
                                 // Every message published before the ping has arrived by its answer.
@@ -597,6 +632,25 @@ impl RedisStore {
     }
 }
 
+/// What a failed write script means: refused by the script or Redis (nothing written), or sent
+/// without an answer (perhaps applied: only a retry with the same request_id can tell).
+fn apply_error(e: redis::RedisError, request: Option<&RequestKey>) -> StoreError {
+    // Redis quotes the reply's first word as an error code: match on the rest.
+    let text = e.to_string();
+    if let Some(uid) = text.split(": conflict on ").nth(1) {
+        return StoreError::Conflict(uid.to_string());
+    }
+    if text.contains("request_id reused") {
+        return StoreError::RequestReused(request.map(|k| k.id.clone()).unwrap_or_default());
+    }
+    match e.kind() {
+        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension => {
+            StoreError::Unavailable(format!("Redis refused the write, so nothing was changed: {e}"))
+        }
+        _ => StoreError::WriteUnknown(format!("Redis: {e}")),
+    }
+}
+
 impl Source for RedisStore {
     async fn fetch(&self, uids: &[EntityUid], min_revision: u64) -> Result<Fetched, StoreError> {
         self.read(uids, min_revision).await
@@ -605,15 +659,15 @@ impl Source for RedisStore {
 
 /// Whether Redis, as configured, can lose a write it acknowledged; read at every (re)connect. Managed
 /// services may refuse CONFIG: that is said too.
-async fn persistence_risk(conn: &mut ConnectionManager, timeout: Duration) -> Option<String> {
+async fn persistence_risk(conn: &mut Conn, timeout: Duration) -> Option<String> {
     let info: String =
-        match tokio::time::timeout(timeout, redis::cmd("INFO").arg("persistence").query_async(conn)).await {
+        match tokio::time::timeout(timeout, conn.on_store_node(redis::cmd("INFO").arg("persistence"))).await {
             Ok(Ok(info)) => info,
             _ => return Some("Redis persistence settings could not be read".into()),
         };
     let aof = info.lines().any(|l| l.trim() == "aof_enabled:1");
     let fsync: Option<Vec<String>> =
-        tokio::time::timeout(timeout, redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(conn))
+        tokio::time::timeout(timeout, conn.on_store_node(redis::cmd("CONFIG").arg("GET").arg("appendfsync")))
             .await
             .ok()
             .and_then(Result::ok);

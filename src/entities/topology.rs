@@ -1,0 +1,347 @@
+//! How the Redis store reaches Redis: one server (redis-rs's `ConnectionManager` reconnects to it),
+//! the primary that Sentinel names (asked again after any lost connection or demotion, so a
+//! failover is followed and a demoted primary is left), or a Cluster (whose client follows slot
+//! moves and failovers; a deployment's keys share one hash tag, so each write stays one script on
+//! one node).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection, PubSub};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+use crate::error::StoreError;
+
+/// Which Redis deployment holds the store.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Topology {
+    /// The server at `--redis-url`.
+    #[default]
+    Single,
+    /// The primary named `master` by these sentinels (`host:port`).
+    Sentinel { sentinels: Vec<String>, master: String },
+    /// A Redis Cluster reached through these seed nodes (`host:port`).
+    Cluster { seeds: Vec<String> },
+}
+
+/// What `--redis-url` contributes besides the address: database, credentials, TLS.
+pub(super) struct Endpoint {
+    pub url: String,
+    pub secure: bool,
+    pub certs: Option<redis::TlsCertificates>,
+}
+
+impl Endpoint {
+    fn client(&self) -> Result<redis::Client, StoreError> {
+        let client = match &self.certs {
+            Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs.clone()),
+            None => redis::Client::open(self.url.as_str()),
+        };
+        client.map_err(|e| StoreError::Config(format!("--redis-url: {e}")))
+    }
+
+    /// The same database, credentials and TLS at another address.
+    fn at(&self, host_port: &str, flag: &str) -> Result<Endpoint, StoreError> {
+        let (host, port) = split_host_port(host_port, flag)?;
+        let info = self.client()?.get_connection_info().redis_settings().clone();
+        let auth = match (info.username(), info.password()) {
+            (Some(user), Some(password)) => format!("{}:{}@", encode(user), encode(password)),
+            (None, Some(password)) => format!(":{}@", encode(password)),
+            _ => String::new(),
+        };
+        let scheme = if self.secure { "rediss" } else { "redis" };
+        let url = format!("{scheme}://{auth}{host}:{port}/{}", info.db());
+        Ok(Endpoint { url, secure: self.secure, certs: self.certs.clone() })
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn split_host_port(text: &str, flag: &str) -> Result<(String, u16), StoreError> {
+    let bad = || StoreError::Config(format!("{flag} `{text}`: expected HOST:PORT"));
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port.parse().map_err(|_| bad())?))
+}
+
+/// The connection every store call goes through; cheap to clone.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Sentinel(Arc<SentinelPrimary>),
+    Cluster(Arc<LazyCluster>),
+}
+
+/// The connection and where subscriptions go.
+#[derive(Clone)]
+pub(super) struct Link {
+    pub conn: Conn,
+    /// Servers a subscription may use, tried in order (a Cluster forwards every publication to
+    /// every node); empty with Sentinel, whose current primary is asked for.
+    subscribe_via: Vec<redis::Client>,
+    pub db: i64,
+}
+
+impl Link {
+    /// Connects lazily: the server starts while Redis is down, and reconnects by itself.
+    /// `tag_key` is one of the store's keys: on a Cluster, its slot holds them all.
+    pub fn open(
+        endpoint: &Endpoint,
+        topology: &Topology,
+        tag_key: &str,
+        timeout: Duration,
+    ) -> Result<Link, StoreError> {
+        let config_error = |flag: &str, e: RedisError| StoreError::Config(format!("{flag}: {e}"));
+        let client = endpoint.client()?;
+        let db = client.get_connection_info().redis_settings().db();
+        match topology {
+            Topology::Single => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(timeout * 2))
+                    .set_connection_timeout(Some(timeout))
+                    .set_number_of_retries(1);
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(|e| config_error("--redis-url", e))?;
+                Ok(Link { conn: Conn::Single(conn), subscribe_via: vec![client], db })
+            }
+            Topology::Sentinel { sentinels, master } => {
+                let primary = SentinelPrimary::new(endpoint, sentinels, master, timeout)?;
+                Ok(Link { conn: Conn::Sentinel(Arc::new(primary)), subscribe_via: Vec::new(), db })
+            }
+            Topology::Cluster { seeds } => {
+                if db != 0 {
+                    return Err(StoreError::Config("--redis-cluster: a Cluster has database 0 only".into()));
+                }
+                let nodes: Vec<Endpoint> =
+                    seeds.iter().map(|s| endpoint.at(s, "--redis-cluster")).collect::<Result<_, _>>()?;
+                let mut builder = ClusterClient::builder(nodes.iter().map(|n| n.url.clone()))
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout * 2)
+                    .retries(2);
+                if let Some(certs) = &endpoint.certs {
+                    builder = builder.certs(certs.clone());
+                }
+                let cluster = builder.build().map_err(|e| config_error("--redis-cluster", e))?;
+                let subscribe_via = nodes.iter().map(Endpoint::client).collect::<Result<_, _>>()?;
+                let lazy = LazyCluster { client: cluster, tag_key: tag_key.to_string(), conn: Default::default() };
+                Ok(Link { conn: Conn::Cluster(Arc::new(lazy)), subscribe_via, db })
+            }
+        }
+    }
+
+    /// A subscription connection: to the current primary under Sentinel, else the first server of
+    /// `subscribe_via` that answers.
+    pub async fn pubsub(&self) -> RedisResult<PubSub> {
+        if let Conn::Sentinel(primary) = &self.conn {
+            return primary.client().await?.get_async_pubsub().await;
+        }
+        let mut last = None;
+        for client in &self.subscribe_via {
+            match client.get_async_pubsub().await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| RedisError::from((redis::ErrorKind::Client, "no Redis node to subscribe to"))))
+    }
+}
+
+impl Conn {
+    /// Runs a command that names no key (SCAN, INFO, CONFIG) where the store's keys are: on a
+    /// Cluster, the primary of their slot; elsewhere, the one primary.
+    pub async fn on_store_node<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Conn::Cluster(lazy) => {
+                let (mut conn, slot) = lazy.connection().await?;
+                let route =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master)));
+                Ok(redis::from_redis_value(conn.route_command(cmd.clone(), route).await?)?)
+            }
+            _ => cmd.query_async(self).await,
+        }
+    }
+
+    /// Whether the server this connection writes to is still a primary (Sentinel: a demoted one is
+    /// left, and the next call asks the sentinels again).
+    pub async fn check_primary(&self) -> Result<(), String> {
+        let Conn::Sentinel(primary) = self else { return Ok(()) };
+        let Some((generation, mut conn)) = primary.current() else { return Ok(()) };
+        let role: RedisResult<Vec<Value>> = redis::cmd("ROLE").query_async(&mut conn).await;
+        match role.ok().and_then(|r| r.first().cloned()) {
+            Some(Value::BulkString(role)) if role == b"master" => Ok(()),
+            other => {
+                primary.forget(generation);
+                Err(format!("the primary is no longer one (ROLE: {other:?})"))
+            }
+        }
+    }
+}
+
+/// The primary Sentinel names, connected to on first use and asked for again once its
+/// connection fails or it turns out demoted.
+pub(super) struct SentinelPrimary {
+    sentinel: tokio::sync::Mutex<SentinelClient>,
+    /// The live connection and its generation, so that an error forgets only the connection it
+    /// happened on.
+    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    config: AsyncConnectionConfig,
+    db: i64,
+}
+
+impl SentinelPrimary {
+    fn new(endpoint: &Endpoint, sentinels: &[String], master: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let addrs: Vec<ConnectionAddr> = sentinels
+            .iter()
+            .map(|s| split_host_port(s, "--redis-sentinel").map(|(h, p)| ConnectionAddr::Tcp(h, p)))
+            .collect::<Result<_, _>>()?;
+        let info = endpoint.client()?.get_connection_info().redis_settings().clone();
+        let mut builder = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)
+            .map(|b| b.set_client_to_redis_db(info.db()))
+            .map_err(|e| StoreError::Config(format!("--redis-sentinel: {e}")))?;
+        if let Some(user) = info.username() {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(password) = info.password() {
+            builder = builder.set_client_to_redis_password(password);
+        }
+        if endpoint.secure {
+            builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+            if let Some(certs) = &endpoint.certs {
+                builder = builder.set_client_to_redis_certificates(certs.clone());
+            }
+        }
+        let sentinel = builder.build().map_err(|e| StoreError::Config(format!("--redis-sentinel: {e}")))?;
+        let config =
+            AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout * 2));
+        let db = info.db();
+        Ok(SentinelPrimary { sentinel: tokio::sync::Mutex::new(sentinel), current: Mutex::new(None), config, db })
+    }
+
+    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn forget(&self, generation: u64) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+            *current = None;
+        }
+    }
+
+    /// A client for the primary the sentinels name now (redis-rs checks its `ROLE`).
+    async fn client(&self) -> RedisResult<redis::Client> {
+        self.sentinel.lock().await.async_get_client().await
+    }
+
+    async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+        if let Some(live) = self.current() {
+            return Ok(live);
+        }
+        // One discovery at a time; whoever waited finds the connection made.
+        let mut sentinel = self.sentinel.lock().await;
+        if let Some(live) = self.current() {
+            return Ok(live);
+        }
+        let client = sentinel.async_get_client().await?;
+        let conn = client.get_multiplexed_async_connection_with_config(&self.config).await?;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = current.as_ref().map_or(0, |(g, _)| g + 1).max(1);
+        *current = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Forgets the connection after an error that says the primary is gone or demoted.
+    fn judge(&self, generation: u64, error: &RedisError) {
+        let demoted = matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"));
+        if demoted || error.is_io_error() || error.is_connection_dropped() || error.is_timeout() {
+            self.forget(generation);
+        }
+    }
+}
+
+/// A Cluster connection made on first use (the server starts while the Cluster is down).
+pub(super) struct LazyCluster {
+    client: ClusterClient,
+    tag_key: String,
+    conn: tokio::sync::OnceCell<(ClusterConnection, u16)>,
+}
+
+impl LazyCluster {
+    /// The connection and the slot of the store's hash tag, computed by the Cluster itself.
+    async fn connection(&self) -> RedisResult<(ClusterConnection, u16)> {
+        let (conn, slot) = self
+            .conn
+            .get_or_try_init(|| async {
+                let mut conn = self.client.get_async_connection().await?;
+                let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&self.tag_key).query_async(&mut conn).await?;
+                Ok::<_, RedisError>((conn, slot))
+            })
+            .await?;
+        Ok((conn.clone(), *slot))
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_command(cmd),
+            Conn::Sentinel(primary) => Box::pin(async move {
+                let (generation, mut conn) = primary.connection().await?;
+                let reply = conn.req_packed_command(cmd).await;
+                if let Err(e) = &reply {
+                    primary.judge(generation, e);
+                }
+                reply
+            }),
+            Conn::Cluster(lazy) => Box::pin(async move {
+                let (mut conn, _) = lazy.connection().await?;
+                conn.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Sentinel(primary) => Box::pin(async move {
+                let (generation, mut conn) = primary.connection().await?;
+                let reply = conn.req_packed_commands(pipeline, offset, count).await;
+                if let Err(e) = &reply {
+                    primary.judge(generation, e);
+                }
+                reply
+            }),
+            Conn::Cluster(lazy) => Box::pin(async move {
+                let (mut conn, _) = lazy.connection().await?;
+                conn.req_packed_commands(pipeline, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(conn) => conn.get_db(),
+            Conn::Sentinel(primary) => primary.db,
+            Conn::Cluster(_) => 0,
+        }
+    }
+}
