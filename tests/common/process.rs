@@ -134,7 +134,7 @@ pub struct Remote {
     pub token: Option<String>,
 }
 
-type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, super::Bearer>;
+pub type Authed = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, super::Bearer>;
 
 impl Remote {
     pub async fn entities(&self) -> Result<cedar_pdp::grpc::EntityServiceClient<Authed>, tonic::transport::Error> {

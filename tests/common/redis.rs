@@ -39,7 +39,8 @@ impl RedisServer {
         Self::start_with(extra)
     }
 
-    fn start_with(extra: Vec<String>) -> Self {
+    /// Starts with extra `redis-server` arguments.
+    pub fn start_with(extra: Vec<String>) -> Self {
         for _ in 0..5 {
             // Another process may take the port between here and redis-server's bind: retry then.
             let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -170,4 +171,71 @@ fn spawn(port: u16, dir: &Path, extra: &[String]) -> Option<Child> {
     let _ = child.kill();
     let _ = child.wait();
     None
+}
+
+/// A `redis-sentinel` on a free loopback port, watching the primary named `master`.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    /// Watches `primary_port` under `name` with quorum 2, calling it down after 500 ms of silence.
+    pub fn start(name: &str, primary_port: u16) -> Self {
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let dir = tempfile::tempdir().unwrap();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary_port} 2\n\
+                     sentinel down-after-milliseconds {name} 500\nsentinel failover-timeout {name} 10000\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel is installed");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                if query::<String>(port, &["PING"]).is_ok() {
+                    return Sentinel { child, port, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-sentinel did not start (is it installed?)")
+    }
+
+    /// What this sentinel knows of the primary `name`, as its field/value pairs.
+    pub fn master(&self, name: &str) -> std::collections::HashMap<String, String> {
+        query(self.port, &["SENTINEL", "MASTER", name]).unwrap_or_default()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One command to the server on `port`, through redis-rs.
+pub fn query<T: ::redis::FromRedisValue>(port: u16, args: &[&str]) -> ::redis::RedisResult<T> {
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut cmd = ::redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut conn)
 }
