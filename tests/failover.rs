@@ -378,3 +378,72 @@ fn a_write_no_replica_has_is_not_acknowledged() {
         assert!(first < retried && retried < relaxed_revision, "the retry kept its first revision");
     });
 }
+
+/// Three Redis Cluster primaries (no replicas), their slots spread by `redis-cli --cluster create`.
+fn cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| {
+            // The bus port is set apart: port + 10000 may be past 65535 for an ephemeral port.
+            let bus = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            RedisServer::start_with(
+                ["--cluster-enabled", "yes", "--cluster-port", &bus.to_string(), "--cluster-node-timeout", "2000"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let created = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli is installed");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+    wait_until(Duration::from_secs(20), "the cluster to be ok", || {
+        nodes.iter().all(|n| {
+            let info: String = query(n.port, &["CLUSTER", "INFO"]).unwrap_or_default();
+            info.contains("cluster_state:ok")
+        })
+    });
+    nodes
+}
+
+/// On a Redis Cluster: what one server grants, the other allows, and what it then revokes, the
+/// other denies (through its invalidation subscription); every key lands in the one slot of the
+/// deployment's hash tag.
+#[test]
+fn a_cluster_serves_writes_reads_and_revocations() {
+    let nodes = cluster();
+    let seeds = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",");
+    let args = ["--redis-cluster", &seeds, "--decision-log", "false"];
+    let (a, b) = (Process::start(&fixture("org"), &args), Process::start(&fixture("org"), &args));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut writer = a.remote().entities().await.unwrap();
+        let mut reader = AuthorizationServiceClient::connect(b.url()).await.unwrap();
+        let doc = entity(DOC, json!({"owner": {"__entity": {"type": "User", "id": "nobody"}}}), &[]);
+        let member = |yes: bool| entity(&user(0), json!({}), if yes { &[r#"Group::"readers""#] } else { &[] });
+        let mut upsert = async |entities: Vec<pb::Entity>| {
+            writer.upsert_entities(pb::UpsertEntitiesRequest { entities, ..Default::default() }).await.unwrap();
+        };
+        upsert(vec![doc, member(true)]).await;
+        let mut allowed =
+            async || is_allow(&reader.check(req(&user(0), r#"Action::"view""#, DOC)).await.unwrap().into_inner());
+        assert!(allowed().await, "a grant on the Cluster is decided on by the other server");
+        upsert(vec![member(false)]).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while allowed().await {
+            assert!(Instant::now() < deadline, "the revocation did not reach the other server");
+        }
+    });
+    // Every key of the deployment is on one node: the one that owns the slot of `{cedar-pdp:}`.
+    let slot: i64 = query(nodes[0].port, &["CLUSTER", "KEYSLOT", "{cedar-pdp:}"]).unwrap();
+    let holders: Vec<usize> = nodes
+        .iter()
+        .map(|n| query::<Vec<String>>(n.port, &["KEYS", "*"]).unwrap())
+        .map(|keys| keys.iter().filter(|k| k.starts_with("{cedar-pdp:}")).count())
+        .collect();
+    assert_eq!(holders.iter().filter(|&&n| n > 0).count(), 1, "keys on one node only: {holders:?} (slot {slot})");
+    assert!(holders.iter().sum::<usize>() >= 4, "entities, revision and audit are stored: {holders:?}");
+}
