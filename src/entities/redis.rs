@@ -266,13 +266,7 @@ impl RedisStore {
             };
             eval.arg(change.operation()).arg(key_of(uid)).arg(uid.type_name().to_string()).arg(entity).arg(parents);
         }
-        // The script, then the wait for replicas: each bounded by the timeout.
-        let bound = self.timeout * if self.min_replicas > 0 { 2 } else { 1 };
-        let (revision, replicated) = match tokio::time::timeout(bound, self.run_apply(&eval)).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => return Err(apply_error(e, request)),
-            Err(_) => return Err(StoreError::WriteUnknown(format!("no answer from Redis within {bound:?}"))),
-        };
+        let (revision, replicated) = self.run_apply(&eval, request).await?;
         match replicated {
             Some(n) if n < self.min_replicas => Err(StoreError::Unavailable(format!(
                 "not replicated; retry: written at revision {revision} on the primary, but {n} of the \
@@ -284,25 +278,33 @@ impl RedisStore {
         }
     }
 
-    /// The write script (loaded first if Redis does not have it) and, with min replicas, `WAIT` in
-    /// the same pipeline: the revision and how many replicas have the write.
-    async fn run_apply(&self, eval: &redis::Cmd) -> redis::RedisResult<(u64, Option<u32>)> {
+    /// The write script and, with min replicas, `WAIT` in the same pipeline: the revision and how
+    /// many replicas have the write. A primary without the script (new, restarted, promoted) gets it
+    /// loaded, and the pipeline is sent again: the first ran nothing.
+    async fn run_apply(
+        &self,
+        eval: &redis::Cmd,
+        request: Option<&RequestKey>,
+    ) -> Result<(u64, Option<u32>), StoreError> {
+        // The script, then the wait for replicas: each bounded by the timeout.
+        let bound = self.timeout * if self.min_replicas > 0 { 2 } else { 1 };
+        let unknown = || StoreError::WriteUnknown(format!("no answer from Redis within {bound:?}"));
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
         pipe.add_command(eval.clone());
         if self.min_replicas > 0 {
             pipe.cmd("WAIT").arg(self.min_replicas).arg(self.timeout.as_millis() as u64);
         }
-        let reply: redis::RedisResult<Vec<redis::Value>> = match pipe.query_async(&mut conn).await {
-            Err(e) if e.code() == Some("NOSCRIPT") => {
-                self.apply.load_async(&mut conn).await?;
-                pipe.query_async(&mut conn).await
-            }
-            other => other,
-        };
-        let mut values = reply?.into_iter();
-        let revision = redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil))?;
-        let replicated = values.next().map(redis::from_redis_value).transpose()?;
+        let mut reply: redis::RedisResult<Vec<redis::Value>> =
+            tokio::time::timeout(bound, pipe.query_async(&mut conn)).await.map_err(|_| unknown())?;
+        if matches!(&reply, Err(e) if e.code() == Some("NOSCRIPT")) {
+            self.bounded(self.apply.load_async(&mut conn)).await?;
+            reply = tokio::time::timeout(bound, pipe.query_async(&mut conn)).await.map_err(|_| unknown())?;
+        }
+        let mut values = reply.map_err(|e| apply_error(e, request))?.into_iter();
+        let parse = |e: redis::ParsingError| StoreError::WriteUnknown(format!("unreadable answer from Redis: {e}"));
+        let revision = redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil)).map_err(parse)?;
+        let replicated = values.next().map(redis::from_redis_value).transpose().map_err(parse)?;
         Ok((revision, replicated))
     }
 

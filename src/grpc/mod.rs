@@ -17,7 +17,7 @@ pub use auth::{CheckGate, Gate, LocalToken};
 pub use authorization::AuthorizationApi;
 pub use entities::EntityApi;
 pub use ext_authz::ExtAuthzApi;
-pub use health::{HealthApi, HealthState};
+pub use health::{HealthApi, HealthState, SERVICES as HEALTH_SERVICES};
 pub use limits::RefusalsLayer;
 
 /// Generated code for `proto/cedar_pdp/v1/authorization.proto`.

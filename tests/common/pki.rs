@@ -39,6 +39,13 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A server certificate for the DNS name `dns` only.
+    pub fn server_named(&self, dns: &str) -> (String, String) {
+        let mut params = CertificateParams::new(vec![dns.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, dns);
+        self.sign(params)
+    }
+
     /// A client certificate whose identity is `uri` (a SPIFFE id): (cert PEM, key PEM).
     pub fn client(&self, uri: &str) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();

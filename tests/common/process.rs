@@ -47,7 +47,17 @@ impl Process {
         if !extra.contains(&"--http-listen") {
             command.args(["--http-listen", "off"]);
         }
-        let mut child = command.args(extra).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        command.args(extra);
+        Self::try_spawn(command, scratch, data_dir)
+    }
+
+    /// Runs `command` (a `cedar-pdp serve` with its JSON log on stderr) until it says it serves.
+    pub fn try_spawn(
+        mut command: Command,
+        scratch: tempfile::TempDir,
+        data_dir: std::path::PathBuf,
+    ) -> Result<Process, String> {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let (tx, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
