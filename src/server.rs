@@ -159,6 +159,13 @@ async fn start(
     let (_, revision) = entities.coherence();
     tracing::info!(store = entities.kind(), location = %entities.location(), revision, "entity store open");
     let (provisioning_gate, admin_gate) = gates(config)?;
+    if let Some(file) = &config.entities.provisioning_token_file {
+        let fixed = config.entities.provisioning_tokens.clone();
+        provisioning_gate.follow_file(fixed, file.clone(), true, background.clone());
+    }
+    if let Some(file) = &config.admin_token_file {
+        admin_gate.follow_file(Vec::new(), file.clone(), false, background.clone());
+    }
     // Its own listener, bound before SERVING, so a bad address fails the start.
     let provisioning_incoming = match config.entities.provisioning_listen {
         Some(addr) => {
@@ -208,10 +215,14 @@ async fn start(
             if scim_tokens.is_empty() {
                 tracing::warn!("SCIM is off: no --scim-token (every /scim/v2 call is refused with 401)");
             }
+            let scim_gate = Gate::new("SCIM", scim_tokens, Vec::<String>::new());
+            if let Some(file) = &config.scim_token_file {
+                scim_gate.follow_file(config.scim_tokens.clone(), file.clone(), true, background.clone());
+            }
             let scim = crate::scim::Scim::new(entities.clone(), store.clone());
             let api =
                 HttpApi::new(decisions, config.max_batch, config.http_tokens.clone(), config.tls.check_peers.clone())
-                    .with_scim(scim, scim_tokens, tls.is_some());
+                    .with_scim(scim, scim_gate, tls.is_some());
             Some((incoming, Arc::new(api)))
         }
         None => None,

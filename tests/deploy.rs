@@ -261,3 +261,62 @@ fn the_manifests_run_as_written() {
     let refused = probe(&port(&server));
     assert!(!refused.status.success(), "the TLS probe passes against a server without TLS");
 }
+
+/// Kubernetes' update of a mounted Secret: the files in a new directory, `..data` swapped to it.
+fn publish(dir: &Path, generation: usize, files: &[(&str, &str)]) {
+    let target = dir.join(format!("..gen-{generation}"));
+    std::fs::create_dir(&target).unwrap();
+    for (name, contents) in files {
+        std::fs::write(target.join(name), contents).unwrap();
+    }
+    let link = dir.join(format!("..data-{generation}"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    std::fs::rename(&link, dir.join("..data")).unwrap();
+}
+
+/// A rotated token Secret is honoured without a restart: the new provisioning and admin tokens are
+/// accepted and the old ones refused within seconds; a malformed file keeps the last good tokens.
+#[test]
+fn rotated_token_secrets_apply_without_a_restart() {
+    let secret = tempfile::tempdir().unwrap();
+    publish(secret.path(), 0, &[("provisioning", "idp=old-prov"), ("admin", "old-admin")]);
+    for name in ["provisioning", "admin"] {
+        std::os::unix::fs::symlink(format!("..data/{name}"), secret.path().join(name)).unwrap();
+    }
+    let (prov, admin) = (secret.path().join("provisioning"), secret.path().join("admin"));
+    let args = [
+        "--store",
+        "memory",
+        "--provisioning-token-file",
+        prov.to_str().unwrap(),
+        "--admin-token-file",
+        admin.to_str().unwrap(),
+    ];
+    let server = Process::start(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), &args);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let accepted = |prov: &str, admin: &str| {
+        runtime.block_on(async {
+            let remote = |token: &str| Remote { url: server.url(), token: Some(token.to_string()) };
+            let export = pb::ExportEntitiesRequest::default();
+            let entities = remote(prov).entities().await.unwrap().export_entities(export).await;
+            let status = remote(admin).admin().await.unwrap().get_status(pb::GetStatusRequest {}).await;
+            (entities.is_ok(), status.is_ok())
+        })
+    };
+    assert_eq!(accepted("old-prov", "old-admin"), (true, true));
+    publish(secret.path(), 1, &[("provisioning", "idp=new-prov"), ("admin", "new-admin")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while accepted("new-prov", "new-admin") != (true, true) {
+        assert!(std::time::Instant::now() < deadline, "the rotated tokens were not taken up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(accepted("old-prov", "old-admin"), (false, false), "the old tokens are refused");
+    publish(secret.path(), 2, &[("provisioning", "no name here"), ("admin", "")]);
+    // Both files are read and refused (logged) before the last good tokens are tried again.
+    let mut refused = 0;
+    while refused < 2 {
+        let line = server.lines.recv_timeout(std::time::Duration::from_secs(5)).expect("the refusal is logged");
+        refused += usize::from(line.contains("tokens not reloaded"));
+    }
+    assert_eq!(accepted("new-prov", "new-admin"), (true, true), "a malformed Secret keeps the last good tokens");
+}

@@ -637,8 +637,12 @@ impl RedisStore {
 /// What a failed write script means: refused by the script or Redis (nothing written), or sent
 /// without an answer (perhaps applied: only a retry with the same request_id can tell).
 fn apply_error(e: redis::RedisError, request: Option<&RequestKey>) -> StoreError {
-    // Redis quotes the reply's first word as an error code: match on the rest.
-    let text = e.to_string();
+    // The script's own error reply, whole: Redis takes its first word for a code, and a pipeline
+    // wraps it in a list of failed commands.
+    let text = match e.clone().into_server_errors().as_deref() {
+        Some([(_, first), ..]) => format!("{} {}", first.code(), first.details().unwrap_or_default()),
+        _ => e.to_string(),
+    };
     if let Some(uid) = text.split(": conflict on ").nth(1) {
         return StoreError::Conflict(uid.to_string());
     }

@@ -7,19 +7,35 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use tonic::Request;
 
 use crate::error::ServiceError;
 
-/// The credentials one service accepts.
+/// (identity, SHA-256 of the token): comparing digests keeps the comparison length-independent.
+type Digests = Vec<(String, [u8; 32])>;
+
+/// The credentials one service accepts; clones share them, so a token file's reloader can replace
+/// the tokens every clone checks.
+#[derive(Clone)]
 pub struct Gate {
     service: &'static str,
-    /// (identity, SHA-256 of the token): comparing digests keeps the comparison length-independent.
-    tokens: Vec<(String, [u8; 32])>,
+    tokens: Arc<ArcSwap<Digests>>,
     /// Certificate identities allowed to call.
-    peers: HashSet<String>,
+    peers: Arc<HashSet<String>>,
+}
+
+fn digests(tokens: impl IntoIterator<Item = (String, String)>) -> Digests {
+    tokens
+        .into_iter()
+        .filter(|(_, token)| !token.is_empty())
+        .map(|(name, token)| (name, Sha256::digest(token.as_bytes()).into()))
+        .collect()
 }
 
 impl Gate {
@@ -30,17 +46,48 @@ impl Gate {
         tokens: impl IntoIterator<Item = (String, String)>,
         peers: impl IntoIterator<Item = String>,
     ) -> Self {
-        let tokens = tokens
-            .into_iter()
-            .filter(|(_, token)| !token.is_empty())
-            .map(|(name, token)| (name, Sha256::digest(token.as_bytes()).into()))
-            .collect();
-        Gate { service, tokens, peers: peers.into_iter().collect() }
+        let tokens = Arc::new(ArcSwap::from_pointee(digests(tokens)));
+        Gate { service, tokens, peers: Arc::new(peers.into_iter().collect()) }
     }
 
     /// Whether no credential is configured.
     pub fn is_unconfigured(&self) -> bool {
-        self.tokens.is_empty() && self.peers.is_empty()
+        self.tokens.load().is_empty() && self.peers.is_empty()
+    }
+
+    /// Keeps the tokens of `file` (plus `fixed`, from flags) current: the file is read every half
+    /// second, and a changed, valid one replaces the tokens for the next call — a rotated Secret
+    /// (Kubernetes swaps its `..data` link) needs no restart. An unreadable, empty or malformed
+    /// file keeps the last good tokens, logged and counted.
+    pub fn follow_file(&self, fixed: Vec<(String, String)>, file: PathBuf, named: bool, stop: CancellationToken) {
+        let gate = self.clone();
+        let mut last = std::fs::read(&file).ok();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = std::fs::read(&file).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                match crate::config::read_tokens(&file, named) {
+                    Ok(tokens) => {
+                        gate.tokens.store(Arc::new(digests(fixed.iter().cloned().chain(tokens))));
+                        tracing::info!(file = %file.display(), "{} tokens reloaded", gate.service);
+                        metrics::counter!("cedar_pdp_token_reloads_total", "result" => "ok").increment(1);
+                    }
+                    Err(e) => {
+                        tracing::error!("{} tokens not reloaded, the previous ones still hold: {e}", gate.service);
+                        metrics::counter!("cedar_pdp_token_reloads_total", "result" => "error").increment(1);
+                    }
+                }
+            }
+        });
     }
 
     /// The caller's identity: the matching token's name, or the certificate identity. A token, when
@@ -76,7 +123,8 @@ impl Gate {
         let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every configured token is compared, so timing does not tell which one came close.
         let mut found = None;
-        for (name, expected) in &self.tokens {
+        let tokens = self.tokens.load();
+        for (name, expected) in tokens.iter() {
             let diff = got.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b));
             if diff == 0 {
                 found = Some(name);

@@ -41,10 +41,10 @@ impl HttpApi {
         HttpApi { decisions, max_batch, gate: Gate::new("the AuthZEN API", tokens, peers), scim: None, scheme: "http" }
     }
 
-    /// Serves SCIM under `/scim/v2` for callers presenting one of `tokens`; with none, SCIM is off.
-    pub fn with_scim(mut self, scim: crate::scim::Scim, tokens: Vec<(String, String)>, tls: bool) -> Self {
-        if !tokens.is_empty() {
-            self.scim = Some((scim, Gate::new("SCIM", tokens, Vec::<String>::new())));
+    /// Serves SCIM under `/scim/v2` for callers `gate` admits; with no token in it, SCIM is off.
+    pub fn with_scim(mut self, scim: crate::scim::Scim, gate: Gate, tls: bool) -> Self {
+        if !gate.is_unconfigured() {
+            self.scim = Some((scim, gate));
         }
         self.scheme = if tls { "https" } else { "http" };
         self
