@@ -157,9 +157,23 @@ pub struct ServeConfig {
     #[arg(long, env = "CEDAR_PDP_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
+    pub traces: TraceConfig,
+    #[command(flatten)]
     pub tls: TlsConfig,
     #[command(flatten)]
     pub entities: EntityConfig,
+}
+
+/// OpenTelemetry traces.
+#[derive(Debug, Clone, Args)]
+pub struct TraceConfig {
+    /// OTLP/gRPC collector (`http://otel-collector:4317`): a span per call, continuing the caller's
+    /// W3C `traceparent`, with the decision; the trace id goes into the decision log. Unset: no traces.
+    #[arg(long, env = "CEDAR_PDP_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces kept (0 to 1) where the caller sent no sampling decision; a caller's is followed.
+    #[arg(long, env = "CEDAR_PDP_OTLP_SAMPLE_RATIO", default_value_t = 0.01)]
+    pub otlp_sample_ratio: f64,
 }
 
 /// TLS on every listener, and the certificate identities allowed to call each service.

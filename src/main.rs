@@ -14,17 +14,22 @@ use cedar_pdp::config::{Cli, Command};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let _log_guard = match cedar_pdp::telemetry::init(&args.log) {
-        Ok(guard) => guard,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let traces = match &args.command {
+        Command::Serve(config) => Some(&config.traces),
+        _ => None,
+    };
+    // Inside the runtime: the trace exporter's connection lives on it.
+    let _log_guard = match runtime.block_on(async { cedar_pdp::telemetry::init(&args.log, traces) }) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };

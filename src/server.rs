@@ -26,6 +26,7 @@ use crate::grpc::{
 use crate::http::HttpApi;
 use crate::policy::{PolicyStore, watch};
 use crate::telemetry;
+use crate::telemetry::trace;
 use crate::tls::{Alpn, Incoming, Tls};
 
 /// What the main port serves when provisioning and admin have their own listener.
@@ -236,7 +237,9 @@ async fn start(
 
     let over_limit = RefusalsLayer::new(config.max_message_bytes);
     let health_service = HealthServer::new(HealthApi::new(health.clone()));
+    let span = |request: &http::Request<()>| trace::call_span(request.uri().path(), request.headers());
     let mut main = Server::builder()
+        .trace_fn(span)
         .layer(over_limit.clone())
         .add_service(health_service)
         .add_service(main_reflection.0)
@@ -249,6 +252,7 @@ async fn start(
         Some(incoming) => Some((
             incoming,
             Server::builder()
+                .trace_fn(span)
                 .layer(over_limit)
                 .add_optional_service(reflection_v1)
                 .add_optional_service(reflection_v1alpha)

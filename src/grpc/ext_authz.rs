@@ -281,12 +281,37 @@ struct Refusal<'a> {
     reason: &'a str,
 }
 
+/// With tracing on, and when Envoy's own call carried no `traceparent` (Envoy without a tracer), a
+/// span in the trace of the request Envoy asks about.
+fn checked_request_span(
+    metadata: &tonic::metadata::MetadataMap,
+    http: Option<&envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest>,
+) -> Option<tracing::Span> {
+    if !crate::telemetry::trace::enabled() || metadata.contains_key("traceparent") {
+        return None;
+    }
+    let headers = request_headers(http?);
+    let traceparent = headers.get("traceparent")?;
+    Some(crate::telemetry::trace::child_of(traceparent, headers.get("tracestate").map(String::as_str)))
+}
+
 #[tonic::async_trait]
 impl Authorization for ExtAuthzApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         self.callers.admit(&request)?;
-        let snapshot = self.decisions.snapshot()?;
+        let checked =
+            request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        match checked_request_span(request.metadata(), checked) {
+            Some(span) => tracing::Instrument::instrument(self.decide(request), span).await,
+            None => self.decide(request).await,
+        }
+    }
+}
+
+impl ExtAuthzApi {
+    async fn decide(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let req = request.get_ref();
+        let snapshot = self.decisions.snapshot()?;
         let Some(mapping) = snapshot.ext_authz.as_deref() else {
             return Ok(Response::new(deny(PERMISSION_DENIED, 403, "no ext_authz mapping is configured", None, None)));
         };

@@ -67,7 +67,20 @@ impl HttpApi {
 
 /// The router: AuthZEN endpoints and the metadata document.
 pub fn router(api: Arc<HttpApi>) -> axum::Router {
-    authzen::routes().merge(scim::routes()).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY)).with_state(api)
+    authzen::routes()
+        .merge(scim::routes())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(traced))
+        .with_state(api)
+}
+
+/// Every HTTP call in its trace span (none with tracing off), named by its route.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    let name = format!("{} {}", request.method(), route.as_deref().unwrap_or(request.uri().path()));
+    let span = crate::telemetry::trace::call_span(&name, request.headers());
+    next.run(request).instrument(span).await
 }
 
 /// Serves the AuthZEN API on `listener` until `stop`, within `limits` (see `web.rs`).

@@ -7,29 +7,60 @@
 //! them off with `--decision-log false`.
 
 mod sink;
+pub mod trace;
 
 use std::time::Duration;
 
 use sink::BatchWriter;
-pub use sink::FlushGuard;
-use tracing_subscriber::EnvFilter;
+use sink::FlushGuard;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::authz::Outcome;
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TraceConfig};
 
-/// Installs the global subscriber. Keep the guard alive until exit: dropping it flushes the log.
-pub fn init(config: &LogConfig) -> Result<FlushGuard, String> {
-    let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("invalid --log filter `{}`: {e}", config.log))?;
+/// Flushes the log, and the traces, when dropped.
+pub struct Guard {
+    _log: FlushGuard,
+    traces: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.traces.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber: the log, and the trace exporter when `traces` names a collector
+/// (call it inside the async runtime then). Keep the guard alive until exit.
+pub fn init(config: &LogConfig, traces: Option<&TraceConfig>) -> Result<Guard, String> {
+    // Call spans are for the trace exporter only: log lines stay as they are.
+    let directives = format!("{},{}=off", config.log, trace::TARGET);
+    let filter = EnvFilter::try_new(directives).map_err(|e| format!("invalid --log filter `{}`: {e}", config.log))?;
     let (writer, guard) =
         BatchWriter::new(std::io::stderr()).map_err(|e| format!("cannot start the log writer thread: {e}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(writer);
-    let result = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer);
+    let log: Box<dyn Layer<Registry> + Send + Sync> = match config.log_format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => {
+            fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).with_filter(filter).boxed()
+        }
     };
-    result.map_err(|e| format!("cannot install the log subscriber: {e}"))?;
-    Ok(guard)
+    let mut layers = vec![log];
+    let mut provider = None;
+    if let Some((layer, tracer)) = traces.map(trace::layer).transpose()?.flatten() {
+        layers.push(layer);
+        provider = Some(tracer);
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    Ok(Guard { _log: guard, traces: provider })
 }
 
 /// Installs the Prometheus recorder and serves `/metrics` on `listener` (over TLS when the
@@ -78,6 +109,7 @@ pub fn record_decision(
     let decision = if outcome.allow { "allow" } else { "deny" };
     metrics::counter!("cedar_pdp_decisions_total", "decision" => decision, "api" => front_door).increment(1);
     metrics::histogram!("cedar_pdp_decision_seconds", "api" => front_door).record(latency.as_secs_f64());
+    trace::record(decision_id, policy_version, decision);
     if !log {
         return;
     }
@@ -113,6 +145,7 @@ pub fn record_without_policies(
 ) {
     let decision = if allowed { "allow" } else { "deny" };
     metrics::counter!("cedar_pdp_decisions_total", "decision" => decision, "api" => front_door).increment(1);
+    trace::record(decision_id, "", decision);
     if !log {
         return;
     }
@@ -235,8 +268,10 @@ struct Record<'a> {
 }
 
 fn write(r: &Record<'_>) {
+    let trace_id = trace::trace_id();
     tracing::info!(
         target: "cedar_pdp::decision",
+        trace_id = trace_id.as_deref(),
         decision_id = r.decision_id,
         api = r.front_door,
         principal = r.principal,
