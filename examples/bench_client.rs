@@ -11,6 +11,8 @@ use cedar_pdp::grpc::{AuthorizationServiceClient, EntityServiceClient, pb};
 use envoy_types::pb::envoy::config::core::v3::{Address, Metadata, SocketAddress, address, socket_address};
 use envoy_types::pb::envoy::service::auth::v3 as authz;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use prost::Message;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -105,6 +107,31 @@ fn frame(message: &impl Message) -> Vec<u8> {
     out
 }
 
+/// Counts the spans exported to it.
+struct Sink {
+    spans: std::sync::atomic::AtomicU64,
+    file: std::path::PathBuf,
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let n = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum::<usize>();
+        let total = self.spans.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed) + n as u64;
+        let _ = std::fs::write(&self.file, total.to_string());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
@@ -125,6 +152,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let revision = EntityServiceClient::connect(kind.to_string()).await?.upsert_entities(request).await?;
             println!("{}", revision.into_inner().revision);
+        }
+        // An OTLP/gRPC trace collector at `kind` that keeps the number of spans received in `target`.
+        "otlp-sink" => {
+            let service = TraceServiceServer::new(Sink { spans: Default::default(), file: target.into() });
+            tonic::transport::Server::builder().add_service(service).serve(kind.parse()?).await?;
         }
         "body" => {
             let bytes = match kind {

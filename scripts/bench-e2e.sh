@@ -6,6 +6,8 @@
 #   check     cedar-pdp Check, decision log off
 #   check-log cedar-pdp Check, decision log on (JSON lines to a file)
 #   check-shadow cedar-pdp Check with --shadow-policies (the same set: every decision made twice)
+#   check-traced cedar-pdp Check with OpenTelemetry traces on, sampled at 1%, exported to a local
+#             OTLP sink (bench_client otlp-sink)
 #   check-redis cedar-pdp Check with the same entities provisioned in Redis instead of files
 #             (its own redis-server; warm cache after the verification)
 #   health    cedar-pdp's gRPC health Check
@@ -43,6 +45,9 @@ taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50165 --decision-
   >"$OUT/pdp-mesh.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50166 --decision-log false --shadow-policies policies \
   --data-dir "$OUT/data-50166" >"$OUT/pdp-shadow.out" 2>&1 & PIDS+=($!)
+taskset -c 0 "$CLIENT" otlp-sink 127.0.0.1:50168 "$OUT/otlp-spans" >"$OUT/otlp-sink.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50167 --decision-log false --otlp-endpoint http://127.0.0.1:50168 \
+  --otlp-sample-ratio 0.01 --data-dir "$OUT/data-50167" >"$OUT/pdp-traced.out" 2>&1 & PIDS+=($!)
 # The example policies without their entity file; the entities go to Redis instead.
 mkdir -p "$OUT/no-entities" && cp policies/*.cedar policies/*.cedarschema policies/links.json "$OUT/no-entities/"
 taskset -c 1 redis-server --port 50170 --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.out" 2>&1 & PIDS+=($!)
@@ -59,9 +64,10 @@ verify() { # kind url → prints the verified response frame size
 declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163
                 [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162 [check-redis]=http://127.0.0.1:50164
                 [ext-authz]=http://127.0.0.1:50165 [ext-authz-jwt]=http://127.0.0.1:50165
-                [check-shadow]=http://127.0.0.1:50166)
+                [check-shadow]=http://127.0.0.1:50166 [check-traced]=http://127.0.0.1:50167)
 declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100
-                 [check-redis]=check [ext-authz]=ext_authz [ext-authz-jwt]=ext_authz_jwt [check-shadow]=check)
+                 [check-redis]=check [ext-authz]=ext_authz [ext-authz-jwt]=ext_authz_jwt [check-shadow]=check
+                 [check-traced]=check)
 declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/cedar_pdp.v1.AuthorizationService/BatchCheck
                 [health]=/grpc.health.v1.Health/Check [ext_authz]=/envoy.service.auth.v3.Authorization/Check
                 [ext_authz_jwt]=/envoy.service.auth.v3.Authorization/Check)
@@ -72,7 +78,7 @@ until CEDAR_PDP_TOKEN=$(cat "$OUT/data-50164/cli.token" 2>/dev/null) \
   [ $SECONDS -lt $deadline ] || { echo "provisioning the Redis-backed server failed" >&2; exit 1; }
   sleep 0.2
 done
-for target in noop check check-log health batch100 check-redis ext-authz ext-authz-jwt check-shadow; do
+for target in noop check check-log health batch100 check-redis ext-authz ext-authz-jwt check-shadow check-traced; do
   verify "${KIND[$target]}" "${URL[$target]}" >"$OUT/$target.frame"
 done
 
@@ -97,4 +103,5 @@ for round in $(seq 1 "$ROUNDS"); do
   [ "${BATCH:-1}" = 0 ] || load batch100 sat "$round"
   echo "round $round done" >&2
 done
+[ -f "$OUT/otlp-spans" ] && echo "spans exported by check-traced: $(cat "$OUT/otlp-spans")" >&2
 python3 scripts/bench_report.py "$OUT"

@@ -68,8 +68,9 @@ impl Ha {
         });
     }
 
-    /// SIGKILLs the primary and waits for the sentinels to promote the replica.
-    fn kill_primary(&mut self) -> Instant {
+    /// SIGKILLs the primary and waits for the sentinels to promote the replica: when it was
+    /// killed, and how long the promotion took.
+    fn kill_primary(&mut self) -> (Instant, Duration) {
         self.servers[self.primary].kill();
         let killed = Instant::now();
         let next = 1 - self.primary;
@@ -78,7 +79,7 @@ impl Ha {
             self.sentinels.iter().all(|s| s.master(MASTER).get("port") == Some(&port))
         });
         self.primary = next;
-        killed
+        (killed, killed.elapsed())
     }
 
     /// Brings the killed server back with its data: it starts as a primary of an old state, and the
@@ -161,7 +162,7 @@ fn sentinel_failover_loses_no_acknowledged_write_and_allows_nothing_revoked() {
         // Load before the kill, so that the failover lands among reads and writes.
         let before = issued.load(Ordering::SeqCst);
         wait_until(Duration::from_secs(10), "writes before the kill", || issued.load(Ordering::SeqCst) >= before + 20);
-        let killed = ha.kill_primary();
+        let (killed, promotion) = ha.kill_primary();
         // Both servers answer again, and writes are acknowledged again, without a restart.
         let recovered = |server: usize| {
             samples
@@ -182,7 +183,7 @@ fn sentinel_failover_loses_no_acknowledged_write_and_allows_nothing_revoked() {
         wait_until(Duration::from_secs(30), "writes after the failover", || {
             issued.load(Ordering::SeqCst) >= after + 20
         });
-        windows.push([recovered(0).unwrap() - killed, recovered(1).unwrap() - killed]);
+        windows.push([promotion, recovered(0).unwrap() - killed, recovered(1).unwrap() - killed]);
     }
     stop.store(true, Ordering::SeqCst);
     runtime.block_on(load).unwrap();
@@ -194,7 +195,7 @@ fn sentinel_failover_loses_no_acknowledged_write_and_allows_nothing_revoked() {
     runtime.block_on(check_coherent(&servers, ha.primary()));
     let unavailable = samples.iter().filter(|s| s.outcome.is_err()).count();
     eprintln!(
-        "failover: {rounds} rounds, {} checks ({unavailable} UNAVAILABLE), {} users written; unavailability per round [A, B]: {windows:?}",
+        "failover: {rounds} rounds, {} checks ({unavailable} UNAVAILABLE), {} users written; per round [promoted, A answers, B answers] after the kill: {windows:?}",
         samples.len(),
         acks.len()
     );

@@ -2,9 +2,10 @@
 //! that continues the caller's W3C `traceparent`, carries the decision id, policy version and
 //! decision, and is exported over OTLP/gRPC in batches off the request path. Where the caller
 //! decided nothing, `--otlp-sample-ratio` of the traces are kept; a caller's decision is followed.
-//! Off, a call costs one relaxed load: no span is made.
+//! The decision is made before any span exists: a call that is not traced (tracing off, or not
+//! sampled) makes no span at all, since an unsampled span costs nearly what a sampled one does.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
@@ -18,6 +19,8 @@ use tracing_subscriber::filter::Targets;
 
 /// Whether spans are made.
 static ON: AtomicBool = AtomicBool::new(false);
+/// `--otlp-sample-ratio` as a threshold on a random `u64`.
+static THRESHOLD: AtomicU64 = AtomicU64::new(0);
 
 /// The target of call spans: only they go to the exporter, and the log never shows them.
 pub const TARGET: &str = "cedar_pdp::rpc";
@@ -44,12 +47,14 @@ where
     let resource = opentelemetry_sdk::Resource::builder().with_service_name("cedar-pdp").build();
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.otlp_sample_ratio))))
+        // Sampled already: a span exists only for a call that is kept (`call_span`).
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource)
         .build();
     let layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("cedar-pdp"))
         .with_filter(Targets::new().with_target(TARGET, tracing::Level::INFO));
+    THRESHOLD.store((config.otlp_sample_ratio * u64::MAX as f64) as u64, Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
     Ok(Some((Box::new(layer), provider)))
 }
@@ -72,9 +77,27 @@ pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-/// The span of one call to `method`, a child of the caller's `traceparent` when it sent one.
+/// Whether a root trace is kept: a coin weighted by the ratio (std's per-thread random keys, hashed).
+fn keep_root() -> bool {
+    use std::hash::BuildHasher;
+    std::hash::RandomState::new().hash_one(0u8) < THRESHOLD.load(Ordering::Relaxed)
+}
+
+/// The span of one call to `method` when it is traced: a child of the caller's `traceparent` when
+/// it sent one (and kept when that says "sampled"), else a root kept at the sample ratio.
 pub fn call_span(method: &str, headers: &http::HeaderMap) -> tracing::Span {
     if !ON.load(Ordering::Relaxed) {
+        return tracing::Span::none();
+    }
+    let parent = headers
+        .contains_key("traceparent")
+        .then(|| TraceContextPropagator::new().extract(&Headers(headers)))
+        .filter(|cx| cx.span().span_context().is_valid());
+    let kept = match &parent {
+        Some(cx) => cx.span().span_context().is_sampled(),
+        None => keep_root(),
+    };
+    if !kept {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
@@ -87,8 +110,8 @@ pub fn call_span(method: &str, headers: &http::HeaderMap) -> tracing::Span {
         policy_version = Empty,
         decision = Empty,
     );
-    if headers.contains_key("traceparent") {
-        let _ = span.set_parent(TraceContextPropagator::new().extract(&Headers(headers)));
+    if let Some(cx) = parent {
+        let _ = span.set_parent(cx);
     }
     span
 }
@@ -124,4 +147,18 @@ pub fn trace_id() -> Option<String> {
     let span = context.span();
     let ids = span.span_context();
     ids.is_valid().then(|| ids.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_are_kept_at_the_ratio() {
+        THRESHOLD.store((0.25 * u64::MAX as f64) as u64, Ordering::Relaxed);
+        let kept = (0..100_000).filter(|_| keep_root()).count();
+        assert!((23_500..26_500).contains(&kept), "{kept} of 100000 kept at 0.25");
+        THRESHOLD.store(0, Ordering::Relaxed);
+        assert!(!(0..10_000).any(|_| keep_root()), "nothing kept at 0");
+    }
 }
