@@ -719,3 +719,18 @@ fn audit_record(entry: &redis::streams::StreamId) -> Result<AuditRecord, StoreEr
         cursor: entry.id.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_prefix_carries_one_hash_tag() {
+        let cluster = Topology::Cluster { seeds: vec!["a:1".into()] };
+        assert_eq!(effective_prefix("cedar-pdp:", &cluster), "{cedar-pdp:}");
+        assert_eq!(effective_prefix("{team}:pdp:", &cluster), "{team}:pdp:");
+        // An empty tag hashes the whole key: not a tag.
+        assert_eq!(effective_prefix("{}pdp:", &cluster), "{{}pdp:}");
+        assert_eq!(effective_prefix("cedar-pdp:", &Topology::Single), "cedar-pdp:");
+    }
+}

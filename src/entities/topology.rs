@@ -345,3 +345,29 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert_eq!(split_host_port("redis-0.redis:26379", "--x").unwrap(), ("redis-0.redis".to_string(), 26379));
+        assert_eq!(split_host_port("[::1]:6379", "--x").unwrap(), ("::1".to_string(), 6379));
+        for bad in ["nohost", ":6379", "host:", "host:port", "host:70000"] {
+            let e = split_host_port(bad, "--redis-sentinel").unwrap_err().to_string();
+            assert!(e.contains("--redis-sentinel") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_keeps_database_credentials_and_tls_at_another_address() {
+        let endpoint = Endpoint { url: "redis://user:p%40ss@ignored:1/3".into(), secure: false, certs: None };
+        let moved = endpoint.at("10.0.0.7:6380", "--redis-cluster").unwrap();
+        let info = moved.client().unwrap().get_connection_info().clone();
+        assert_eq!(info.redis_settings().db(), 3);
+        assert_eq!(info.redis_settings().username(), Some("user"));
+        assert_eq!(info.redis_settings().password(), Some("p@ss"));
+        assert_eq!(info.addr().to_string(), "10.0.0.7:6380");
+    }
+}

@@ -38,6 +38,10 @@ where
     if !(0.0..=1.0).contains(&config.otlp_sample_ratio) {
         return Err(format!("--otlp-sample-ratio {}: expected 0 to 1", config.otlp_sample_ratio));
     }
+    let uri: http::Uri = endpoint.parse().map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!("--otlp-endpoint {endpoint}: expected http://HOST:PORT or https://HOST:PORT"));
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
