@@ -38,7 +38,8 @@ use crate::error::StoreError;
 /// entities is at that revision now (0: absent) — then (op, uid, type, entity JSON or "", parent
 /// uids joined by newlines) per change. Each change
 /// also keeps the children index (`c:<parent>` → child uids, `pa:<uid>` → its parents' uids). A request id used before returns its first
-/// revision (same digest) or an error (another batch), writing nothing; a new one is kept a day. The new revision is above both the stored one and the writer's floor (the highest it
+/// revision (same digest; only its key's expiry is renewed, a write that a following WAIT covers) or
+/// an error (another batch), writing nothing; a new one is kept a day. The new revision is above both the stored one and the writer's floor (the highest it
 /// has seen): after Redis lost writes, revisions go on instead of being issued a second time.
 /// Validation happened before, and every key's type is checked before the first write: nothing here
 /// fails half-way except Redis itself running out of memory, which it checks before a script starts.
@@ -235,7 +236,11 @@ impl RedisStore {
     async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(|e| StoreError::Unavailable(e.to_string())),
-            Err(_) => Err(StoreError::Unavailable(format!("no answer from Redis within {:?}", self.timeout))),
+            Err(_) => {
+                // A primary that hangs is left like one that died (Sentinel: asked for again).
+                self.conn.on_timeout();
+                Err(StoreError::Unavailable(format!("no answer from Redis within {:?}", self.timeout)))
+            }
         }
     }
 
@@ -281,31 +286,57 @@ impl RedisStore {
     /// The write script and, with min replicas, `WAIT` in the same pipeline: the revision and how
     /// many replicas have the write. A primary without the script (new, restarted, promoted) gets it
     /// loaded, and the pipeline is sent again: the first ran nothing.
-    async fn run_apply(
-        &self,
-        eval: &redis::Cmd,
-        request: Option<&RequestKey>,
-    ) -> Result<(u64, Option<u32>), StoreError> {
-        // The script, then the wait for replicas: each bounded by the timeout.
-        let bound = self.timeout * if self.min_replicas > 0 { 2 } else { 1 };
-        let unknown = || StoreError::WriteUnknown(format!("no answer from Redis within {bound:?}"));
-        let mut conn = self.conn.clone();
+    async fn run_apply(&self, eval: &redis::Cmd, request: Option<&RequestKey>) -> Result<(u64, Option<u32>), StoreError> {
         let mut pipe = redis::pipe();
         pipe.add_command(eval.clone());
         if self.min_replicas > 0 {
-            pipe.cmd("WAIT").arg(self.min_replicas).arg(self.timeout.as_millis() as u64);
+            // WAIT 0 would wait forever: at least a millisecond.
+            pipe.cmd("WAIT").arg(self.min_replicas).arg(self.timeout.as_millis().max(1) as u64);
         }
-        let mut reply: redis::RedisResult<Vec<redis::Value>> =
-            tokio::time::timeout(bound, pipe.query_async(&mut conn)).await.map_err(|_| unknown())?;
-        if matches!(&reply, Err(e) if e.code() == Some("NOSCRIPT")) {
+        // Each reply is judged by its place: a failed WAIT must not pass for a refused write.
+        pipe.ignore_errors();
+        let mut replies = self.send_apply(&pipe, request).await?;
+        if matches!(replies.first(), Some(redis::Value::ServerError(e)) if e.code() == "NOSCRIPT") {
+            let mut conn = self.conn.clone();
             self.bounded(self.apply.load_async(&mut conn)).await?;
-            reply = tokio::time::timeout(bound, pipe.query_async(&mut conn)).await.map_err(|_| unknown())?;
+            replies = self.send_apply(&pipe, request).await?;
         }
-        let mut values = reply.map_err(|e| apply_error(e, request))?.into_iter();
         let parse = |e: redis::ParsingError| StoreError::WriteUnknown(format!("unreadable answer from Redis: {e}"));
-        let revision = redis::from_redis_value(values.next().unwrap_or(redis::Value::Nil)).map_err(parse)?;
-        let replicated = values.next().map(redis::from_redis_value).transpose().map_err(parse)?;
+        let mut replies = replies.into_iter();
+        let revision: u64 = match replies.next() {
+            Some(redis::Value::ServerError(e)) => return Err(apply_error(e.into(), request)),
+            Some(reply) => redis::from_redis_value(reply).map_err(parse)?,
+            None => return Err(StoreError::WriteUnknown("Redis answered nothing".into())),
+        };
+        let replicated = match replies.next() {
+            None => None,
+            Some(redis::Value::ServerError(e)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "not replicated; retry: written at revision {revision} on the primary, but Redis refused to \
+                     confirm its replication (WAIT: {e}); retry with the same request_id"
+                )));
+            }
+            Some(reply) => Some(redis::from_redis_value(reply).map_err(parse)?),
+        };
         Ok((revision, replicated))
+    }
+
+    /// Sends the write pipeline, bounded by the timeout (twice it with a WAIT).
+    async fn send_apply(
+        &self,
+        pipe: &redis::Pipeline,
+        request: Option<&RequestKey>,
+    ) -> Result<Vec<redis::Value>, StoreError> {
+        let bound = self.timeout * if self.min_replicas > 0 { 2 } else { 1 };
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(bound, pipe.query_async(&mut conn)).await {
+            Ok(Ok(replies)) => Ok(replies),
+            Ok(Err(e)) => Err(apply_error(e, request)),
+            Err(_) => {
+                self.conn.on_timeout();
+                Err(StoreError::WriteUnknown(format!("no answer from Redis within {bound:?}")))
+            }
+        }
     }
 
     /// One round trip: the records of `uids` and the store's revision they were read at.
@@ -578,6 +609,7 @@ impl RedisStore {
                         Ok(ok) => ok,
                         Err(e) => {
                             tracing::warn!("entity invalidations: cannot subscribe: {e}");
+                            conn.on_timeout();
                             tokio::select! {
                                 () = stop.cancelled() => return,
                                 () = tokio::time::sleep(backoff) => {}

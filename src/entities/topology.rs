@@ -4,6 +4,7 @@
 //! moves and failovers; a deployment's keys share one hash tag, so each write stays one script on
 //! one node).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,29 +176,58 @@ impl Conn {
         }
     }
 
-    /// Whether the server this connection writes to is still a primary (Sentinel: a demoted one is
-    /// left, and the next call asks the sentinels again).
+    /// Whether the server this connection writes to is still the primary (Sentinel, every second:
+    /// it says it is one, and the sentinels name it; else it is left, and the next call asks the
+    /// sentinels again). Sentinels that cannot be asked leave the answer to `ROLE`.
     pub async fn check_primary(&self) -> Result<(), String> {
         let Conn::Sentinel(primary) = self else { return Ok(()) };
-        let Some((generation, mut conn)) = primary.current() else { return Ok(()) };
+        let Some(live) = primary.current() else { return Ok(()) };
+        let mut conn = live.conn.clone();
         let role: RedisResult<Vec<Value>> = redis::cmd("ROLE").query_async(&mut conn).await;
-        match role.ok().and_then(|r| r.first().cloned()) {
-            Some(Value::BulkString(role)) if role == b"master" => Ok(()),
-            other => {
-                primary.forget(generation);
-                Err(format!("the primary is no longer one (ROLE: {other:?})"))
+        let demoted = match role.ok().and_then(|r| r.first().cloned()) {
+            Some(Value::BulkString(role)) if role == b"master" => None,
+            other => Some(format!("the primary is no longer one (ROLE: {other:?})")),
+        };
+        let named = match demoted {
+            Some(_) => None,
+            None => primary.named_addr().await,
+        };
+        let moved = named.filter(|named| *named != live.addr).map(|named| {
+            format!("the sentinels name {named} as the primary, not {}", live.addr)
+        });
+        match demoted.or(moved) {
+            Some(reason) => {
+                primary.forget(live.generation);
+                Err(reason)
             }
+            None => Ok(()),
         }
     }
+
+    /// After a call that got no answer: under Sentinel the connection is left, so that a primary that
+    /// hangs (not one that died) is asked for again, as after an error.
+    pub fn on_timeout(&self) {
+        if let Conn::Sentinel(primary) = self {
+            primary.forget_any();
+        }
+    }
+}
+
+/// The connection to the primary, which primary it is, and its generation (an error forgets only
+/// the connection it happened on).
+#[derive(Clone)]
+struct Live {
+    generation: u64,
+    conn: MultiplexedConnection,
+    addr: String,
 }
 
 /// The primary Sentinel names, connected to on first use and asked for again once its
 /// connection fails or it turns out demoted.
 pub(super) struct SentinelPrimary {
     sentinel: tokio::sync::Mutex<SentinelClient>,
-    /// The live connection and its generation, so that an error forgets only the connection it
-    /// happened on.
-    current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    current: Mutex<Option<Live>>,
+    generations: AtomicU64,
     config: AsyncConnectionConfig,
     db: i64,
 }
@@ -228,18 +258,29 @@ impl SentinelPrimary {
         let config =
             AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout * 2));
         let db = info.db();
-        Ok(SentinelPrimary { sentinel: tokio::sync::Mutex::new(sentinel), current: Mutex::new(None), config, db })
+        let sentinel = tokio::sync::Mutex::new(sentinel);
+        Ok(SentinelPrimary { sentinel, current: Mutex::new(None), generations: AtomicU64::new(0), config, db })
     }
 
-    fn current(&self) -> Option<(u64, MultiplexedConnection)> {
+    fn current(&self) -> Option<Live> {
         self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn forget(&self, generation: u64) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+        if current.as_ref().is_some_and(|live| live.generation == generation) {
             *current = None;
         }
+    }
+
+    fn forget_any(&self) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The address of the primary the sentinels name now; `None` when none answers.
+    async fn named_addr(&self) -> Option<String> {
+        let client = self.sentinel.lock().await.async_get_client().await.ok()?;
+        Some(client.get_connection_info().addr().to_string())
     }
 
     /// A client for the primary the sentinels name now (redis-rs checks its `ROLE`).
@@ -247,7 +288,7 @@ impl SentinelPrimary {
         self.sentinel.lock().await.async_get_client().await
     }
 
-    async fn connection(&self) -> RedisResult<(u64, MultiplexedConnection)> {
+    async fn connection(&self) -> RedisResult<Live> {
         if let Some(live) = self.current() {
             return Ok(live);
         }
@@ -258,10 +299,10 @@ impl SentinelPrimary {
         }
         let client = sentinel.async_get_client().await?;
         let conn = client.get_multiplexed_async_connection_with_config(&self.config).await?;
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = current.as_ref().map_or(0, |(g, _)| g + 1).max(1);
-        *current = Some((generation, conn.clone()));
-        Ok((generation, conn))
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let live = Live { generation, conn, addr: client.get_connection_info().addr().to_string() };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
+        Ok(live)
     }
 
     /// Forgets the connection after an error that says the primary is gone or demoted.
@@ -300,7 +341,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
             Conn::Sentinel(primary) => Box::pin(async move {
-                let (generation, mut conn) = primary.connection().await?;
+                let Live { generation, mut conn, .. } = primary.connection().await?;
                 let reply = conn.req_packed_command(cmd).await;
                 if let Err(e) = &reply {
                     primary.judge(generation, e);
@@ -323,10 +364,18 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Sentinel(primary) => Box::pin(async move {
-                let (generation, mut conn) = primary.connection().await?;
+                let Live { generation, mut conn, .. } = primary.connection().await?;
                 let reply = conn.req_packed_commands(pipeline, offset, count).await;
-                if let Err(e) = &reply {
-                    primary.judge(generation, e);
+                match &reply {
+                    Err(e) => primary.judge(generation, e),
+                    // A pipeline that keeps its errors in its replies (the write's) tells a demotion there.
+                    Ok(values) => {
+                        for value in values {
+                            if let Value::ServerError(e) = value {
+                                primary.judge(generation, &e.clone().into());
+                            }
+                        }
+                    }
                 }
                 reply
             }),
