@@ -34,8 +34,8 @@ for i in range(int(sys.argv[1])):
 PY
 
 primary=$(free_port); replica=$(free_port)
-taskset -c 1 redis-server --port "$primary" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/primary.log" 2>&1 & PIDS+=($!)
-taskset -c 1 redis-server --port "$replica" --bind 127.0.0.1 --save "" --appendonly no --replicaof 127.0.0.1 "$primary" \
+taskset -c 1 redis-server --port "$primary" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" --dbfilename primary.rdb >"$OUT/primary.log" 2>&1 & PIDS+=($!)
+taskset -c 1 redis-server --port "$replica" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" --dbfilename replica.rdb --replicaof 127.0.0.1 "$primary" \
   >"$OUT/replica.log" 2>&1 & PIDS+=($!)
 until redis-cli -p "$primary" info replication 2>/dev/null | grep -q 'state=online'; do sleep 0.05; done
 

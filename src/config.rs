@@ -38,6 +38,9 @@ pub enum Command {
     Status(AdminArgs),
     /// Reload a running server's policy directory now; prints the version serving afterwards.
     Reload(AdminArgs),
+    /// Ask a running server's gRPC health service, over TLS too (a probe where the kubelet's gRPC
+    /// probe cannot go): exit 0 when SERVING, 1 otherwise.
+    Health(HealthArgs),
     /// Provisioned entities of a running server: import, export, get, delete.
     Entities(EntitiesArgs),
     /// Read a running server's audit trail of provisioning changes.
@@ -404,7 +407,10 @@ impl EntityConfig {
             (sentinels @ [_, ..], [], Some(master)) => {
                 Topology::Sentinel { sentinels: sentinels.to_vec(), master: master.clone() }
             }
-            ([], seeds, _) => Topology::Cluster { seeds: seeds.to_vec() },
+            ([], _, Some(_)) => {
+                return Err("--redis-sentinel-master goes with --redis-sentinel, not --redis-cluster".into());
+            }
+            ([], seeds, None) => Topology::Cluster { seeds: seeds.to_vec() },
         };
         Ok(match (&self.redis_url, topology) {
             (None, Topology::Single) => None,
@@ -553,6 +559,19 @@ impl ClientTls {
     pub fn is_set(&self) -> bool {
         self.ca.is_some() || self.cert.is_some() || self.server_name.is_some()
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// Server address.
+    #[arg(long, env = "CEDAR_PDP_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// The service asked about: `` (the server), `cedar_pdp.v1.AuthorizationService` or
+    /// `envoy.service.auth.v3.Authorization`.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    #[command(flatten)]
+    pub tls: ClientTls,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -750,6 +769,8 @@ mod tests {
         assert!(kind(&["--redis-sentinel-master", "main"]).unwrap_err().contains("--redis-sentinel"));
         let both = ["--redis-cluster", "a:1", "--redis-sentinel", "b:1", "--redis-sentinel-master", "m"];
         assert!(kind(&both).unwrap_err().contains("exclude"));
+        let master_with_cluster = ["--redis-cluster", "a:1", "--redis-sentinel-master", "m"];
+        assert!(kind(&master_with_cluster).unwrap_err().contains("--redis-sentinel-master"));
         assert!(kind(&["--store", "embedded", "--redis-cluster", "a:1"]).is_err());
     }
 

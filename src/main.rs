@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => runtime.block_on(cli::replay(&args)),
         Command::Status(args) => runtime.block_on(cli::status(&args)),
         Command::Reload(args) => runtime.block_on(cli::reload(&args)),
+        Command::Health(args) => runtime.block_on(cli::health(&args)),
         Command::Entities(args) => runtime.block_on(cli::entities(&args)),
         Command::Audit(args) => runtime.block_on(cli::audit(&args)),
     };

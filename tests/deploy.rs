@@ -73,7 +73,7 @@ fn port_of(listen: &str) -> u64 {
     listen.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
-/// The environment variables of `serve`'s flags, and of `status`'s (the TLS probe runs it).
+/// The environment variables of a command's flags (`serve`, and `health`, which the TLS probes run).
 fn flag_envs(command: &str) -> Vec<String> {
     let cli = Cli::command();
     let sub = cli.find_subcommand(command).unwrap().clone();
@@ -85,7 +85,7 @@ fn flag_envs(command: &str) -> Vec<String> {
 
 #[test]
 fn every_variable_the_manifests_set_is_a_flag() {
-    let (serve, status) = (flag_envs("serve"), flag_envs("status"));
+    let (serve, health) = (flag_envs("serve"), flag_envs("health"));
     let base = yaml("base/deployment.yaml");
     let mut names = env_names(container(&base));
     names.extend(redis_literals().into_keys());
@@ -94,7 +94,7 @@ fn every_variable_the_manifests_set_is_a_flag() {
     }
     let tls = yaml("tls/tls.yaml");
     for name in env_names(container(&tls)) {
-        assert!(serve.contains(&name) || status.contains(&name), "the TLS overlay sets {name}, which nothing reads");
+        assert!(serve.contains(&name) || health.contains(&name), "the TLS overlay sets {name}, which nothing reads");
     }
 }
 
@@ -245,8 +245,8 @@ fn the_manifests_run_as_written() {
         secure.env.insert(var.into(), path.to_string_lossy().into_owned());
     }
     let tls_server = spawn(&secure);
-    let probe = |port: &str| {
-        let argv: Vec<String> = container(&tls)["readinessProbe"]["exec"]["command"]
+    let probe = |port: &str, which: &str| {
+        let argv: Vec<String> = container(&tls)[which]["exec"]["command"]
             .as_array()
             .unwrap()
             .iter()
@@ -256,10 +256,35 @@ fn the_manifests_run_as_written() {
         Command::new(BIN).args(&argv[1..]).envs(&secure.env).output().unwrap()
     };
     let port = |p: &Process| p.addr.rsplit_once(':').unwrap().1.to_string();
-    let passed = probe(&port(&tls_server));
-    assert!(passed.status.success(), "the TLS probe fails: {}", String::from_utf8_lossy(&passed.stderr));
-    let refused = probe(&port(&server));
-    assert!(!refused.status.success(), "the TLS probe passes against a server without TLS");
+    for which in ["readinessProbe", "livenessProbe"] {
+        let passed = probe(&port(&tls_server), which);
+        assert!(passed.status.success(), "the TLS {which} fails: {}", String::from_utf8_lossy(&passed.stderr));
+        assert_eq!(String::from_utf8_lossy(&passed.stdout).trim(), "SERVING");
+        let refused = probe(&port(&server), which);
+        assert!(!refused.status.success(), "the TLS {which} passes against a server without TLS");
+    }
+    // A policy edit that does not load keeps the last good set serving: the probes stay green.
+    let bad = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(deploy().join("base/policies")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), bad.path().join(entry.file_name())).unwrap();
+    }
+    let mut broken_env = secure.env.clone();
+    broken_env.insert("CEDAR_PDP_POLICIES".into(), bad.path().to_string_lossy().into_owned());
+    broken_env.insert("CEDAR_PDP_DATA_DIR".into(), secure.dir.path().join("data2").to_string_lossy().into_owned());
+    let broken = spawn(&Localized { env: broken_env, dir: tempfile::tempdir().unwrap() });
+    std::fs::write(bad.path().join("sharing.cedar"), "permit (principal,").unwrap();
+    let mut reloaded = false;
+    while !reloaded {
+        let line = broken.lines.recv_timeout(std::time::Duration::from_secs(10)).expect("the failed reload is logged");
+        reloaded = line.contains("reload") && line.contains("ERROR");
+    }
+    let after = probe(&port(&broken), "readinessProbe");
+    assert!(
+        after.status.success(),
+        "a failed reload fails the readiness probe: {}",
+        String::from_utf8_lossy(&after.stdout)
+    );
 }
 
 /// Kubernetes' update of a mounted Secret: the files in a new directory, `..data` swapped to it.

@@ -68,7 +68,8 @@ impl Ha {
             let named = views[0].get("port").and_then(|p| self.servers.iter().position(|s| s.port.to_string() == *p));
             if let (true, Some(primary)) = (agreed, named) {
                 let info: String = query(self.servers[primary].port, &["INFO", "replication"]).unwrap_or_default();
-                if info.contains("role:master") && info.contains("connected_slaves:1") && info.contains("state=online") {
+                if info.contains("role:master") && info.contains("connected_slaves:1") && info.contains("state=online")
+                {
                     self.primary = primary;
                     return;
                 }
@@ -101,7 +102,11 @@ impl Ha {
     /// sentinels turn it into a replica of the new one.
     fn restore_old_primary(&mut self) {
         let old = &mut self.servers[1 - self.primary];
-        if self.stalled { old.resume() } else { old.restart() }
+        if self.stalled {
+            old.resume()
+        } else {
+            old.restart()
+        }
         self.wait_ready();
     }
 }

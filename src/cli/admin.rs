@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::remote::{Bearer, channel, token};
 use super::{CliError, emit};
-use crate::config::AdminArgs;
+use crate::config::{AdminArgs, HealthArgs};
 use crate::grpc::{AdminServiceClient, pb};
 
 type Client = AdminServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>>;
@@ -79,4 +79,14 @@ pub async fn reload(args: &AdminArgs) -> Result<ExitCode, CliError> {
     let what = if r.changed { "reloaded" } else { "unchanged" };
     emit(&[format!("{what}: policy version {}", r.policy_version)])?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The health service's answer for `args.service`; exit 0 when SERVING. Needs no credential.
+pub async fn health(args: &HealthArgs) -> Result<ExitCode, CliError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(&args.addr, &args.tls).await?);
+    let request = tonic_health::pb::HealthCheckRequest { service: args.service.clone() };
+    let status = client.check(request).await?.into_inner().status();
+    emit(&[status.as_str_name().to_string()])?;
+    Ok(if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

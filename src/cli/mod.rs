@@ -19,7 +19,7 @@ use crate::config::{CheckArgs, ServeConfig, ValidateArgs};
 use crate::grpc::{AuthorizationServiceClient, pb};
 use crate::policy::{Snapshot, load_dir};
 
-pub use admin::{reload, status};
+pub use admin::{health, reload, status};
 pub use entities::{audit, entities};
 pub use replay::replay;
 pub use test::test;

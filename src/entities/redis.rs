@@ -286,7 +286,11 @@ impl RedisStore {
     /// The write script and, with min replicas, `WAIT` in the same pipeline: the revision and how
     /// many replicas have the write. A primary without the script (new, restarted, promoted) gets it
     /// loaded, and the pipeline is sent again: the first ran nothing.
-    async fn run_apply(&self, eval: &redis::Cmd, request: Option<&RequestKey>) -> Result<(u64, Option<u32>), StoreError> {
+    async fn run_apply(
+        &self,
+        eval: &redis::Cmd,
+        request: Option<&RequestKey>,
+    ) -> Result<(u64, Option<u32>), StoreError> {
         let mut pipe = redis::pipe();
         pipe.add_command(eval.clone());
         if self.min_replicas > 0 {

@@ -192,9 +192,9 @@ impl Conn {
             Some(_) => None,
             None => primary.named_addr().await,
         };
-        let moved = named.filter(|named| *named != live.addr).map(|named| {
-            format!("the sentinels name {named} as the primary, not {}", live.addr)
-        });
+        let moved = named
+            .filter(|named| *named != live.addr)
+            .map(|named| format!("the sentinels name {named} as the primary, not {}", live.addr));
         match demoted.or(moved) {
             Some(reason) => {
                 primary.forget(live.generation);

@@ -71,10 +71,16 @@ impl Gate {
                     _ = tick.tick() => {}
                 }
                 let now = std::fs::read(&file).ok();
-                if now.is_none() || now == last {
+                if now == last {
                     continue;
                 }
                 last = now;
+                if last.is_none() {
+                    // Said once per disappearance; to revoke a token, publish the file without it.
+                    tracing::error!(file = %file.display(), "{} token file unreadable: the previous tokens still hold", gate.service);
+                    metrics::counter!("cedar_pdp_token_reloads_total", "result" => "error").increment(1);
+                    continue;
+                }
                 match crate::config::read_tokens(&file, named) {
                     Ok(tokens) => {
                         gate.tokens.store(Arc::new(digests(fixed.iter().cloned().chain(tokens))));

@@ -78,7 +78,8 @@ pub fn router(api: Arc<HttpApi>) -> axum::Router {
 async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use tracing::Instrument;
     let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
-    let name = format!("{} {}", request.method(), route.as_deref().unwrap_or(request.uri().path()));
+    // The route, not the path: a span name the caller cannot multiply.
+    let name = format!("{} {}", request.method(), route.as_deref().unwrap_or("(no route)"));
     let span = crate::telemetry::trace::call_span(&name, request.headers());
     next.run(request).instrument(span).await
 }
