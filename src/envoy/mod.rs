@@ -226,7 +226,23 @@ pub struct JwtVerifier {
     algorithms: Vec<jsonwebtoken::Algorithm>,
     /// The key file's bytes, for the snapshot's version: rotating keys is a change.
     pub(crate) source: String,
+    /// Tokens already verified, by SHA-256 of the token: a token seen again within its lifetime,
+    /// under the same key set, costs no signature check (clients send the same token for minutes).
+    verified: moka::sync::Cache<[u8; 32], Arc<Verified>>,
+    /// Signature checks made (the cache's misses), for tests.
+    signature_checks: std::sync::atomic::AtomicU64,
 }
+
+/// A verified token's claims, the key set that verified them, and the times they hold between.
+struct Verified {
+    claims: serde_json::Map<String, serde_json::Value>,
+    keys: Arc<Vec<jwks::Key>>,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// Tokens kept verified per policy load: a token's claims are small (a few hundred bytes).
+const VERIFIED_TOKENS: u64 = 50_000;
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -266,6 +282,8 @@ impl JwtVerifier {
             leeway: file.leeway_seconds,
             algorithms,
             source,
+            verified: moka::sync::Cache::new(VERIFIED_TOKENS),
+            signature_checks: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -286,13 +304,52 @@ impl JwtVerifier {
         }
     }
 
-    /// The token's claims if its signature, `exp`, `nbf`, `iss` and `aud` check out.
+    /// The token's claims if its signature, `exp`, `nbf`, `iss` and `aud` check out. A token
+    /// verified before under the same key set is checked against the clock only.
     pub fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.verify_at(token, now)
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        use sha2::Digest;
+        let keys = self.keys.current();
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        // Only under the key set that verified it: a rotated-out key no longer vouches for it.
+        if let Some(hit) = self.verified.get(&digest).filter(|hit| Arc::ptr_eq(&hit.keys, &keys)) {
+            if now > hit.exp.saturating_add(self.leeway) {
+                return Err("ExpiredSignature".into());
+            }
+            if hit.nbf.is_some_and(|nbf| now.saturating_add(self.leeway) < nbf) {
+                return Err("ImmatureSignature".into());
+            }
+            return Ok(hit.claims.clone());
+        }
+        self.signature_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let claims = self.check_signature(token, &keys)?;
+        let seconds = |name: &str| claims.get(name).and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
+        if let Some(exp) = seconds("exp") {
+            let verified = Verified { claims: claims.clone(), keys, exp, nbf: seconds("nbf") };
+            self.verified.insert(digest, Arc::new(verified));
+        }
+        Ok(claims)
+    }
+
+    /// Signature checks made so far (tokens not found verified).
+    #[cfg(test)]
+    fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn check_signature(
+        &self,
+        token: &str,
+        keys: &[jwks::Key],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if !self.algorithms.is_empty() && !self.algorithms.contains(&header.alg) {
             return Err(format!("algorithm {:?} is not accepted", header.alg));
         }
-        let keys = self.keys.current();
         let candidates = keys.iter().filter(|(kid, _, alg)| {
             (header.kid.is_none() || kid.is_none() || *kid == header.kid) && alg.is_none_or(|a| a == header.alg)
         });
@@ -623,6 +680,32 @@ mod tests {
         {
             assert!(m.route(method, path).is_none(), "{method} {path}");
         }
+    }
+
+    #[test]
+    fn a_verified_token_is_not_verified_again_within_its_lifetime() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mesh");
+        let file = std::fs::read_to_string(dir.join("ext_authz.toml")).unwrap();
+        let jwt = Mapping::parse(&file, None, &dir).unwrap().jwt.unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let sign = |claims: serde_json::Value, secret: &[u8]| {
+            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+            header.kid = Some("test-hs256".into());
+            jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+        };
+        let secret = b"cedar-pdp-test-secret-0123456789abcdef";
+        let claims = serde_json::json!({"sub": "alice", "iss": "https://issuer.test", "aud": "docs", "exp": now + 60});
+        let token = sign(claims.clone(), secret);
+        for _ in 0..3 {
+            assert_eq!(jwt.verify_at(&token, now).unwrap()["sub"], "alice");
+        }
+        assert_eq!(jwt.signature_checks(), 1, "one signature check for three uses");
+        // The clock still applies: past exp (and the leeway) the cached token is refused.
+        let leeway = jwt.leeway;
+        assert!(jwt.verify_at(&token, now + 61 + leeway).is_err());
+        // A forged token is never a cache hit, and still fails its check.
+        assert!(jwt.verify_at(&sign(claims, b"another-secret-entirely-0123456789"), now).is_err());
+        assert_eq!(jwt.signature_checks(), 2);
     }
 
     #[test]
