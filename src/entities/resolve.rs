@@ -27,6 +27,7 @@ pub async fn decide(
     limits: &Limits,
     min_revision: u64,
 ) -> Result<Outcome, DecideError> {
+    let asked = min_revision;
     let min_revision = floor(store, min_revision).await?;
     if store.known_empty() {
         return Ok(authz::decide(snapshot, input, limits)?);
@@ -41,7 +42,8 @@ pub async fn decide(
     if let Some(entities) = key.as_ref().and_then(|k| store.slices.get(k)) {
         return Ok(authz::decide_on(snapshot, prepared, &entities));
     }
-    let entities = Arc::new(consistent_slice(store, snapshot, &prepared, input, min_revision).await?);
+    let entities =
+        Arc::new(consistent_slice(store, snapshot, &prepared, input, min_revision).await.map_err(went_back(asked))?);
     // Kept only if no invalidation arrived while it was built: it may hold what that replaced.
     if let Some(key) = key.filter(|k| store.epoch() == Some(k.epoch)) {
         store.slices.insert(key, entities.clone());
@@ -58,8 +60,24 @@ pub(crate) async fn slice_for(
     input: &CheckInput<'_>,
     min_revision: u64,
 ) -> Result<Entities, DecideError> {
+    let asked = min_revision;
     let min_revision = floor(store, min_revision).await?;
-    consistent_slice(store, snapshot, prepared, input, min_revision).await
+    consistent_slice(store, snapshot, prepared, input, min_revision).await.map_err(went_back(asked))
+}
+
+/// A store found behind a revision this decision read from it itself (not one the caller asked
+/// for): writes no replica had were lost in a failover between the two reads. The caller may retry
+/// (UNAVAILABLE), which a precondition it never set would tell it not to.
+fn went_back(asked: u64) -> impl Fn(DecideError) -> DecideError {
+    move |e| match e {
+        DecideError::Store(StoreError::AheadOfStore { requested, current }) if requested > asked => {
+            DecideError::Store(StoreError::Unavailable(format!(
+                "the entity store went back from revision {requested} to {current} during this decision \
+                 (a failover lost writes no replica had); retry"
+            )))
+        }
+        other => other,
+    }
 }
 
 /// The revision a read must see at least: `min_revision`, once the store has it (see
