@@ -77,6 +77,10 @@ pub fn router(api: Arc<HttpApi>) -> axum::Router {
 /// Every HTTP call in its trace span (none with tracing off), named by its route.
 async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use tracing::Instrument;
+    // Off, nothing is built per request.
+    if !crate::telemetry::trace::enabled() {
+        return next.run(request).await;
+    }
     let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
     // The route, not the path: a span name the caller cannot multiply.
     let name = format!("{} {}", request.method(), route.as_deref().unwrap_or("(no route)"));
