@@ -732,14 +732,17 @@ mod tests {
         assert!(Cli::try_parse_from(["cedar-pdp", "serve", "--provisioning-token", "=secret"]).is_err());
     }
 
+    /// The store `serve` with these arguments would open, or why it refuses them.
+    fn store_kind(args: &[&str]) -> Result<crate::entities::StoreKind, String> {
+        let cli = Cli::try_parse_from([&["cedar-pdp", "serve"], args].concat()).unwrap();
+        let Command::Serve(c) = cli.command else { panic!("not serve") };
+        c.entities.store().map(|s| s.kind)
+    }
+
     #[test]
     fn the_store_follows_the_flags_and_contradictions_are_refused() {
+        let kind = store_kind;
         use crate::entities::StoreKind;
-        let kind = |args: &[&str]| {
-            let cli = Cli::try_parse_from([&["cedar-pdp", "serve"], args].concat()).unwrap();
-            let Command::Serve(c) = cli.command else { panic!("not serve") };
-            c.entities.store().map(|s| s.kind)
-        };
         assert_eq!(kind(&[]).unwrap(), StoreKind::Embedded { data_dir: "./cedar-pdp-data".into() });
         assert_eq!(kind(&["--store", "memory"]).unwrap(), StoreKind::Memory);
         let redis = kind(&["--redis-url", "redis://127.0.0.1:1/0"]).unwrap();
@@ -753,11 +756,7 @@ mod tests {
     #[test]
     fn redis_topologies_come_from_the_flags() {
         use crate::entities::{StoreKind, Topology};
-        let kind = |args: &[&str]| {
-            let cli = Cli::try_parse_from([&["cedar-pdp", "serve"], args].concat()).unwrap();
-            let Command::Serve(c) = cli.command else { panic!("not serve") };
-            c.entities.store().map(|s| s.kind)
-        };
+        let kind = store_kind;
         let sentinel = ["--redis-sentinel", "127.0.0.1:1,127.0.0.1:2", "--redis-sentinel-master", "main"];
         let Ok(StoreKind::Redis { topology, min_replicas: 0, .. }) = kind(&sentinel) else { panic!("not redis") };
         let sentinels = vec!["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()];
