@@ -18,20 +18,9 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 cargo build --release --quiet --bins
 BIN=target/release/cedar-pdp
 
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-python3 - "$N" >"$OUT/users.jsonl" <<'PY'
-import json, sys
-for i in range(int(sys.argv[1])):
-    print(json.dumps({"uid": {"type": "User", "id": f"user{i:07d}"},
-                      "attrs": {"name": f"User {i}", "suspended": i % 50 == 0},
-                      "parents": [{"type": "Group", "id": f"team{i % 500}"},
-                                  {"type": "Group", "id": f"dept{i % 20}"},
-                                  {"type": "Group", "id": "everyone"}]}))
-PY
+# shellcheck source=scripts/bench-lib.sh
+source scripts/bench-lib.sh
+users "$N" >"$OUT/users.jsonl"
 
 primary=$(free_port); replica=$(free_port)
 taskset -c 1 redis-server --port "$primary" --bind 127.0.0.1 --save "" --appendonly no --dir "$OUT" --dbfilename primary.rdb >"$OUT/primary.log" 2>&1 & PIDS+=($!)
