@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_pdp::authz::{CheckInput, Limits, UidRef, decide};
+use cedar_pdp::authz::{CheckInput, Limits, UidRef, decide, prepare};
 use cedar_pdp::config::ValidationMode;
 use cedar_pdp::policy::{Snapshot, load_dir};
 use cedar_policy::{Authorizer, Context, EntityUid, Request};
@@ -98,9 +98,25 @@ fn bench(c: &mut Criterion) {
     let plain = input("bob", "view", "design-doc", "", "");
     group.bench_function("check", |b| b.iter(|| black_box(decide(&snapshot, black_box(&plain), &limits).unwrap())));
 
-    let with_context = input("carol", "view", "design-doc", r#"{"mfa": true, "source_ip": "10.1.2.3"}"#, "");
+    let with_context = input("bob", "view", "design-doc", r#"{"mfa": true, "source_ip": "10.1.2.3"}"#, "");
     group.bench_function("check_with_context", |b| {
         b.iter(|| black_box(decide(&snapshot, &with_context, &limits).unwrap()))
+    });
+
+    // Building the Cedar request alone (uids, context, validation), without and with the context.
+    for (name, check) in [("prepare", &plain), ("prepare_with_context", &with_context)] {
+        group.bench_function(name, |b| b.iter(|| black_box(prepare(&snapshot, black_box(check), &limits).unwrap())));
+    }
+
+    // The same context through Cedar's generic path: typed parse, then validation against the schema.
+    let view = EntityUid::from_str(r#"Action::"view""#).unwrap();
+    group.bench_function("cedar_typed_context_for_comparison", |b| {
+        b.iter(|| {
+            let schema = snapshot.schema.as_ref().unwrap();
+            let context = Context::from_json_str(black_box(with_context.context_json), Some((schema, &view))).unwrap();
+            let [p, a, r] = uids.clone();
+            black_box(Request::new(p, a, r, context, Some(schema)).unwrap())
+        })
     });
 
     let scoped = input("bob", "view", "draft", "", DRAFT);

@@ -115,9 +115,15 @@ pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> 
     if schema.is_some() && !snapshot.index.schema_actions.contains(&action) {
         return Err(RequestError::schema("action", format!("`{action}` is not an action the schema declares")));
     }
-    let context = parse_context(snapshot, input.context_json, &action)?;
-    let request = Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
-        .map_err(|e| RequestError::schema(rejected_field(&e), &e))?;
+    let planned = schema.and_then(|_| snapshot.plans.request(&principal, &action, &resource, input.context_json));
+    let request = match planned {
+        Some(request) => request,
+        None => {
+            let context = parse_context(snapshot, input.context_json, &action)?;
+            Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
+                .map_err(|e| RequestError::schema(rejected_field(&e), &e))?
+        }
+    };
     let (own, own_mentions) = request_entities(snapshot, input, limits)?;
     Ok(Prepared { request, uids: [principal, action, resource], own, own_mentions })
 }

@@ -5,6 +5,7 @@
 //! the end, whatever reloads happen meanwhile.
 
 mod authzen;
+mod context;
 mod diag;
 pub mod lint;
 mod load;

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Schema};
 
 use super::ValidationMode;
+use super::context::RequestPlans;
 use super::scope::{ScopeIndex, Selected, Targets};
 
 /// What one policy file contributed to a snapshot.
@@ -47,6 +48,8 @@ pub struct Snapshot {
     pub(crate) generation: u64,
     pub(crate) index: EntityIndex,
     pub(crate) scope: ScopeIndex,
+    /// Per schema action, how a request for it is built without Cedar's generic typed parse.
+    pub(crate) plans: RequestPlans,
 }
 
 /// Per-snapshot lookups that keep parsing and graph walks off the request path.
@@ -106,6 +109,7 @@ impl Snapshot {
     ) -> Result<Self, String> {
         let index = EntityIndex::build(&policies, schema.as_ref(), &entities)?;
         let scope = ScopeIndex::build(&policies);
+        let plans = schema.as_ref().map(|s| RequestPlans::build(s, &index.schema_actions)).unwrap_or_default();
         Ok(Snapshot {
             version,
             loaded_at,
@@ -128,6 +132,7 @@ impl Snapshot {
             },
             index,
             scope,
+            plans,
         })
     }
 
