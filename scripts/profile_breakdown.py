@@ -4,8 +4,10 @@
     perf record --call-graph dwarf -F 999 -p PID -o perf.data -- sleep 8   # under h2load
     perf script -i perf.data -F comm,ip,sym,dso --no-inline | scripts/profile_breakdown.py REQUESTS
 
-Each sample is given to the innermost frame of its stack that one of the parts below claims, so a
-malloc under Cedar counts as allocation and Cedar's own work as Cedar. REQUESTS is how many requests
+A sample whose leaf is an allocator or kernel frame is allocation or kernel, whoever called; any other
+goes to the innermost frame of its stack that a specific part claims (Cedar's evaluation, building the
+request, the decision log, prost, ...), else to the layer it runs in (this crate, Cedar, transport).
+The log-writer thread is the decision log's. REQUESTS is how many requests
 were answered while perf recorded (h2load's req/s times the seconds recorded); with it the table says
 µs per request, from the sampling rate given as -F (FREQ, default 999).
 """
@@ -14,32 +16,35 @@ import re
 import sys
 from collections import Counter
 
-# (part, pattern on "symbol dso"), checked in this order on each frame from the leaf up.
-PARTS = [
-    ("allocation", r"\bmi_|_mi_|\bmalloc\b|\bfree\b|\brealloc\b|__rust_(alloc|dealloc|realloc)|cfree|mimalloc"),
-    ("copying (memcpy/memmove)", r"__memmove|__memcpy|memcpy|memmove|__memset"),
-    ("kernel (syscalls, loopback TCP, scheduling)", r"\[kernel\.kallsyms\]|\[unknown\].*kernel"),
+# Parts that own the sample when the leaf frame is theirs, whoever called.
+LEAF = [
+    ("allocation (mimalloc, malloc, free)", r"\bmi_|_mi_|\bmalloc\b|\bfree\b|\brealloc\b|__rust_(alloc|dealloc|realloc)|"
+     r"cfree|_int_malloc|_int_free|mimalloc"),
+    ("kernel (syscalls, loopback TCP, scheduling)", r"\[kernel\.kallsyms\]"),
+]
+# Parts by the innermost frame of theirs on the stack: the specific ones first, then the layers.
+SPECIFIC = [
     ("decision log (record, tracing, sink)", r"cedar_pdp::telemetry::record_|cedar_pdp::telemetry::write|"
      r"tracing_subscriber::|cedar_pdp::telemetry::sink"),
     ("metrics", r"\bmetrics::|metrics_exporter_prometheus|metrics_util"),
     ("decision id (UUIDv7)", r"\buuid::"),
-    ("Cedar evaluation", r"cedar_policy_core::authorizer|cedar_policy_core::evaluator|"
-     r"cedar_policy::api::Authorizer::is_authorized"),
+    ("Cedar evaluation", r"cedar_policy_core::authorizer|cedar_policy::api::Authorizer::is_authorized|"
+     r"cedar_policy_core::evaluator"),
     ("scope slicing and slice cache", r"cedar_pdp::policy::scope|moka::"),
     ("building the Cedar request (uids, context, entities, validation)",
      r"cedar_pdp::authz::prepare|cedar_pdp::policy::context|cedar_policy::api::Request::new|"
      r"cedar_policy::api::Context::|cedar_pdp::authz::parse_uid|cedar_pdp::json::"),
     ("ext_authz mapping (headers, route, principal, context)", r"cedar_pdp::grpc::ext_authz|cedar_pdp::envoy::"),
-    ("JSON (serde_json)", r"serde_json::"),
-    ("prost (decoding, encoding)", r"\bprost::|::decode\b|::encode\b|::merge_field|::encoded_len|envoy_types::"),
-    ("Cedar (other)", r"cedar_policy"),
-    ("this crate (other)", r"cedar_pdp::"),
-    ("transport (tonic, h2, hyper, tower, tokio)", r"\btonic::|\bh2::|\bhyper::|\btower::|\btokio::|\bmio::|"
-     r"hyper_util::|bytes::|http::|std::sys::net"),
-    ("hashing", r"siphash|SipHasher|hash::|ahash|foldhash|hashbrown"),
-    ("std (other)", r"\bstd::|\bcore::|\balloc::"),
+    ("prost (decoding, encoding messages)", r"\bprost::|prost::message::Message|tonic_prost::|envoy_types::"),
 ]
-COMPILED = [(name, re.compile(pat)) for name, pat in PARTS]
+LAYERS = [
+    ("this crate (request conversion, response, other)", r"cedar_pdp::"),
+    ("Cedar (other)", r"cedar_policy"),
+    ("transport (tonic, h2, hyper, tower, tokio)", r"\btonic::|\bh2::|\bhyper::|\btower::|\btokio::|\bmio::|"
+     r"hyper_util::|std::sys::net|std::net|socket2"),
+]
+COMPILED = [[(name, re.compile(pat)) for name, pat in group] for group in (SPECIFIC, LAYERS)]
+LEAF_COMPILED = [(name, re.compile(pat)) for name, pat in LEAF]
 
 
 def samples(lines):
@@ -59,11 +64,18 @@ def samples(lines):
 
 
 def part_of(stack):
-    for frame in stack[1:]:
-        for name, pat in COMPILED:
-            if pat.search(frame):
-                return name
-    return "unattributed"
+    if stack[0] == "thread log-writer":
+        return "decision log (record, tracing, sink)"
+    frames = stack[1:]
+    for name, pat in LEAF_COMPILED:
+        if frames and any(pat.search(f) for f in frames[:2]):
+            return name
+    for group in COMPILED:
+        for frame in frames:
+            for name, pat in group:
+                if pat.search(frame):
+                    return name
+    return "other (std, unattributed)"
 
 
 def main():

@@ -40,9 +40,10 @@ enum Shape {
     Entity(EntityType, String),
     Set(Box<Shape>),
     Record(Record),
-    /// An extension type, written as the string its constructor takes (`"10.0.0.1"` for an ipaddr):
-    /// the constructor, looked up once.
-    Extension(&'static ExtensionFunction),
+    /// An extension type, written as the string its constructor takes (`"10.0.0.1"` for an ipaddr) or
+    /// as that call (`{"__extn": {"fn": "ip", "arg": "10.0.0.1"}}`): the constructor, looked up once,
+    /// and its name.
+    Extension(&'static ExtensionFunction, &'static str),
 }
 
 impl RequestPlans {
@@ -132,7 +133,7 @@ impl Shape {
                     _ => return None,
                 };
                 let name = Name::parse_unqualified_name(constructor).ok()?;
-                Shape::Extension(Extensions::all_available().func(&name).ok()?)
+                Shape::Extension(Extensions::all_available().func(&name).ok()?, constructor)
             }
             _ => return None,
         })
@@ -148,10 +149,8 @@ impl Shape {
                 ast::Value::set(items.iter().map(|v| element.convert(v)).collect::<Option<Vec<_>>>()?, None)
             }
             (Shape::Record(record), Value::Object(map)) => record.convert(map)?,
-            (Shape::Extension(constructor), Value::String(s)) => match constructor.call(&[s.as_str().into()]).ok()? {
-                ast::PartialValue::Value(value) => value,
-                ast::PartialValue::Residual(_) => return None,
-            },
+            (Shape::Extension(constructor, _), Value::String(arg)) => construct(constructor, arg)?,
+            (Shape::Extension(constructor, name), Value::Object(map)) => construct(constructor, extension_call(name, map)?)?,
             _ => return None,
         })
     }
@@ -167,6 +166,22 @@ impl Record {
         }
         let attrs = map.iter().map(|(name, value)| Some((name.as_str(), self.0.get(name)?.0.convert(value)?)));
         Some(ast::Value::record(attrs.collect::<Option<Vec<_>>>()?, None))
+    }
+}
+
+fn construct(constructor: &ExtensionFunction, arg: &str) -> Option<ast::Value> {
+    match constructor.call(&[arg.into()]).ok()? {
+        ast::PartialValue::Value(value) => Some(value),
+        ast::PartialValue::Residual(_) => None,
+    }
+}
+
+/// The argument of `{"__extn": {"fn": F, "arg": A}}` when F is `name`.
+fn extension_call<'a>(name: &str, map: &'a serde_json::Map<String, Value>) -> Option<&'a str> {
+    let Some(Value::Object(call)) = map.get("__extn").filter(|_| map.len() == 1) else { return None };
+    match (call.len(), call.get("fn"), call.get("arg")) {
+        (2, Some(Value::String(f)), Some(Value::String(arg))) if f == name => Some(arg),
+        _ => None,
     }
 }
 
@@ -263,6 +278,7 @@ mod tests {
         planned_as_cedar(&base(r#", "price": "1.2345", "at": "2024-10-15T11:38:02Z", "ttl": "1h30m""#));
         planned_as_cedar(&base(r#", "deep": {"a": {"b": [3, 1, 2, 3]}}, "owners": []"#));
         planned_as_cedar(&base(r#", "at": "2024-10-15", "ttl": "-2d", "deep": {"a": {}}"#));
+        planned_as_cedar(&base(r#", "price": {"__extn": {"fn": "decimal", "arg": "-0.5"}}, "at": {"__extn": {"fn": "datetime", "arg": "2024-10-15"}}"#));
         planned_as_cedar(
             r#"{"flag": false, "n": 9223372036854775807, "s": "", "who": {"type": "User", "id": ""}, "tags": [],
                 "net": {"ip": "::1/128", "x-tenant": "acme"}}"#,
@@ -285,7 +301,8 @@ mod tests {
         assert!(!left_to_cedar("view", alice, ""));
         assert!(!left_to_cedar("view", alice, r#"{"flag": true, "flag": false}"#));
         // Escapes and forms the plan does not write itself.
-        assert!(left_to_cedar("view", alice, &base(r#", "price": {"__extn": {"fn": "decimal", "arg": "1.0"}}"#)));
+        assert!(left_to_cedar("view", alice, &base(r#", "price": {"__extn": {"fn": "decimal", "args": ["1.0"]}}"#)));
+        assert!(!left_to_cedar("view", alice, &base(r#", "price": {"__extn": {"fn": "ip", "arg": "10.0.0.1"}}"#)));
         assert!(left_to_cedar("view", alice, &base(r#", "ttl": {"fn": "duration", "arg": "1h"}"#)));
         assert!(left_to_cedar("view", alice, &base(r#", "owners": [{"type": "User", "id": "g", "x": 1}]"#)));
         assert!(!left_to_cedar("view", alice, &base(r#", "n": 9223372036854775808"#).replace(r#""n": -3, "#, "")));
