@@ -35,7 +35,11 @@ SPECIFIC = [
      r"cedar_pdp::authz::prepare|cedar_pdp::policy::context|cedar_policy::api::Request::new|"
      r"cedar_policy::api::Context::|cedar_pdp::authz::parse_uid|cedar_pdp::json::"),
     ("ext_authz mapping (headers, route, principal, context)", r"cedar_pdp::grpc::ext_authz|cedar_pdp::envoy::"),
-    ("prost (decoding, encoding messages)", r"\bprost::|prost::message::Message|tonic_prost::|envoy_types::"),
+    ("this crate's decision path (decision, entities, authz)", r"cedar_pdp::decision::|cedar_pdp::entities::|"
+     r"cedar_pdp::authz::"),
+    # The generated servers (tonic's routing and codec, inlined) are transport.
+    ("transport (tonic, h2, hyper, tower, tokio)", r"Server<T> as tower_service::Service"),
+    ("prost (decoding, encoding messages)", r"\bprost::|prost::message::Message|tonic_prost::"),
 ]
 LAYERS = [
     ("this crate (request conversion, response, other)", r"cedar_pdp::"),

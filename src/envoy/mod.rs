@@ -416,6 +416,11 @@ pub struct Matched<'m> {
 }
 
 impl Mapping {
+    /// Whether a principal's claims matter beyond its id: its groups or attributes come from them.
+    pub fn needs_claims(&self) -> bool {
+        self.groups.is_some() || !self.attributes.is_empty()
+    }
+
     /// Parses and validates the file; `actions` are the schema's actions, when there is a schema.
     /// `dir` is where relative paths in the file (the JWKS) are found; with a schema, types and
     /// actions are checked against it.

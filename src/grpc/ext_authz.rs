@@ -5,6 +5,7 @@
 //! Allow); identity headers are set with overwrite, so a client cannot forge them; a request the
 //! mapping does not cover is denied unless the mapping says otherwise.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -89,7 +90,12 @@ fn principal(
                 .map(|p| p.principal.clone())
                 .filter(|p| !p.is_empty())
                 .map(|id| Identified { ty: mapping.peer_type.clone(), id, claims: None }),
-            Source::JwtAuthn => jwt_authn_claims(mapping, attrs).and_then(id_in),
+            Source::JwtAuthn if mapping.needs_claims() => jwt_authn_claims(mapping, attrs).and_then(id_in),
+            Source::JwtAuthn => jwt_authn_id(mapping, attrs).map(|id| Identified {
+                ty: mapping.principal_type.clone(),
+                id,
+                claims: None,
+            }),
         };
         if found.is_some() {
             return Ok(found);
@@ -109,6 +115,19 @@ fn jwt_authn_claims(
     }
 }
 
+/// The id claim alone, when the mapping needs no other claim: no copy of the whole payload.
+fn jwt_authn_id(
+    mapping: &Mapping,
+    attrs: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
+) -> Option<String> {
+    let payload = attrs.metadata_context.as_ref()?.filter_metadata.get(JWT_AUTHN)?.fields.get(&mapping.jwt_payload)?;
+    let Some(Kind::StructValue(claims)) = &payload.kind else { return None };
+    match claims.fields.get(&mapping.claim)?.kind.as_ref()? {
+        Kind::StringValue(id) if !id.is_empty() => Some(id.clone()),
+        _ => None,
+    }
+}
+
 /// A protobuf `Value` (Envoy metadata) as JSON.
 fn json_of(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
     match &value.kind {
@@ -124,7 +143,7 @@ fn json_of(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::Valu
 /// The principal as a request-scoped entity carrying the claims the mapping names: its groups as
 /// parents and mapped attributes. None when the mapping names none.
 fn principal_entity(mapping: &Mapping, ty: &str, id: &str, claims: &Claims) -> Option<String> {
-    if mapping.groups.is_none() && mapping.attributes.is_empty() {
+    if !mapping.needs_claims() {
         return None;
     }
     let mut parents = Vec::new();
@@ -157,8 +176,10 @@ fn principal_entity(mapping: &Mapping, ty: &str, id: &str, claims: &Claims) -> O
 /// (duplicates joined with `,`, as Envoy joins them in `headers`).
 fn request_headers(
     http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> HashMap<String, String> {
-    let Some(map) = http.header_map.as_ref().filter(|m| !m.headers.is_empty()) else { return http.headers.clone() };
+) -> Cow<'_, HashMap<String, String>> {
+    let Some(map) = http.header_map.as_ref().filter(|m| !m.headers.is_empty()) else {
+        return Cow::Borrowed(&http.headers);
+    };
     let mut out: HashMap<String, String> = HashMap::new();
     for h in &map.headers {
         let value =
@@ -170,7 +191,7 @@ fn request_headers(
             })
             .or_insert_with(|| value.clone());
     }
-    out
+    Cow::Owned(out)
 }
 
 /// The Cedar context the mapping allows: only what it names, so a schema can declare it exactly. An
@@ -182,40 +203,75 @@ fn context(
     headers: &HashMap<String, String>,
     path: &str,
 ) -> Result<String, String> {
-    let mut context = serde_json::Map::new();
-    if !mapping.context_headers.is_empty() {
-        let picked: serde_json::Map<String, serde_json::Value> = mapping
-            .context_headers
-            .iter()
-            .filter_map(|h| headers.get(h).map(|v| (h.clone(), v.clone().into())))
-            .collect();
-        context.insert("headers".into(), picked.into());
-    }
-    if !mapping.context_query.is_empty() {
-        let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
-        let query = query.split('#').next().unwrap_or_default();
-        let mut picked = serde_json::Map::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode =
-                |t: &str| percent_decode(&t.replace('+', " ")).ok_or(format!("query parameter `{k}` does not decode"));
-            let key = decode(k)?;
-            if mapping.context_query.contains(&key) && picked.insert(key.clone(), decode(v)?.into()).is_some() {
-                return Err(format!("query parameter `{key}` is repeated"));
-            }
+    let headers = (!mapping.context_headers.is_empty()).then(|| {
+        Pairs(mapping.context_headers.iter().filter_map(|h| Some((h.as_str(), headers.get(h)?.as_str()))).collect())
+    });
+    let query = if mapping.context_query.is_empty() { None } else { Some(picked_query(mapping, path)?) };
+    let source_ip = req
+        .get_client_address()
+        .filter(|_| mapping.source_ip)
+        .map(|ip| ExtensionCall { call: Call { function: "ip", arg: ip } });
+    let extensions = req.attributes.as_ref().map(|a| &a.context_extensions).filter(|_| mapping.extensions);
+    let context = Context { headers, query, source_ip, extensions };
+    serde_json::to_string(&context).map_err(|e| format!("the context: {e}"))
+}
+
+/// The query parameters the mapping lists, decoded, in their order.
+fn picked_query(mapping: &Mapping, path: &str) -> Result<Pairs<String, String>, String> {
+    let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let query = query.split('#').next().unwrap_or_default();
+    let mut picked: Vec<(String, String)> = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode =
+            |t: &str| percent_decode(&t.replace('+', " ")).ok_or(format!("query parameter `{k}` does not decode"));
+        let key = decode(k)?;
+        if !mapping.context_query.contains(&key) {
+            continue;
         }
-        context.insert("query".into(), picked.into());
+        if picked.iter().any(|(seen, _)| *seen == key) {
+            return Err(format!("query parameter `{key}` is repeated"));
+        }
+        let value = decode(v)?;
+        picked.push((key, value));
     }
-    if mapping.source_ip
-        && let Some(ip) = req.get_client_address()
-    {
-        context.insert("source_ip".into(), serde_json::json!({"__extn": {"fn": "ip", "arg": ip}}));
+    Ok(Pairs(picked))
+}
+
+/// The context as written for Cedar, straight from borrowed parts (no intermediate JSON value).
+#[derive(serde::Serialize)]
+struct Context<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<Pairs<&'a str, &'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<Pairs<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_ip: Option<ExtensionCall<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extensions: Option<&'a HashMap<String, String>>,
+}
+
+/// A JSON object of these pairs, in their order.
+struct Pairs<K, V>(Vec<(K, V)>);
+
+impl<K: serde::Serialize, V: serde::Serialize> serde::Serialize for Pairs<K, V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
-    if mapping.extensions {
-        let extensions = req.attributes.as_ref().map(|a| a.context_extensions.clone()).unwrap_or_default();
-        context.insert("extensions".into(), serde_json::to_value(extensions).unwrap_or_default());
-    }
-    Ok(serde_json::Value::Object(context).to_string())
+}
+
+/// `{"__extn": {"fn": "ip", "arg": "10.0.0.1"}}`: typed without a schema too.
+#[derive(serde::Serialize)]
+struct ExtensionCall<'a> {
+    #[serde(rename = "__extn")]
+    call: Call<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct Call<'a> {
+    #[serde(rename = "fn")]
+    function: &'static str,
+    arg: &'a str,
 }
 
 fn header(name: &str, value: &str) -> HeaderValueOption {
@@ -302,14 +358,14 @@ impl Authorization for ExtAuthzApi {
         let checked =
             request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
         match checked_request_span(request.metadata(), checked) {
-            Some(span) => tracing::Instrument::instrument(self.decide(request), span).await,
-            None => self.decide(request).await,
+            Some(span) => tracing::Instrument::instrument(self.decide(&request), span).await,
+            None => self.decide(&request).await,
         }
     }
 }
 
 impl ExtAuthzApi {
-    async fn decide(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn decide(&self, request: &Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let req = request.get_ref();
         let snapshot = self.decisions.snapshot()?;
         let Some(mapping) = snapshot.ext_authz.as_deref() else {

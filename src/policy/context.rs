@@ -150,7 +150,9 @@ impl Shape {
             }
             (Shape::Record(record), Value::Object(map)) => record.convert(map)?,
             (Shape::Extension(constructor, _), Value::String(arg)) => construct(constructor, arg)?,
-            (Shape::Extension(constructor, name), Value::Object(map)) => construct(constructor, extension_call(name, map)?)?,
+            (Shape::Extension(constructor, name), Value::Object(map)) => {
+                construct(constructor, extension_call(name, map)?)?
+            }
             _ => return None,
         })
     }
@@ -278,7 +280,9 @@ mod tests {
         planned_as_cedar(&base(r#", "price": "1.2345", "at": "2024-10-15T11:38:02Z", "ttl": "1h30m""#));
         planned_as_cedar(&base(r#", "deep": {"a": {"b": [3, 1, 2, 3]}}, "owners": []"#));
         planned_as_cedar(&base(r#", "at": "2024-10-15", "ttl": "-2d", "deep": {"a": {}}"#));
-        planned_as_cedar(&base(r#", "price": {"__extn": {"fn": "decimal", "arg": "-0.5"}}, "at": {"__extn": {"fn": "datetime", "arg": "2024-10-15"}}"#));
+        planned_as_cedar(&base(
+            r#", "price": {"__extn": {"fn": "decimal", "arg": "-0.5"}}, "at": {"__extn": {"fn": "datetime", "arg": "2024-10-15"}}"#,
+        ));
         planned_as_cedar(
             r#"{"flag": false, "n": 9223372036854775807, "s": "", "who": {"type": "User", "id": ""}, "tags": [],
                 "net": {"ip": "::1/128", "x-tenant": "acme"}}"#,
