@@ -5,6 +5,7 @@
 #   noop      the same tonic stack answering Check with a constant (examples/noop_server.rs)
 #   check     cedar-pdp Check, decision log off
 #   check-log cedar-pdp Check, decision log on (JSON lines to a file)
+#   check-default cedar-pdp Check on the default configuration: decision log on, text lines (to a file)
 #   check-shadow cedar-pdp Check with --shadow-policies (the same set: every decision made twice)
 #   check-traced cedar-pdp Check with OpenTelemetry traces on, sampled at 1%, exported to a local
 #             OTLP sink (bench_client otlp-sink)
@@ -41,6 +42,7 @@ trap cleanup EXIT
 taskset -c 1 "$NOOP" 127.0.0.1:50161 >"$OUT/noop.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50162 --decision-log false --data-dir "$OUT/data-50162" >"$OUT/pdp.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" --log-format json serve --http-listen off --listen 127.0.0.1:50163 --data-dir "$OUT/data-50163" >"$OUT/pdp-log.out" 2>&1 & PIDS+=($!)
+taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50169 --data-dir "$OUT/data-50169" >"$OUT/pdp-default.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50165 --decision-log false --policies tests/fixtures/mesh --data-dir "$OUT/data-50165" \
   >"$OUT/pdp-mesh.out" 2>&1 & PIDS+=($!)
 taskset -c 1 "$BIN" serve --http-listen off --listen 127.0.0.1:50166 --decision-log false --shadow-policies policies \
@@ -61,11 +63,11 @@ verify() { # kind url → prints the verified response frame size
     sleep 0.2
   done
 }
-declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163
+declare -A URL=([noop]=http://127.0.0.1:50161 [check]=http://127.0.0.1:50162 [check-log]=http://127.0.0.1:50163 [check-default]=http://127.0.0.1:50169
                 [health]=http://127.0.0.1:50162 [batch100]=http://127.0.0.1:50162 [check-redis]=http://127.0.0.1:50164
                 [ext-authz]=http://127.0.0.1:50165 [ext-authz-jwt]=http://127.0.0.1:50165
                 [check-shadow]=http://127.0.0.1:50166 [check-traced]=http://127.0.0.1:50167)
-declare -A KIND=([noop]=check [check]=check [check-log]=check [health]=health [batch100]=batch100
+declare -A KIND=([noop]=check [check]=check [check-log]=check [check-default]=check [health]=health [batch100]=batch100
                  [check-redis]=check [ext-authz]=ext_authz [ext-authz-jwt]=ext_authz_jwt [check-shadow]=check
                  [check-traced]=check)
 declare -A RPC=([check]=/cedar_pdp.v1.AuthorizationService/Check [batch100]=/cedar_pdp.v1.AuthorizationService/BatchCheck
@@ -78,7 +80,7 @@ until CEDAR_PDP_TOKEN=$(cat "$OUT/data-50164/cli.token" 2>/dev/null) \
   [ $SECONDS -lt $deadline ] || { echo "provisioning the Redis-backed server failed" >&2; exit 1; }
   sleep 0.2
 done
-for target in noop check check-log health batch100 check-redis ext-authz ext-authz-jwt check-shadow check-traced; do
+for target in noop check check-log check-default health batch100 check-redis ext-authz ext-authz-jwt check-shadow check-traced; do
   verify "${KIND[$target]}" "${URL[$target]}" >"$OUT/$target.frame"
 done
 

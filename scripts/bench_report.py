@@ -40,3 +40,15 @@ if ("batch100", "sat") in med:
     print(f"\nBatchCheck(100): {med[('batch100', 'sat')]['rps'] * 100:,.0f} decisions/s")
 if ("check", "lat") in med and ("noop", "lat") in med:
     print(f"p99 at -c4 -m10: check / noop = {med[('check', 'lat')]['p99'] / med[('noop', 'lat')]['p99']:.2f}")
+
+# The ratios, round by round (saturation), and their median.
+PAIRS = [("check", "noop"), ("check-log", "check"), ("check-default", "check"), ("ext-authz", "check"),
+         ("ext-authz-jwt", "check")]
+print("\n| ratio (saturation) | per round | median |\n|---|---|---|")
+for a, b in PAIRS:
+    if (a, "sat") in runs and (b, "sat") in runs:
+        ratios = [x["rps"] / y["rps"] for x, y in zip(runs[(a, "sat")], runs[(b, "sat")])]
+        print(f"| {a} / {b} | {', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |")
+if ("check", "lat") in runs and ("noop", "lat") in runs:
+    ratios = [x["p99"] / y["p99"] for x, y in zip(runs[("check", "lat")], runs[("noop", "lat")])]
+    print(f"| p99 at -c4 -m10, check / noop | {', '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f} |")
