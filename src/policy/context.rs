@@ -5,7 +5,8 @@
 //! A request the plan accepts is built by the plan alone and checked once, here: Cedar's path converts
 //! the schema's context type on every request, types the JSON against it and then validates the
 //! result against the schema a second time. Anything the plan does not accept in so many words (a
-//! type it does not cover, an escape like `__extn`, a missing or extra attribute, a wrong type) goes
+//! type it does not cover, an escape other than `__extn` calling the type's own constructor with one
+//! string, a missing or extra attribute, a wrong type) goes
 //! to Cedar's path instead, so every refusal keeps Cedar's words. The plan accepts a request only
 //! when Cedar's path would accept it with the same values (tested in `tests` below, type by type).
 
