@@ -54,16 +54,18 @@ fn json(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
         policy_version: r.policy_version,
         latency_us: r.latency.as_micros() as u64,
         reason: r.reason,
-        listed: r.listing.map(|l| l.listed as u64),
-        scanned: r.listing.map(|l| l.scanned as u64),
-        complete: r.listing.map(|l| l.complete),
-        route: r.http.map(|h| h.route),
-        request_id: r.http.map(|h| h.request_id),
-        dry_run: r.http.map(|h| h.dry_run),
-        context: r.replay.map(|x| x.context),
-        request_entities: r.replay.map(|x| x.entities),
-        min_revision: r.replay.map(|x| x.min_revision),
-        entity_revision: r.replay.map(|x| x.entity_revision),
+        listing: r.listing.map(|l| ListingJson {
+            listed: l.listed as u64,
+            scanned: l.scanned as u64,
+            complete: l.complete,
+        }),
+        http: r.http.map(|h| HttpJson { route: h.route, request_id: h.request_id, dry_run: h.dry_run }),
+        replay: r.replay.map(|x| ReplayJson {
+            context: x.context,
+            request_entities: x.entities,
+            min_revision: x.min_revision,
+            entity_revision: x.entity_revision,
+        }),
         target: "cedar_pdp::decision",
     };
     let mut out = serde_json::to_string(&line).unwrap_or_default();
@@ -91,27 +93,36 @@ struct Json<'a> {
     latency_us: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    listed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scanned: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    complete: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    route: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dry_run: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_entities: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    min_revision: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entity_revision: Option<u64>,
+    // A group's keys are all there or none is (serde writes nothing for a flattened None).
+    #[serde(flatten)]
+    listing: Option<ListingJson>,
+    #[serde(flatten)]
+    http: Option<HttpJson<'a>>,
+    #[serde(flatten)]
+    replay: Option<ReplayJson<'a>>,
     target: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct ListingJson {
+    listed: u64,
+    scanned: u64,
+    complete: bool,
+}
+
+#[derive(serde::Serialize)]
+struct HttpJson<'a> {
+    route: &'a str,
+    request_id: &'a str,
+    dry_run: bool,
+}
+
+#[derive(serde::Serialize)]
+struct ReplayJson<'a> {
+    context: &'a str,
+    request_entities: &'a str,
+    min_revision: u64,
+    entity_revision: u64,
 }
 
 /// tracing-subscriber's plain text line: strings quoted as `Debug` writes them, absent fields left out.
