@@ -19,6 +19,9 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema};
+use cedar_policy_core::ast;
+use cedar_policy_core::entities::{self, Dereference, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::extensions::Extensions;
 
 use crate::error::RequestError;
 use crate::policy::ForbidErrors;
@@ -257,18 +260,31 @@ fn request_entities(
     if input.entities_json.trim().is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
-    crate::json::refuse_duplicate_keys(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
+    let json = crate::json::parse_strict(input.entities_json).map_err(|e| RequestError::invalid(FIELD, e))?;
     let items = json.as_array().ok_or_else(|| RequestError::invalid(FIELD, "expected a JSON array of entities"))?;
     let mut own: HashSet<EntityUid> = HashSet::new();
     let mut parents_of: HashMap<EntityUid, Vec<EntityUid>> = HashMap::new();
     let mut entities = Vec::with_capacity(items.len());
     let mut mentions = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let field = format!("{FIELD}[{i}]");
-        let entity = Entity::from_json_value(item.clone(), snapshot.schema.as_ref())
-            .map_err(|e| RequestError::invalid(&field, &e))?;
+        let field = || format!("{FIELD}[{i}]");
+        // Cedar parses request entities against the schema in every validation mode; so does the plan.
+        let entity = match snapshot.plans.entity(item) {
+            Some((entity, named)) => {
+                mentions.extend(named);
+                entity
+            }
+            None => {
+                // Its attributes may point into the store, and its parents' ancestors must reach the closure.
+                for key in ["attrs", "tags", "parents"] {
+                    if let Some(value) = item.get(key) {
+                        collect_uids(value, &mut mentions);
+                    }
+                }
+                Entity::from_json_value(item.clone(), snapshot.schema.as_ref())
+                    .map_err(|e| RequestError::invalid(&field(), &e))?
+            }
+        };
         if items.len() > limits.max_request_entities {
             return Err(RequestError::TooMany {
                 field: FIELD.into(),
@@ -279,35 +295,26 @@ fn request_entities(
         let uid = entity.uid();
         if snapshot.entities.get(&uid).is_some() {
             return Err(RequestError::invalid(
-                &field,
+                &field(),
                 format!("`{uid}` is a stored entity; a request cannot redefine it"),
             ));
         }
         if uid.type_name().basename() == "Action" {
             return Err(RequestError::invalid(
-                &field,
+                &field(),
                 format!("`{uid}` is an action; a request cannot define actions"),
             ));
         }
         if snapshot.index.mentioned.contains(&uid) {
             return Err(RequestError::invalid(
-                &field,
+                &field(),
                 format!("`{uid}` is referred to by stored entities or policies; a request cannot define it"),
             ));
         }
         if !own.insert(uid.clone()) {
-            return Err(RequestError::invalid(&field, format!("`{uid}` appears twice")));
+            return Err(RequestError::invalid(&field(), format!("`{uid}` appears twice")));
         }
-        // Its attributes may point into the store, and its parents' ancestors must reach the closure.
-        for key in ["attrs", "tags", "parents"] {
-            if let Some(value) = item.get(key) {
-                collect_uids(value, &mut mentions);
-            }
-        }
-        let mut parents = Vec::new();
-        if let Some(value) = item.get("parents") {
-            collect_uids(value, &mut parents);
-        }
+        let parents = entity.as_ref().parents().cloned().map(EntityUid::from).collect();
         parents_of.insert(uid, parents);
         entities.push((i, entity));
     }
@@ -369,7 +376,7 @@ fn file_slice(snapshot: &Snapshot, prepared: &Prepared, input: &CheckInput<'_>) 
     context_uids(input, &mut pending);
     pending.extend(prepared.own_mentions.iter().cloned());
     let mut seen: HashSet<EntityUid> = prepared.own.iter().map(|(_, e)| e.uid()).collect();
-    let mut slice: Vec<Entity> = prepared.own.iter().map(|(_, e)| e.clone()).collect();
+    let mut slice: Vec<ast::Entity> = with_ancestors(&snapshot.entities, &prepared.own);
     while let Some(uid) = pending.pop() {
         if !seen.insert(uid.clone()) {
             continue;
@@ -378,11 +385,60 @@ fn file_slice(snapshot: &Snapshot, prepared: &Prepared, input: &CheckInput<'_>) 
             if let Some(refs) = snapshot.index.refs.get(&uid) {
                 pending.extend(refs.iter().cloned());
             }
-            slice.push(entity.clone());
+            slice.push(entity.as_ref().clone());
         }
     }
-    // Already validated (the stored entities at load, the request's just now): no schema pass here.
-    Entities::from_entities(slice, None).map_err(|e| RequestError::invalid("entities_json", &e))
+    // Already validated (the stored entities at load, the request's just now), and transitively
+    // closed: no schema pass, no closure computed over the whole slice again.
+    let closed = TCComputation::AssumeAlreadyComputed;
+    let slice =
+        entities::Entities::from_entities(slice, None::<&NoEntitiesSchema>, closed, Extensions::all_available())
+            .map_err(|e| RequestError::invalid("entities_json", &e))?;
+    Ok(Entities::from(slice))
+}
+
+/// The request's entities, each with all its ancestors: its parents', from the store (closed at load)
+/// or, for a parent the request defines, computed first. Their parents form no cycle (refused in
+/// `request_entities`), so the recursion ends, at most `max_request_entities` deep.
+fn with_ancestors(store: &Entities, own: &[(usize, Entity)]) -> Vec<ast::Entity> {
+    let index: HashMap<&ast::EntityUID, usize> =
+        own.iter().enumerate().map(|(i, (_, e))| (e.as_ref().uid(), i)).collect();
+    let mut memo: Vec<Option<HashSet<ast::EntityUID>>> = vec![None; own.len()];
+    let walk = Ancestors { store: store.as_ref(), own, index: &index };
+    (0..own.len())
+        .map(|i| {
+            let mut entity = own[i].1.as_ref().clone();
+            for uid in walk.of(i, &mut memo) {
+                entity.add_indirect_ancestor(uid);
+            }
+            entity
+        })
+        .collect()
+}
+
+struct Ancestors<'a> {
+    store: &'a entities::Entities,
+    own: &'a [(usize, Entity)],
+    index: &'a HashMap<&'a ast::EntityUID, usize>,
+}
+
+impl Ancestors<'_> {
+    fn of(&self, i: usize, memo: &mut Vec<Option<HashSet<ast::EntityUID>>>) -> HashSet<ast::EntityUID> {
+        if let Some(done) = &memo[i] {
+            return done.clone();
+        }
+        let mut all = HashSet::new();
+        for parent in self.own[i].1.as_ref().parents() {
+            all.insert(parent.clone());
+            match (self.index.get(parent), self.store.entity(parent)) {
+                (Some(&j), _) => all.extend(self.of(j, memo)),
+                (None, Dereference::Data(stored)) => all.extend(stored.ancestors().cloned()),
+                (None, _) => {}
+            }
+        }
+        memo[i] = Some(all.clone());
+        all
+    }
 }
 
 fn verdict(response: Response) -> Verdict {

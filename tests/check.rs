@@ -174,6 +174,19 @@ async fn request_scoped_entities_join_the_stored_ones_for_that_request_only() {
     // Without the request's entities the draft does not exist.
     let resp = server.check(req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"draft""#)).await.unwrap();
     assert!(!is_allow(&resp));
+    // A chain through the request's own entities reaches the stored hierarchy: a new document in a new
+    // folder (listed after it) inside designs, inside engineering.
+    let chain = r#"[{"uid": {"type": "Document", "id": "deep"},
+        "attrs": {"owner": {"type": "User", "id": "erin"}, "public": false, "classification": "internal"},
+        "parents": [{"type": "Folder", "id": "sub"}]},
+        {"uid": {"type": "Folder", "id": "sub"}, "attrs": {}, "parents": [{"type": "Folder", "id": "designs"}]}]"#;
+    let mut r = req(r#"User::"bob""#, r#"Action::"view""#, r#"Document::"deep""#);
+    r.entities_json = chain.into();
+    let resp = server.check(r.clone()).await.unwrap();
+    assert_eq!(resp.determining_policies, ["engineering-reads-engineering-folder"], "{resp:?}");
+    // Cut the chain and the folder's ancestors no longer reach the document.
+    r.entities_json = chain.replace(r#"[{"type": "Folder", "id": "designs"}]"#, "[]");
+    assert!(!is_allow(&server.check(r).await.unwrap()));
 }
 
 #[tokio::test]

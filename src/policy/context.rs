@@ -1,32 +1,49 @@
 //! Typed requests without Cedar's generic schema-directed parse: for each action the schema declares,
 //! a plan made at load of what its context holds (each attribute's type, whether it is required) and
-//! which principal and resource types it applies to.
+//! which principal and resource types it applies to; for each entity type, what a request-scoped
+//! entity of that type holds (its attributes, its tags, the types its parents may have).
 //!
-//! A request the plan accepts is built by the plan alone and checked once, here: Cedar's path converts
-//! the schema's context type on every request, types the JSON against it and then validates the
-//! result against the schema a second time. Anything the plan does not accept in so many words (a
+//! A request or entity the plan accepts is built by the plan alone and checked once, here: Cedar's
+//! path converts the schema's types on every request, types the JSON against them and then validates
+//! the result against the schema a second time. Anything the plan does not accept in so many words (a
 //! type it does not cover, an escape other than `__extn` calling the type's own constructor with one
-//! string, a missing or extra attribute, a wrong type) goes
+//! string, a missing or extra attribute, a wrong type, a parent type the schema does not allow) goes
 //! to Cedar's path instead, so every refusal keeps Cedar's words. The plan accepts a request only
 //! when Cedar's path would accept it with the same values (tested in `tests` below, type by type).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
-use cedar_policy::{Context, EntityTypeName, EntityUid, Request, Schema};
-use cedar_policy_core::ast::{self, Eid, EntityType, ExtensionFunction, Name};
+use cedar_policy::{Context, Entity, EntityTypeName, EntityUid, Request, Schema};
+use cedar_policy_core::ast::{self, Eid, EntityType, ExtensionFunction, Name, PartialValue};
 use cedar_policy_core::extensions::Extensions;
-use cedar_policy_core::validator::types::{BoolType, EntityKind, OpenTag, Type};
-use cedar_policy_core::validator::{ValidatorEntityTypeKind, ValidatorSchema};
-use serde_json::Value;
+use cedar_policy_core::validator::types::{Attributes, BoolType, EntityKind, OpenTag, Type};
+use cedar_policy_core::validator::{ValidatorEntityType, ValidatorEntityTypeKind, ValidatorSchema};
+use serde_json::{Map, Value};
 
-/// Per action, what a request for it may carry.
+/// Per action, what a request for it may carry; per entity type, what a request-scoped entity holds.
 #[derive(Default)]
-pub(crate) struct RequestPlans(HashMap<EntityUid, ActionPlan>);
+pub(crate) struct RequestPlans {
+    actions: HashMap<EntityUid, ActionPlan>,
+    /// By the type's name as a request writes it.
+    entities: HashMap<String, EntityPlan>,
+}
 
 struct ActionPlan {
     principals: HashSet<EntityTypeName>,
     resources: HashSet<EntityTypeName>,
     context: Record,
+}
+
+/// A standard entity type with closed attributes.
+struct EntityPlan {
+    ty: EntityType,
+    attrs: Record,
+    /// Its tags' type; None when it takes no tags.
+    tags: Option<Shape>,
+    /// The types its parents may have (the schema's `in`, transitively), by name; standard ones only,
+    /// since an enumerated type's ids are checked too.
+    parents: HashMap<String, EntityType>,
 }
 
 /// A record type: attributes by name, with whether each is required.
@@ -52,8 +69,9 @@ impl RequestPlans {
     /// Cedar's path.
     pub(crate) fn build(schema: &Schema, actions: &HashSet<EntityUid>) -> Self {
         let core: &ValidatorSchema = schema.as_ref();
-        let plans = actions.iter().filter_map(|uid| Some((uid.clone(), ActionPlan::build(core, uid)?))).collect();
-        RequestPlans(plans)
+        let actions = actions.iter().filter_map(|uid| Some((uid.clone(), ActionPlan::build(core, uid)?))).collect();
+        let entities = core.entity_types().filter_map(|ty| Some((ty.name().to_string(), EntityPlan::build(core, ty)?)));
+        RequestPlans { actions, entities: entities.collect() }
     }
 
     /// The request, if the plan for `action` accepts it; None sends it to Cedar's path.
@@ -64,12 +82,12 @@ impl RequestPlans {
         resource: &EntityUid,
         context_json: &str,
     ) -> Option<Request> {
-        let plan = self.0.get(action)?;
+        let plan = self.actions.get(action)?;
         if !plan.principals.contains(principal.type_name()) || !plan.resources.contains(resource.type_name()) {
             return None;
         }
         let attrs = if context_json.trim().is_empty() {
-            plan.context.convert(&serde_json::Map::new())?
+            plan.context.convert(&Map::new())?
         } else {
             match crate::json::parse_strict(context_json).ok()? {
                 Value::Object(map) => plan.context.convert(&map)?,
@@ -80,6 +98,55 @@ impl RequestPlans {
         let context = Context::from(ast::Context::Value(attrs));
         // Checked above against the schema; a second validation would repeat it.
         Request::new(principal.clone(), action.clone(), resource.clone(), context, None).ok()
+    }
+
+    /// A request-scoped entity written `{"uid": …, "attrs": {…}, "parents": […]}` (and `"tags"`), with
+    /// the uids its attributes, tags and parents name, if the plan for its type accepts it; None sends
+    /// it to Cedar's path.
+    pub(crate) fn entity(&self, json: &Value) -> Option<(Entity, Vec<EntityUid>)> {
+        let Value::Object(map) = json else { return None };
+        let (Some(Value::Object(uid)), Some(Value::Object(attrs)), Some(Value::Array(parents))) =
+            (map.get("uid"), map.get("attrs"), map.get("parents"))
+        else {
+            return None;
+        };
+        let tags = map.get("tags");
+        if map.len() != 3 + usize::from(tags.is_some()) {
+            return None;
+        }
+        let (ty, id) = type_and_id(uid)?;
+        let plan = self.entities.get(ty)?;
+        let uid = ast::EntityUID::from_components(plan.ty.clone(), Eid::new(id), None);
+        let ast::ValueKind::Record(attrs) = plan.attrs.convert(attrs)?.value else { return None };
+        let tags = match (tags, &plan.tags) {
+            (None, _) => Vec::new(),
+            (Some(Value::Object(tags)), None) if tags.is_empty() => Vec::new(),
+            (Some(Value::Object(tags)), Some(shape)) => {
+                tags.iter().map(|(k, v)| Some((k.into(), shape.convert(v)?.into()))).collect::<Option<_>>()?
+            }
+            _ => return None,
+        };
+        let parents = parents.iter().map(|p| plan.parent(p)).collect::<Option<HashSet<_>>>()?;
+        let mut mentions: Vec<EntityUid> = parents.iter().cloned().map(EntityUid::from).collect();
+        let attrs = Arc::unwrap_or_clone(attrs);
+        let values = attrs.values().chain(tags.iter().filter_map(|(_, v): &(_, PartialValue)| match v {
+            PartialValue::Value(v) => Some(v),
+            PartialValue::Residual(_) => None,
+        }));
+        values.for_each(|v| value_uids(v, &mut mentions));
+        let attrs = attrs.into_iter().map(|(k, v)| (k, PartialValue::Value(v)));
+        let entity = ast::Entity::new_with_attr_partial_value(uid, attrs, HashSet::new(), parents, tags);
+        Some((Entity::from(entity), mentions))
+    }
+}
+
+/// The entity uids in `value`, at any depth.
+fn value_uids(value: &ast::Value, out: &mut Vec<EntityUid>) {
+    match &value.value {
+        ast::ValueKind::Lit(ast::Literal::EntityUID(uid)) => out.push(EntityUid::from(uid.as_ref().clone())),
+        ast::ValueKind::Set(set) => set.authoritative.iter().for_each(|v| value_uids(v, out)),
+        ast::ValueKind::Record(record) => record.values().for_each(|v| value_uids(v, out)),
+        ast::ValueKind::Lit(_) | ast::ValueKind::ExtensionValue(_) => {}
     }
 }
 
@@ -105,6 +172,33 @@ impl ActionPlan {
     }
 }
 
+impl EntityPlan {
+    fn build(schema: &ValidatorSchema, ty: &ValidatorEntityType) -> Option<Self> {
+        let ValidatorEntityTypeKind::Standard(_) = ty.kind else { return None };
+        if ty.open_attributes() != OpenTag::ClosedAttributes {
+            return None;
+        }
+        let attrs = Record::of(schema, ty.attributes())?;
+        let tags = match ty.tag_type() {
+            Some(tags) => Some(Shape::of(schema, tags)?),
+            None => None,
+        };
+        let parents = schema
+            .entity_types()
+            .filter(|parent| parent.descendants.contains(ty.name()) && standard(schema, parent.name()))
+            .map(|parent| (parent.name().to_string(), parent.name().clone()))
+            .collect();
+        Some(EntityPlan { ty: ty.name().clone(), attrs, tags, parents })
+    }
+
+    /// A parent reference, when its type is one this type may be in.
+    fn parent(&self, json: &Value) -> Option<ast::EntityUID> {
+        let Value::Object(map) = json else { return None };
+        let (ty, id) = type_and_id(map)?;
+        Some(ast::EntityUID::from_components(self.parents.get(ty)?.clone(), Eid::new(id), None))
+    }
+}
+
 impl Shape {
     /// The shape of `ty`, or None for what the plan leaves to Cedar: open records, enumerated or
     /// action entity types, untyped sets and entities, unknown extension types.
@@ -119,11 +213,7 @@ impl Shape {
             }
             Type::Set { element_type: Some(element) } => Shape::Set(Box::new(Shape::of(schema, element)?)),
             Type::Record { attrs, open_attributes: OpenTag::ClosedAttributes } => {
-                let mut fields = HashMap::new();
-                for (name, attr) in attrs.iter() {
-                    fields.insert(name.to_string(), (Shape::of(schema, &attr.attr_type)?, attr.is_required));
-                }
-                Shape::Record(Record(fields))
+                Shape::Record(Record::of(schema, attrs)?)
             }
             Type::ExtensionType { name } => {
                 let constructor = match name.to_string().as_str() {
@@ -160,9 +250,16 @@ impl Shape {
 }
 
 impl Record {
+    fn of(schema: &ValidatorSchema, attrs: &Attributes) -> Option<Self> {
+        let fields = attrs
+            .iter()
+            .map(|(name, attr)| Some((name.to_string(), (Shape::of(schema, &attr.attr_type)?, attr.is_required))));
+        Some(Record(fields.collect::<Option<_>>()?))
+    }
+
     /// The record, every attribute converted, every required one present and none undeclared; else
     /// None.
-    fn convert(&self, map: &serde_json::Map<String, Value>) -> Option<ast::Value> {
+    fn convert(&self, map: &Map<String, Value>) -> Option<ast::Value> {
         let present = self.0.iter().filter(|(name, (_, required))| *required || map.contains_key(name.as_str()));
         if present.count() != map.len() {
             return None;
@@ -180,7 +277,7 @@ fn construct(constructor: &ExtensionFunction, arg: &str) -> Option<ast::Value> {
 }
 
 /// The argument of `{"__extn": {"fn": F, "arg": A}}` when F is `name`.
-fn extension_call<'a>(name: &str, map: &'a serde_json::Map<String, Value>) -> Option<&'a str> {
+fn extension_call<'a>(name: &str, map: &'a Map<String, Value>) -> Option<&'a str> {
     let Some(Value::Object(call)) = map.get("__extn").filter(|_| map.len() == 1) else { return None };
     match (call.len(), call.get("fn"), call.get("arg")) {
         (2, Some(Value::String(f)), Some(Value::String(arg))) if f == name => Some(arg),
@@ -189,16 +286,20 @@ fn extension_call<'a>(name: &str, map: &'a serde_json::Map<String, Value>) -> Op
 }
 
 /// `{"type": T, "id": I}` or `{"__entity": {"type": T, "id": I}}` for the expected type `ty`.
-fn entity_ref(ty: &EntityType, name: &str, map: &serde_json::Map<String, Value>) -> Option<ast::EntityUID> {
+fn entity_ref(ty: &EntityType, name: &str, map: &Map<String, Value>) -> Option<ast::EntityUID> {
+    let (named, id) = type_and_id(map)?;
+    (named == name).then(|| ast::EntityUID::from_components(ty.clone(), Eid::new(id), None))
+}
+
+/// The type and id of `{"type": T, "id": I}` or `{"__entity": {"type": T, "id": I}}`.
+fn type_and_id(map: &Map<String, Value>) -> Option<(&str, &str)> {
     let map = match map.get("__entity") {
         Some(Value::Object(inner)) if map.len() == 1 => inner,
         Some(_) => return None,
         None => map,
     };
     match (map.len(), map.get("type"), map.get("id")) {
-        (2, Some(Value::String(named)), Some(Value::String(id))) if named == name => {
-            Some(ast::EntityUID::from_components(ty.clone(), Eid::new(id.as_str()), None))
-        }
+        (2, Some(Value::String(ty)), Some(Value::String(id))) => Some((ty, id)),
         _ => None,
     }
 }
@@ -210,11 +311,18 @@ mod tests {
     use super::*;
 
     const SCHEMA: &str = r#"
-        entity Group;
+        entity Org;
+        entity Group in [Org];
         entity User in [Group] { email?: String };
         entity Doc;
         entity Color enum ["red", "blue"];
+        entity Painted in [Color, Group];
         type Net = { ip: ipaddr, "x-tenant"?: String };
+        entity Asset in [Group] {
+            owner: User, net: Net, labels: Set<String>, level: Long, live: Bool, price?: decimal,
+            meta?: { a: { b?: Set<Long> } },
+        } tags Set<User>;
+        entity Swatch { shade: Color };
         action view appliesTo {
             principal: User, resource: Doc,
             context: {
@@ -326,5 +434,91 @@ mod tests {
             assert_eq!(planned.context(), cedar(&schema, &p, &a, &r, json).unwrap().context());
         }
         assert!(plans.request(&p, &a, &r, r#"{"x": 1}"#).is_none());
+    }
+
+    /// Cedar's own parse of a request-scoped entity, against the schema.
+    fn cedar_entity(schema: &Schema, json: &str) -> Option<Entity> {
+        Entity::from_json_value(serde_json::from_str(json).unwrap(), Some(schema)).ok()
+    }
+
+    /// Accepted by the entity plan as exactly Cedar's entity, naming the uids its JSON names.
+    fn entity_planned_as_cedar(json: &str) {
+        let (schema, plans) = setup();
+        let value: Value = serde_json::from_str(json).unwrap();
+        let (planned, mentions) = plans.entity(&value).unwrap_or_else(|| panic!("the plan refused {json}"));
+        let cedar = cedar_entity(&schema, json).unwrap_or_else(|| panic!("Cedar refused {json}"));
+        assert!(planned.as_ref().deep_eq(cedar.as_ref()), "{json}: {planned} against {cedar}");
+        let mut named = Vec::new();
+        for key in ["attrs", "tags", "parents"] {
+            value.get(key).into_iter().for_each(|v| crate::policy::snapshot::collect_uids(v, &mut named));
+        }
+        let set = |uids: Vec<EntityUid>| uids.into_iter().collect::<HashSet<_>>();
+        assert_eq!(set(mentions), set(named), "{json}");
+    }
+
+    /// Refused by the entity plan, so Cedar's path answers instead: whether Cedar accepts it.
+    fn entity_left_to_cedar(json: &str) -> bool {
+        let (schema, plans) = setup();
+        assert!(plans.entity(&serde_json::from_str(json).unwrap()).is_none(), "the plan accepted {json}");
+        cedar_entity(&schema, json).is_some()
+    }
+
+    const ASSET: &str = r#""owner": {"type": "User", "id": "u"}, "net": {"ip": "10.0.0.1"}, "labels": ["x", "y"],
+        "level": 3, "live": true"#;
+
+    fn asset(attrs: &str, rest: &str) -> String {
+        format!(r#"{{"uid": {{"type": "Asset", "id": "a"}}, "attrs": {{{ASSET}{attrs}}}{rest}}}"#)
+    }
+
+    #[test]
+    fn every_entity_type_converts_as_cedar_converts_it() {
+        entity_planned_as_cedar(&asset("", r#", "parents": []"#));
+        entity_planned_as_cedar(&asset(
+            r#", "price": "1.25", "meta": {"a": {"b": [2, 1]}}"#,
+            r#", "parents": [{"type": "Group", "id": "g"}, {"__entity": {"type": "Group", "id": "h"}}],
+                "tags": {"readers": [{"type": "User", "id": "r"}], "none": []}"#,
+        ));
+        entity_planned_as_cedar(&asset(r#", "meta": {"a": {}}"#, r#", "parents": [], "tags": {}"#));
+        entity_planned_as_cedar(r#"{"uid": {"__entity": {"type": "User", "id": "u"}}, "attrs": {}, "parents": []}"#);
+        entity_planned_as_cedar(
+            r#"{"uid": {"type": "User", "id": "u"}, "attrs": {"email": "u@x"}, "parents": [{"type": "Group", "id": "g"}], "tags": {}}"#,
+        );
+        // The schema's `in` is transitive: a user may be placed straight in an organisation.
+        entity_planned_as_cedar(
+            r#"{"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": [{"type": "Org", "id": "o"}]}"#,
+        );
+        entity_planned_as_cedar(
+            r#"{"uid": {"type": "Group", "id": "g"}, "attrs": {}, "parents": [{"type": "Org", "id": "o"}]}"#,
+        );
+    }
+
+    #[test]
+    fn what_the_entity_plan_does_not_cover_is_left_to_cedar() {
+        let user = |rest: &str| format!(r#"{{"uid": {{"type": "User", "id": "u"}}, "attrs": {{}}{rest}}}"#);
+        // Missing, extra and mistyped attributes, tags and parents: Cedar refuses them in its words.
+        assert!(!entity_left_to_cedar(&asset(r#", "extra": 1"#, r#", "parents": []"#)));
+        assert!(!entity_left_to_cedar(
+            &asset(r#", "level": "3""#, r#", "parents": []"#).replace(r#""level": 3, "#, "")
+        ));
+        assert!(!entity_left_to_cedar(r#"{"uid": {"type": "Asset", "id": "a"}, "attrs": {}, "parents": []}"#));
+        assert!(!entity_left_to_cedar(&asset("", r#", "parents": [], "tags": {"t": ["not a user"]}"#)));
+        assert!(!entity_left_to_cedar(&user(r#", "parents": [], "tags": {"t": "x"}"#)));
+        assert!(!entity_left_to_cedar(&user(r#", "parents": [{"type": "Doc", "id": "d"}]"#)));
+        assert!(!entity_left_to_cedar(&user(r#", "parents": [{"type": "Nope", "id": "d"}]"#)));
+        assert!(!entity_left_to_cedar(r#"{"uid": {"type": "Nope", "id": "n"}, "attrs": {}, "parents": []}"#));
+        assert!(!entity_left_to_cedar(r#"{"uid": {"type": "Color", "id": "green"}, "attrs": {}, "parents": []}"#));
+        // Forms the plan does not write itself: Cedar's path decides them.
+        entity_left_to_cedar(&user(""));
+        entity_left_to_cedar(&user(r#", "parents": [], "extra": 1"#));
+        entity_left_to_cedar(r#"[1]"#);
+        assert!(entity_left_to_cedar(r#"{"uid": {"type": "Color", "id": "red"}, "attrs": {}, "parents": []}"#));
+        let swatch = r#"{"uid": {"type": "Swatch", "id": "s"}, "attrs": {"shade": {"type": "Color", "id": "red"}}, "parents": []}"#;
+        assert!(entity_left_to_cedar(swatch));
+        assert!(entity_left_to_cedar(
+            r#"{"uid": {"type": "Painted", "id": "p"}, "attrs": {}, "parents": [{"type": "Color", "id": "red"}]}"#
+        ));
+        assert!(!entity_left_to_cedar(
+            r#"{"uid": {"type": "Painted", "id": "p"}, "attrs": {}, "parents": [{"type": "Color", "id": "green"}]}"#
+        ));
     }
 }
