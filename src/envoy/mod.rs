@@ -4,6 +4,7 @@
 //! Architecture invariant: a request that matches no route, or that is not HTTP, is denied unless the
 //! mapping says otherwise in so many words; nothing is allowed by accident.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -553,11 +554,11 @@ impl Mapping {
             if route.segments.len() != parts.len() {
                 return None;
             }
-            let mut captured: Vec<(&str, String)> = Vec::new();
+            let mut captured: Vec<(&str, Cow<'_, str>)> = Vec::new();
             for (segment, part) in route.segments.iter().zip(&parts) {
                 let part = percent_decode(part)?;
                 match segment {
-                    Segment::Literal(lit) if *lit == part => {}
+                    Segment::Literal(lit) if *lit == *part => {}
                     Segment::Literal(_) => return None,
                     // A capture is one whole, non-empty segment, and nothing an upstream could read as
                     // another path (`..`, an encoded `/`).
@@ -565,16 +566,13 @@ impl Mapping {
                     Segment::Capture(name) => captured.push((name, part)),
                 }
             }
-            let id: String = route
-                .resource_id
-                .iter()
-                .map(|s| match s {
-                    Segment::Literal(l) => l.clone(),
-                    Segment::Capture(name) => {
-                        captured.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default()
-                    }
-                })
-                .collect();
+            let mut id = String::new();
+            for segment in &route.resource_id {
+                id.push_str(match segment {
+                    Segment::Literal(l) => l,
+                    Segment::Capture(name) => captured.iter().find(|(n, _)| n == name).map_or("", |(_, v)| v),
+                });
+            }
             Some(Matched {
                 route: &route.name,
                 action_type: &route.action_type,
@@ -623,8 +621,12 @@ fn safe_capture(value: &str) -> bool {
     !value.is_empty() && value != "." && value != ".." && !value.contains(['/', '\\', '\0'])
 }
 
-/// Decodes `%XX` escapes; None for a malformed escape or bytes that are not UTF-8.
-pub(crate) fn percent_decode(text: &str) -> Option<String> {
+/// Decodes `%XX` escapes; None for a malformed escape or bytes that are not UTF-8. Text without an
+/// escape (most path segments) is borrowed, not copied.
+pub(crate) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains('%') {
+        return Some(Cow::Borrowed(text));
+    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -638,7 +640,7 @@ pub(crate) fn percent_decode(text: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 #[cfg(test)]

@@ -223,8 +223,11 @@ fn picked_query(mapping: &Mapping, path: &str) -> Result<Pairs<String, String>, 
     let mut picked: Vec<(String, String)> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode =
-            |t: &str| percent_decode(&t.replace('+', " ")).ok_or(format!("query parameter `{k}` does not decode"));
+        let decode = |t: &str| {
+            percent_decode(&t.replace('+', " "))
+                .map(Cow::into_owned)
+                .ok_or(format!("query parameter `{k}` does not decode"))
+        };
         let key = decode(k)?;
         if !mapping.context_query.contains(&key) {
             continue;
@@ -438,7 +441,7 @@ impl ExtAuthzApi {
             // The store cannot answer: an error, which Envoy turns into `status_on_error`.
             Err(e) => return Err(e.into()),
         };
-        let principal_text = outcome.principal.to_string();
+        let principal_text = crate::telemetry::uid_text(&outcome.principal);
         let response = if outcome.allow || route.dry_run {
             if !outcome.allow {
                 metrics::counter!("cedar_pdp_ext_authz_dry_run_denials_total", "route" => route.route.to_string())

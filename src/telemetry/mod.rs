@@ -139,7 +139,7 @@ pub fn record_decision(
 
 /// `Type::"id"` as Cedar writes it; an id with nothing to escape is written without Cedar's escaping
 /// formatter, which was a quarter of a record's cost.
-fn uid_text(uid: &cedar_policy::EntityUid) -> String {
+pub(crate) fn uid_text(uid: &cedar_policy::EntityUid) -> String {
     let id = uid.id().unescaped();
     let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.@:/+=,;!$%&()*<>?[]^`{|}~ #".contains(&b);
     if id.bytes().all(plain) { format!("{}::\"{id}\"", uid.type_name()) } else { uid.to_string() }
