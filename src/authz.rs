@@ -5,8 +5,10 @@
 //! Architecture invariants:
 //! - Nothing here parses, clones or rebuilds what a snapshot already holds: a request without its own
 //!   entities is decided against the stored `Entities` by reference.
-//! - Cedar sees only the policies whose scope matches the request (`policy/scope.rs`); the others
-//!   could neither apply nor error, so answers are unchanged.
+//! - Only the policies whose scope matches the request are evaluated (`policy/scope.rs`); the others
+//!   could neither apply nor error, so answers are unchanged. Each is evaluated by Cedar's evaluator,
+//!   on the expression Cedar's authorizer would build for it, built once at load; the answer follows
+//!   Cedar's rule (`combine`). A condition that leaves a residual goes to Cedar's authorizer whole.
 //! - A request carrying entities is decided on a slice: the request's entities plus every stored
 //!   entity reachable from the principal, action, resource, context, the policies' entity literals and,
 //!   transitively, the attributes and tags of what is included. Stored entities keep their transitive
@@ -17,15 +19,17 @@
 //!   group new parents, or define the owner a stored document names).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cedar_policy::{Context, Entities, Entity, EntityId, EntityUid, Request, RequestValidationError, Response, Schema};
-use cedar_policy_core::ast;
+use cedar_policy_core::ast::{self, Literal, PartialValue, Value, ValueKind};
 use cedar_policy_core::entities::{self, Dereference, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 
 use crate::error::RequestError;
 use crate::policy::ForbidErrors;
-use crate::policy::{Selected, Snapshot, collect_uids};
+use crate::policy::{Condition, Snapshot, collect_uids};
 
 /// An entity uid as a client sent it: type text (possibly namespaced) and id.
 #[derive(Debug, Clone, Copy)]
@@ -158,18 +162,48 @@ pub(crate) struct Verdict {
     pub errors: Vec<PolicyFailure>,
 }
 
-/// Cedar's answer to `request` on `entities`, asking Cedar only about the policies that can apply.
+/// Cedar's answer to `request` on `entities`, evaluating only the policies that can apply.
 pub(crate) fn evaluate(snapshot: &Snapshot, request: &Request, uids: [&EntityUid; 3], entities: &Entities) -> Verdict {
     let [principal, action, resource] = uids;
-    let verdict = match snapshot.policies_for(principal, action, resource, entities) {
-        Selected::Full(set) => verdict(snapshot.authorizer.is_authorized(request, set, entities)),
-        Selected::Sliced(slice) => {
-            let evaluated = (!slice.conditional.is_empty())
-                .then(|| verdict(snapshot.authorizer.is_authorized(request, &slice.conditional, entities)));
-            combine(evaluated, &slice.permits, &slice.forbids)
-        }
+    let slice = snapshot.policies_for(principal, action, resource, entities);
+    let verdict = match satisfied(&slice.conditional, request, entities) {
+        Some(evaluated) => combine(evaluated, &slice.permits, &slice.forbids),
+        // A residual (Cedar's `unknown`): Cedar's authorizer says what that means.
+        None => verdict(snapshot.authorizer.is_authorized(request, &snapshot.policies, entities)),
     };
     if snapshot.forbid_errors == ForbidErrors::Deny { forbid_errors_deny(snapshot, verdict) } else { verdict }
+}
+
+/// What evaluating some policies found, in their order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Satisfied {
+    permits: Vec<String>,
+    forbids: Vec<String>,
+    errors: Vec<PolicyFailure>,
+}
+
+/// Evaluates each condition as Cedar's authorizer does (`Evaluator::partial_evaluate` on the same
+/// expression), or `None` if one is neither a boolean nor an error.
+fn satisfied(conditions: &[Arc<Condition>], request: &Request, entities: &Entities) -> Option<Satisfied> {
+    let mut found = Satisfied::default();
+    if conditions.is_empty() {
+        return Some(found);
+    }
+    let evaluator = Evaluator::new(request.as_ref().clone(), entities.as_ref(), Extensions::all_available());
+    for c in conditions {
+        match evaluator.partial_interpret(&c.expr, &c.slots) {
+            Ok(PartialValue::Value(Value { value: ValueKind::Lit(Literal::Bool(holds)), .. })) => {
+                let ids =
+                    if c.effect == cedar_policy::Effect::Permit { &mut found.permits } else { &mut found.forbids };
+                if holds {
+                    ids.push(c.id.clone());
+                }
+            }
+            Ok(_) => return None,
+            Err(e) => found.errors.push(PolicyFailure { policy_id: c.id.clone(), message: e.to_string() }),
+        }
+    }
+    Some(found)
 }
 
 /// `--forbid-errors deny`: a forbid whose evaluation errored denies, as if its condition held, and
@@ -192,18 +226,15 @@ fn forbid_errors_deny(snapshot: &Snapshot, verdict: Verdict) -> Verdict {
     Verdict { allow: false, determining, errors: verdict.errors }
 }
 
-/// Merges Cedar's answer on the conditional policies with the satisfied unconditional ones, by
-/// Cedar's rule: any satisfied forbid denies and the satisfied forbids are the reasons; otherwise any
-/// satisfied permit allows and the satisfied permits are the reasons; otherwise deny, no reasons.
-/// (Cedar's own reasons are its satisfied forbids on a Deny, its satisfied permits on an Allow.)
-fn combine(evaluated: Option<Verdict>, permits: &[String], forbids: &[String]) -> Verdict {
-    let Verdict { allow, determining, errors } =
-        evaluated.unwrap_or(Verdict { allow: false, determining: Vec::new(), errors: Vec::new() });
-    let (cedar_permits, cedar_forbids) = if allow { (determining, Vec::new()) } else { (Vec::new(), determining) };
-    let (allow, mut determining) = if !forbids.is_empty() || !cedar_forbids.is_empty() {
-        (false, [forbids, &cedar_forbids].concat())
-    } else if !permits.is_empty() || !cedar_permits.is_empty() {
-        (true, [permits, &cedar_permits].concat())
+/// Merges the evaluated policies with the satisfied unconditional ones, by Cedar's rule: any
+/// satisfied forbid denies and the satisfied forbids are the reasons; otherwise any satisfied permit
+/// allows and the satisfied permits are the reasons; otherwise deny, no reasons. Errors are skipped.
+fn combine(evaluated: Satisfied, permits: &[String], forbids: &[String]) -> Verdict {
+    let Satisfied { permits: evaluated_permits, forbids: evaluated_forbids, errors } = evaluated;
+    let (allow, mut determining) = if !forbids.is_empty() || !evaluated_forbids.is_empty() {
+        (false, [forbids, &evaluated_forbids].concat())
+    } else if !permits.is_empty() || !evaluated_permits.is_empty() {
+        (true, [permits, &evaluated_permits].concat())
     } else {
         (false, Vec::new())
     };
@@ -495,10 +526,8 @@ mod tests {
                         let ours = evaluate(&snapshot, &request, [&p, a, &r], &snapshot.entities);
                         assert_eq!(ours, cedar(&snapshot, &request), "{p} {a} {r} {c}");
                         total += 1;
-                        sliced += usize::from(matches!(
-                            snapshot.policies_for(&p, a, &r, &snapshot.entities),
-                            Selected::Sliced(_)
-                        ));
+                        let slice = snapshot.policies_for(&p, a, &r, &snapshot.entities);
+                        sliced += usize::from(slice.len() < snapshot.policies.num_of_policies());
                     }
                 }
             }
@@ -575,6 +604,31 @@ mod tests {
         assert!(!decide(&snapshot, &plain, &Limits::default()).unwrap().allow);
     }
 
+    /// A residual or a non-boolean (neither can come from a parsed policy without Cedar's
+    /// partial-evaluation extension) is not judged here: Cedar's authorizer answers instead.
+    #[test]
+    fn only_boolean_conditions_are_judged_here() {
+        let snapshot = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), ValidationMode::Off).unwrap();
+        let uid = |s: &str| s.parse::<EntityUid>().unwrap();
+        let request = Request::new(
+            uid(r#"User::"bob""#),
+            uid(r#"Action::"view""#),
+            uid(r#"Document::"d""#),
+            Context::empty(),
+            None,
+        )
+        .unwrap();
+        let judged = |expr: ast::Expr| {
+            let condition =
+                Condition { id: "c".into(), effect: cedar_policy::Effect::Permit, expr, slots: Default::default() };
+            satisfied(&[Arc::new(condition)], &request, &snapshot.entities)
+        };
+        assert_eq!(judged(ast::Expr::unknown(ast::Unknown::new_untyped("u"))), None);
+        assert_eq!(judged(ast::Expr::val(1)), None);
+        assert_eq!(judged(ast::Expr::val(true)).map(|s| s.permits), Some(vec!["c".to_owned()]));
+        assert_eq!(judged(ast::Expr::val(false)).map(|s| s.permits), Some(vec![]));
+    }
+
     #[test]
     fn combine_follows_cedars_rule() {
         let v = |allow: bool, ids: &[&str]| Verdict {
@@ -583,12 +637,14 @@ mod tests {
             errors: Vec::new(),
         };
         let s = |ids: &[&str]| ids.iter().map(ToString::to_string).collect::<Vec<_>>();
-        assert_eq!(combine(None, &[], &[]), v(false, &[]));
-        assert_eq!(combine(None, &s(&["p"]), &[]), v(true, &["p"]));
-        assert_eq!(combine(Some(v(true, &["c"])), &s(&["p"]), &[]), v(true, &["c", "p"]));
-        assert_eq!(combine(Some(v(true, &["c"])), &s(&["p"]), &s(&["f"])), v(false, &["f"]));
-        assert_eq!(combine(Some(v(false, &["cf"])), &s(&["p"]), &s(&["f"])), v(false, &["cf", "f"]));
-        assert_eq!(combine(Some(v(false, &[])), &s(&["p"]), &[]), v(true, &["p"]));
-        assert_eq!(combine(Some(v(false, &["cf"])), &s(&["p"]), &[]), v(false, &["cf"]));
+        let e =
+            |permits: &[&str], forbids: &[&str]| Satisfied { permits: s(permits), forbids: s(forbids), errors: vec![] };
+        assert_eq!(combine(e(&[], &[]), &[], &[]), v(false, &[]));
+        assert_eq!(combine(e(&[], &[]), &s(&["p"]), &[]), v(true, &["p"]));
+        assert_eq!(combine(e(&["c"], &[]), &s(&["p"]), &[]), v(true, &["c", "p"]));
+        assert_eq!(combine(e(&["c"], &[]), &s(&["p"]), &s(&["f"])), v(false, &["f"]));
+        assert_eq!(combine(e(&["c"], &["cf"]), &s(&["p"]), &s(&["f"])), v(false, &["cf", "f"]));
+        assert_eq!(combine(e(&["c"], &["cf"]), &s(&["p"]), &[]), v(false, &["cf"]));
+        assert_eq!(combine(e(&["c"], &[]), &[], &[]), v(true, &["c"]));
     }
 }

@@ -28,7 +28,7 @@ pub use scim::ScimMapping;
 /// EntityService write may use them.
 pub const RESERVED_NAMESPACE: &str = "CedarPdp::Scim::";
 pub use load::load_dir;
-pub(crate) use scope::Selected;
+pub(crate) use scope::Condition;
 pub use scope::Targets;
 pub use snapshot::Snapshot;
 pub(crate) use snapshot::collect_uids;

@@ -9,8 +9,12 @@
 //!
 //! A matching policy without `when`/`unless` conditions (a role grant, every link of a scope-only
 //! template) is satisfied by its scope alone and cannot error, so it needs no evaluation at all: it is
-//! reported as satisfied, and only the matching policies with conditions go to Cedar
+//! reported as satisfied, and only the matching policies with conditions are evaluated
 //! (`authz::combine` merges the two as Cedar does).
+//!
+//! Each policy with conditions keeps the one expression Cedar's authorizer evaluates for it (its
+//! scope and conditions joined, with a link's slot values), built here once. Cedar's authorizer
+//! builds that expression again for every policy on every request, and drops it after.
 //!
 //! Candidates come from an index on the principal scope's entity (for `==`, `in` and `is … in`),
 //! looked up with the principal and each of its ancestors; each candidate's whole scope is then
@@ -22,9 +26,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cedar_policy::{
-    ActionConstraint, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint,
+    ActionConstraint, Effect, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
     ResourceConstraint,
 };
+use cedar_policy_core::ast;
 
 /// Slices kept per snapshot, weighed by the policies they hold.
 const MAX_CACHED_POLICY_REFS: u64 = 1 << 18;
@@ -45,13 +50,23 @@ enum Scope {
 }
 
 struct Entry {
-    id: PolicyId,
+    /// The raw id, as Cedar reports it (`Display` would escape it).
+    id: String,
     principal: Scope,
     action: ActionConstraint,
     resource: Scope,
     effect: Effect,
-    /// The effect of a policy without conditions; `None` for a policy with conditions.
-    unconditional: Option<Effect>,
+    /// `None` for a policy without conditions.
+    condition: Option<Arc<Condition>>,
+}
+
+/// A policy as Cedar's authorizer evaluates it: `Policy::condition()` and the link's slot values.
+pub(crate) struct Condition {
+    /// The raw id.
+    pub id: String,
+    pub effect: Effect,
+    pub expr: ast::Expr,
+    pub slots: ast::SlotEnv,
 }
 
 pub(crate) struct ScopeIndex {
@@ -60,17 +75,27 @@ pub(crate) struct ScopeIndex {
     by_principal: HashMap<EntityUid, Vec<u32>>,
     /// Policies whose principal scope names no entity (`principal`, `principal is T`).
     any_principal: Vec<u32>,
-    any_unconditional: bool,
+    /// Every policy, for a request that matches them all.
+    all: Arc<Slice>,
     slices: moka::sync::Cache<Box<[u32]>, Arc<Slice>>,
 }
 
 /// The policies that can apply to one request.
+#[derive(Default)]
 pub(crate) struct Slice {
-    /// Matching policies with conditions: Cedar evaluates these.
-    pub conditional: PolicySet,
+    /// Matching policies with conditions, in the policy set's order: these are evaluated.
+    pub conditional: Vec<Arc<Condition>>,
     /// Ids of the matching policies without conditions, satisfied by their scope alone.
     pub permits: Vec<String>,
     pub forbids: Vec<String>,
+}
+
+#[cfg(test)]
+impl Slice {
+    /// How many policies it holds.
+    pub fn len(&self) -> usize {
+        self.conditional.len() + self.permits.len() + self.forbids.len()
+    }
 }
 
 /// The resources a listing can find allowed (see `ScopeIndex::resource_targets`).
@@ -81,20 +106,13 @@ pub enum Targets {
     Only(Vec<(EntityUid, bool)>),
 }
 
-/// What to evaluate a request against.
-pub(crate) enum Selected<'a> {
-    /// Every policy, all by Cedar.
-    Full(&'a PolicySet),
-    Sliced(Arc<Slice>),
-}
-
 impl ScopeIndex {
     pub fn build(set: &PolicySet) -> Self {
         let mut index = ScopeIndex {
             entries: Vec::new(),
             by_principal: HashMap::new(),
             any_principal: Vec::new(),
-            any_unconditional: false,
+            all: Arc::default(),
             slices: moka::sync::Cache::builder().max_capacity(MAX_CACHED_POLICY_REFS).weigher(weigh).build(),
         };
         for (i, policy) in set.policies().enumerate() {
@@ -119,29 +137,28 @@ impl ScopeIndex {
                 }
                 Scope::Any | Scope::Is(_) => index.any_principal.push(i),
             }
-            let unconditional = is_unconditional(set, policy).then(|| policy.effect());
-            index.any_unconditional |= unconditional.is_some();
-            index.entries.push(Entry {
-                id: policy.id().clone(),
-                principal,
-                action: policy.action_constraint(),
-                resource,
-                effect: policy.effect(),
-                unconditional,
+            let id = AsRef::<str>::as_ref(policy.id()).to_owned();
+            let condition = (!is_unconditional(set, policy)).then(|| {
+                let ast: &ast::Policy = policy.as_ref();
+                let (expr, slots) = (ast.condition(), ast.env().clone());
+                Arc::new(Condition { id: id.clone(), effect: policy.effect(), expr, slots })
             });
+            let action = policy.action_constraint();
+            index.entries.push(Entry { id, principal, action, resource, effect: policy.effect(), condition });
         }
+        let every: Vec<u32> = (0..index.entries.len()).map(|i| u32::try_from(i).unwrap_or(u32::MAX)).collect();
+        index.all = Arc::new(index.slice(&every));
         index
     }
 
-    /// The policies of `full` whose scope matches the request, as Cedar would judge it on `entities`.
-    pub fn select<'a>(
+    /// The policies whose scope matches the request, as Cedar would judge it on `entities`.
+    pub fn select(
         &self,
-        full: &'a PolicySet,
         principal: &EntityUid,
         action: &EntityUid,
         resource: &EntityUid,
         entities: &Entities,
-    ) -> Selected<'a> {
+    ) -> Arc<Slice> {
         let principal_ancestors = ancestors(entities, principal);
         let action_ancestors = ancestors(entities, action);
         let resource_ancestors = ancestors(entities, resource);
@@ -160,18 +177,15 @@ impl ScopeIndex {
                 && action_matches(&e.action, action, &action_ancestors)
                 && scope_matches(&e.resource, resource, &resource_ancestors)
         });
-        if matching.len() == self.entries.len() && !self.any_unconditional {
-            return Selected::Full(full);
+        if matching.len() == self.entries.len() {
+            return self.all.clone();
         }
         if let Some(slice) = self.slices.get(matching.as_slice()) {
-            return Selected::Sliced(slice);
+            return slice;
         }
-        let Some(slice) = self.slice(full, &matching) else {
-            return Selected::Full(full);
-        };
-        let slice = Arc::new(slice);
+        let slice = Arc::new(self.slice(&matching));
         self.slices.insert(matching.into_boxed_slice(), slice.clone());
-        Selected::Sliced(slice)
+        slice
     }
 
     /// Which entities of type `ty` any permit that can apply to `principal` and `action` admits as
@@ -207,34 +221,18 @@ impl ScopeIndex {
         Targets::Only(only)
     }
 
-    /// The given policies of `full`: those with conditions in a set (links re-linked from their
-    /// templates), those without by id and effect.
-    fn slice(&self, full: &PolicySet, members: &[u32]) -> Option<Slice> {
-        let mut conditional = PolicySet::new();
-        let (mut permits, mut forbids) = (Vec::new(), Vec::new());
+    /// The given policies: those with conditions by their condition, those without by id and effect.
+    fn slice(&self, members: &[u32]) -> Slice {
+        let mut slice = Slice::default();
         for &i in members {
             let entry = &self.entries[i as usize];
-            match entry.unconditional {
-                // The raw id, as Cedar reports it (`Display` would escape it).
-                Some(Effect::Permit) => permits.push(AsRef::<str>::as_ref(&entry.id).to_owned()),
-                Some(Effect::Forbid) => forbids.push(AsRef::<str>::as_ref(&entry.id).to_owned()),
-                None => add_policy(&mut conditional, full, &entry.id)?,
+            match (&entry.condition, entry.effect) {
+                (Some(condition), _) => slice.conditional.push(condition.clone()),
+                (None, Effect::Permit) => slice.permits.push(entry.id.clone()),
+                (None, Effect::Forbid) => slice.forbids.push(entry.id.clone()),
             }
         }
-        Some(Slice { conditional, permits, forbids })
-    }
-}
-
-fn add_policy(set: &mut PolicySet, full: &PolicySet, id: &PolicyId) -> Option<()> {
-    let policy = full.policy(id)?;
-    match policy.template_id() {
-        None => set.add(policy.clone()).ok(),
-        Some(template_id) => {
-            if set.template(template_id).is_none() {
-                set.add_template(full.template(template_id)?.clone()).ok()?;
-            }
-            set.link(template_id.clone(), id.clone(), policy.template_links()?).ok()
-        }
+        slice
     }
 }
 

@@ -12,7 +12,7 @@ use cedar_policy::{Authorizer, Entities, EntityId, EntityTypeName, EntityUid, Po
 
 use super::ValidationMode;
 use super::context::RequestPlans;
-use super::scope::{ScopeIndex, Selected, Targets};
+use super::scope::{ScopeIndex, Slice, Targets};
 
 /// What one policy file contributed to a snapshot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -143,8 +143,8 @@ impl Snapshot {
         action: &EntityUid,
         resource: &EntityUid,
         entities: &Entities,
-    ) -> Selected<'_> {
-        self.scope.select(&self.policies, principal, action, resource, entities)
+    ) -> std::sync::Arc<Slice> {
+        self.scope.select(principal, action, resource, entities)
     }
 
     /// What the permits that can apply to `principal` and `action` admit as resources of `ty`.
