@@ -556,6 +556,8 @@ mod tests {
             @id("conditional-forbid") forbid (principal, action, resource) when { resource has locked && resource.locked };
             @id("conditional-permit") permit (principal, action, resource) when { resource has open && resource.open };
             @id("per-user") permit (principal == ?principal, action, resource == ?resource);
+            @id("non-boolean") permit (principal, action, resource) when { resource.missing };
+            @id("conditional-link") permit (principal == ?principal, action, resource) when { resource has open };
             @id("say \"hi\" \\ to bob") permit (principal == User::"bob", action == Action::"view", resource);
             "#,
         )
@@ -563,7 +565,8 @@ mod tests {
         std::fs::write(
             dir.path().join("links.json"),
             r#"[{"template_id": "per-user", "link_id": "bob-d1", "args": {"?principal": "User::\"bob\"", "?resource": "Document::\"d1\""}},
-                {"template_id": "per-user", "link_id": "banned-d2", "args": {"?principal": "User::\"banned\"", "?resource": "Document::\"d2\""}}]"#,
+                {"template_id": "per-user", "link_id": "banned-d2", "args": {"?principal": "User::\"banned\"", "?resource": "Document::\"d2\""}},
+                {"template_id": "conditional-link", "link_id": "alice-open", "args": {"?principal": "User::\"alice\""}}]"#,
         )
         .unwrap();
         std::fs::write(

@@ -12,9 +12,11 @@
 //! reported as satisfied, and only the matching policies with conditions are evaluated
 //! (`authz::combine` merges the two as Cedar does).
 //!
-//! Each policy with conditions keeps the one expression Cedar's authorizer evaluates for it (its
-//! scope and conditions joined, with a link's slot values), built here once. Cedar's authorizer
-//! builds that expression again for every policy on every request, and drops it after.
+//! Each policy with conditions keeps the expression to evaluate for it, built here once (Cedar's
+//! authorizer builds `scope && conditions` again for every policy on every request, and drops it).
+//! Its scope has already been matched, by the same rules on the same entities, so the expression is
+//! `true && conditions`: the same value, the same type error for a non-boolean condition, the same
+//! error at the same source location as Cedar's, without testing the scope a second time.
 //!
 //! Candidates come from an index on the principal scope's entity (for `==`, `in` and `is … in`),
 //! looked up with the principal and each of its ancestors; each candidate's whole scope is then
@@ -60,7 +62,7 @@ struct Entry {
     condition: Option<Arc<Condition>>,
 }
 
-/// A policy as Cedar's authorizer evaluates it: `Policy::condition()` and the link's slot values.
+/// What remains to evaluate of a policy whose scope matched, and the link's slot values.
 pub(crate) struct Condition {
     /// The raw id.
     pub id: String,
@@ -140,8 +142,13 @@ impl ScopeIndex {
             let id = AsRef::<str>::as_ref(policy.id()).to_owned();
             let condition = (!is_unconditional(set, policy)).then(|| {
                 let ast: &ast::Policy = policy.as_ref();
-                let (expr, slots) = (ast.condition(), ast.env().clone());
-                Arc::new(Condition { id: id.clone(), effect: policy.effect(), expr, slots })
+                let expr = match ast.non_scope_constraints() {
+                    // As the innermost `&&` of `Policy::condition()`, with the scope's part true.
+                    Some(conditions) => ast::Expr::and(ast::Expr::val(true), conditions.clone())
+                        .with_maybe_source_loc(ast.loc().cloned()),
+                    None => ast.condition(),
+                };
+                Arc::new(Condition { id: id.clone(), effect: policy.effect(), expr, slots: ast.env().clone() })
             });
             let action = policy.action_constraint();
             index.entries.push(Entry { id, principal, action, resource, effect: policy.effect(), condition });
