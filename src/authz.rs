@@ -6,9 +6,10 @@
 //! - Nothing here parses, clones or rebuilds what a snapshot already holds: a request without its own
 //!   entities is decided against the stored `Entities` by reference.
 //! - Only the policies whose scope matches the request are evaluated (`policy/scope.rs`); the others
-//!   could neither apply nor error, so answers are unchanged. Each is evaluated by Cedar's evaluator,
-//!   on the expression Cedar's authorizer would build for it, built once at load; the answer follows
-//!   Cedar's rule (`combine`). A condition that leaves a residual goes to Cedar's authorizer whole.
+//!   could neither apply nor error, so answers are unchanged. Each is evaluated by Cedar's evaluator
+//!   on what remains of Cedar's condition once its scope has matched (`true && conditions`, built at
+//!   load); the answer follows Cedar's rule (`combine`). Should an evaluation give a residual, the
+//!   whole request goes to Cedar's authorizer on the whole policy set instead.
 //! - A request carrying entities is decided on a slice: the request's entities plus every stored
 //!   entity reachable from the principal, action, resource, context, the policies' entity literals and,
 //!   transitively, the attributes and tags of what is included. Stored entities keep their transitive
@@ -182,8 +183,9 @@ struct Satisfied {
     errors: Vec<PolicyFailure>,
 }
 
-/// Evaluates each condition as Cedar's authorizer does (`Evaluator::partial_evaluate` on the same
-/// expression), or `None` if one is neither a boolean nor an error.
+/// Evaluates each condition with Cedar's evaluator (`partial_interpret`; the `&&` the expression
+/// starts with checks for a boolean, as in Cedar's whole condition), or `None` if one gives anything
+/// but a boolean or an error: a residual, which only Cedar's `unknown` extension makes.
 fn satisfied(conditions: &[Arc<Condition>], request: &Request, entities: &Entities) -> Option<Satisfied> {
     let mut found = Satisfied::default();
     if conditions.is_empty() {
@@ -402,19 +404,21 @@ fn first_in_cycle(parents: &HashMap<EntityUid, Vec<EntityUid>>) -> Option<&Entit
 
 /// The request's entities plus the file entities the evaluation can reach (see the module docs).
 fn file_slice(snapshot: &Snapshot, prepared: &Prepared, input: &CheckInput<'_>) -> Result<Entities, RequestError> {
-    let mut pending: Vec<EntityUid> = prepared.uids.to_vec();
-    pending.extend(snapshot.index.policy_literals.iter().cloned());
-    context_uids(input, &mut pending);
-    pending.extend(prepared.own_mentions.iter().cloned());
-    let mut seen: HashSet<EntityUid> = prepared.own.iter().map(|(_, e)| e.uid()).collect();
+    // Borrowed uids: the walk clones no uid, only the stored entities it includes.
+    let mut in_context = Vec::new();
+    context_uids(input, &mut in_context);
+    let own: Vec<EntityUid> = prepared.own.iter().map(|(_, e)| e.uid()).collect();
+    let mut pending: Vec<&EntityUid> = prepared.uids.iter().collect();
+    pending.extend(snapshot.index.policy_literals.iter().chain(&in_context).chain(&prepared.own_mentions));
+    let mut seen: HashSet<&EntityUid> = own.iter().collect();
     let mut slice: Vec<ast::Entity> = with_ancestors(&snapshot.entities, &prepared.own);
     while let Some(uid) = pending.pop() {
-        if !seen.insert(uid.clone()) {
+        if !seen.insert(uid) {
             continue;
         }
-        if let Some(entity) = snapshot.entities.get(&uid) {
-            if let Some(refs) = snapshot.index.refs.get(&uid) {
-                pending.extend(refs.iter().cloned());
+        if let Some(entity) = snapshot.entities.get(uid) {
+            if let Some(refs) = snapshot.index.refs.get(uid) {
+                pending.extend(refs.iter());
             }
             slice.push(entity.as_ref().clone());
         }
@@ -510,8 +514,9 @@ mod tests {
         out
     }
 
-    /// Slicing and the unconditional shortcut answer exactly as Cedar on the whole set does, for every
-    /// principal × action × resource of `dir`.
+    /// Slicing, the unconditional shortcut and the conditions kept at load answer exactly as Cedar's
+    /// authorizer on the whole set does (decision, reasons, each error's policy, message and order),
+    /// for every principal × action × resource of `dir`.
     fn assert_exact(dir: &Path, contexts: &[&str]) -> (usize, usize) {
         let snapshot = load_dir(dir, ValidationMode::Off).unwrap();
         let (mut sliced, mut total) = (0, 0);
@@ -558,6 +563,8 @@ mod tests {
             @id("per-user") permit (principal == ?principal, action, resource == ?resource);
             @id("non-boolean") permit (principal, action, resource) when { resource.missing };
             @id("conditional-link") permit (principal == ?principal, action, resource) when { resource has open };
+            @id("typed-scope") forbid (principal is User, action in [Action::"edit", Action::"view"], resource is Document in Folder::"frozen") when { true };
+            @id("both-clauses") permit (principal in ?principal, action == Action::"view", resource == ?resource) when { resource.missing == 2 } unless { principal has missing };
             @id("say \"hi\" \\ to bob") permit (principal == User::"bob", action == Action::"view", resource);
             "#,
         )
@@ -566,7 +573,9 @@ mod tests {
             dir.path().join("links.json"),
             r#"[{"template_id": "per-user", "link_id": "bob-d1", "args": {"?principal": "User::\"bob\"", "?resource": "Document::\"d1\""}},
                 {"template_id": "per-user", "link_id": "banned-d2", "args": {"?principal": "User::\"banned\"", "?resource": "Document::\"d2\""}},
-                {"template_id": "conditional-link", "link_id": "alice-open", "args": {"?principal": "User::\"alice\""}}]"#,
+                {"template_id": "conditional-link", "link_id": "alice-open", "args": {"?principal": "User::\"alice\""}},
+                {"template_id": "both-clauses", "link_id": "g-d3", "args": {"?principal": "Group::\"g\"", "?resource": "Document::\"d3\""}},
+                {"template_id": "both-clauses", "link_id": "bob-d1-both", "args": {"?principal": "User::\"bob\"", "?resource": "Document::\"d1\""}}]"#,
         )
         .unwrap();
         std::fs::write(
@@ -584,7 +593,7 @@ mod tests {
         )
         .unwrap();
         let (sliced, total) = assert_exact(dir.path(), &["{}"]);
-        assert_eq!(sliced, total, "every request here has unconditional policies to shortcut");
+        assert_eq!(sliced, total, "every request here leaves some policy out by its scope");
     }
 
     #[test]
@@ -607,8 +616,8 @@ mod tests {
         assert!(!decide(&snapshot, &plain, &Limits::default()).unwrap().allow);
     }
 
-    /// A residual or a non-boolean (neither can come from a parsed policy without Cedar's
-    /// partial-evaluation extension) is not judged here: Cedar's authorizer answers instead.
+    /// A residual (only Cedar's `unknown`, not in this build, makes one) or a bare non-boolean (a
+    /// loaded condition starts with `&&`, which turns one into a type error) is not judged here.
     #[test]
     fn only_boolean_conditions_are_judged_here() {
         let snapshot = load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), ValidationMode::Off).unwrap();

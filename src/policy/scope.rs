@@ -16,7 +16,8 @@
 //! authorizer builds `scope && conditions` again for every policy on every request, and drops it).
 //! Its scope has already been matched, by the same rules on the same entities, so the expression is
 //! `true && conditions`: the same value, the same type error for a non-boolean condition, the same
-//! error at the same source location as Cedar's, without testing the scope a second time.
+//! error at the same source location as Cedar's, without testing the scope a second time. (A policy
+//! whose conditions Cedar does not expose keeps Cedar's whole condition.)
 //!
 //! Candidates come from an index on the principal scope's entity (for `==`, `in` and `is … in`),
 //! looked up with the principal and each of its ancestors; each candidate's whole scope is then
