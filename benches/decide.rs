@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_pdp::authz::{CheckInput, Limits, UidRef, decide, prepare};
+use cedar_pdp::authz::{CheckInput, ContextIn, Limits, UidRef, decide, prepare};
 use cedar_pdp::config::ValidationMode;
 use cedar_pdp::policy::{Snapshot, load_dir};
 use cedar_policy::{Authorizer, Context, EntityUid, Request};
@@ -58,7 +58,7 @@ fn input<'a>(
         principal: Some(UidRef { ty: "User", id: principal }),
         action: Some(UidRef { ty: "Action", id: action }),
         resource: Some(UidRef { ty: "Document", id: resource }),
-        context_json: context,
+        context: ContextIn::Json(context),
         entities_json: entities,
     }
 }
@@ -113,7 +113,8 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cedar_typed_context_for_comparison", |b| {
         b.iter(|| {
             let schema = snapshot.schema.as_ref().unwrap();
-            let context = Context::from_json_str(black_box(with_context.context_json), Some((schema, &view))).unwrap();
+            let context =
+                Context::from_json_str(black_box(with_context.context.text().as_ref()), Some((schema, &view))).unwrap();
             let [p, a, r] = uids.clone();
             black_box(Request::new(p, a, r, context, Some(schema)).unwrap())
         })

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cedar_pdp::authz::{CheckInput, UidRef, decide};
+use cedar_pdp::authz::{CheckInput, ContextIn, UidRef, decide};
 use cedar_pdp::config::ValidationMode;
 use cedar_pdp::policy::load_dir;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -15,7 +15,7 @@ fn bench(c: &mut Criterion) {
         principal: Some(UidRef { ty: "User", id: "bob" }),
         action: Some(UidRef { ty: "Action", id: "view" }),
         resource: Some(UidRef { ty: "Document", id: "design-doc" }),
-        context_json: "",
+        context: ContextIn::EMPTY,
         entities_json: "",
     };
     let outcome = decide(&snapshot, &input, &cedar_pdp::authz::Limits::default()).unwrap();

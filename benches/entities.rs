@@ -19,7 +19,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cedar_pdp::authz::{CheckInput, Limits, UidRef};
+use cedar_pdp::authz::{CheckInput, ContextIn, Limits, UidRef};
 use cedar_pdp::config::ValidationMode;
 use cedar_pdp::entities::{self, Change, EntityStore, StoreConfig, StoreKind};
 use cedar_pdp::policy::{Snapshot, load_dir};
@@ -119,7 +119,7 @@ const INPUT: CheckInput<'static> = CheckInput {
     principal: Some(UidRef { ty: "User", id: "u8" }),
     action: Some(UidRef { ty: "Action", id: "view" }),
     resource: Some(UidRef { ty: "Document", id: "d3" }),
-    context_json: "",
+    context: ContextIn::EMPTY,
     entities_json: "",
 };
 

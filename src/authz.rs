@@ -19,6 +19,7 @@
 //!   user), nor anything the store or the policies refer to (it cannot give a stored user's undefined
 //!   group new parents, or define the owner a stored document names).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -45,10 +46,51 @@ pub struct CheckInput<'a> {
     pub principal: Option<UidRef<'a>>,
     pub action: Option<UidRef<'a>>,
     pub resource: Option<UidRef<'a>>,
-    /// Cedar context JSON; empty means `{}`.
-    pub context_json: &'a str,
+    /// The Cedar context.
+    pub context: ContextIn<'a>,
     /// Cedar entity JSON array; empty means none.
     pub entities_json: &'a str,
+}
+
+/// A check's Cedar context as its front door has it.
+#[derive(Debug, Clone, Copy)]
+pub enum ContextIn<'a> {
+    /// JSON text (gRPC, the CLI); empty means `{}`.
+    Json(&'a str),
+    /// A JSON value the front door built or already parsed (ext_authz's mapping, AuthZEN's body): it
+    /// is not written out as text to be parsed again.
+    Value(&'a serde_json::Value),
+}
+
+impl<'a> ContextIn<'a> {
+    pub const EMPTY: ContextIn<'static> = ContextIn::Json("");
+
+    /// As JSON text, for what keeps the request (a replayable log record, the shadow queue).
+    pub fn text(&self) -> Cow<'a, str> {
+        match self {
+            ContextIn::Json(text) => Cow::Borrowed(text),
+            ContextIn::Value(value) => Cow::Owned(value.to_string()),
+        }
+    }
+
+    /// The value, parsed once for the whole decision; None for an empty context. A text that is not
+    /// strict JSON is refused in the words of Cedar's parser, as it always was.
+    fn parsed(
+        &self,
+        snapshot: &Snapshot,
+        action: &EntityUid,
+    ) -> Result<Option<Cow<'a, serde_json::Value>>, RequestError> {
+        match self {
+            ContextIn::Json(text) if text.trim().is_empty() => Ok(None),
+            ContextIn::Json(text) => match crate::json::parse_strict(text) {
+                Ok(value) => Ok(Some(Cow::Owned(value))),
+                Err(e) => Err(parse_context(snapshot, text, action)
+                    .err()
+                    .unwrap_or_else(|| RequestError::invalid("context_json", e))),
+            },
+            ContextIn::Value(value) => Ok(Some(Cow::Borrowed(value))),
+        }
+    }
 }
 
 /// Bounds on what one check may ask of the server.
@@ -93,7 +135,7 @@ pub fn decide(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> R
     if prepared.own.is_empty() {
         return Ok(decide_on(snapshot, prepared, &snapshot.entities));
     }
-    let slice = file_slice(snapshot, &prepared, input)?;
+    let slice = file_slice(snapshot, &prepared)?;
     Ok(decide_on(snapshot, prepared, &slice))
 }
 
@@ -105,6 +147,8 @@ pub struct Prepared {
     pub(crate) own: Vec<(usize, Entity)>,
     /// Uids the request-scoped entities' attributes, tags and parents mention.
     pub(crate) own_mentions: Vec<EntityUid>,
+    /// Uids the context mentions: entities the evaluation may dereference.
+    pub(crate) context_uids: Vec<EntityUid>,
 }
 
 impl Prepared {
@@ -123,17 +167,22 @@ pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> 
     if schema.is_some() && !snapshot.index.schema_actions.contains(&action) {
         return Err(RequestError::schema("action", format!("`{action}` is not an action the schema declares")));
     }
-    let planned = schema.and_then(|_| snapshot.plans.request(&principal, &action, &resource, input.context_json));
+    let context = input.context.parsed(snapshot, &action)?;
+    let planned = schema.and_then(|_| snapshot.plans.request(&principal, &action, &resource, context.as_deref()));
+    let mut context_uids = Vec::new();
+    if let Some(value) = &context {
+        collect_uids(value, &mut context_uids);
+    }
     let request = match planned {
         Some(request) => request,
         None => {
-            let context = parse_context(snapshot, input.context_json, &action)?;
+            let context = cedar_context(snapshot, context, &action)?;
             Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
                 .map_err(|e| RequestError::schema(rejected_field(&e), &e))?
         }
     };
     let (own, own_mentions) = request_entities(snapshot, input, limits)?;
-    Ok(Prepared { request, uids: [principal, action, resource], own, own_mentions })
+    Ok(Prepared { request, uids: [principal, action, resource], own, own_mentions, context_uids })
 }
 
 /// Decides a prepared check on `entities`, which must hold everything the evaluation can reach.
@@ -142,16 +191,6 @@ pub fn decide_on(snapshot: &Snapshot, prepared: Prepared, entities: &Entities) -
     let Verdict { allow, determining, errors } =
         evaluate(snapshot, &prepared.request, [&principal, &action, &resource], entities);
     Outcome { allow, determining, errors, principal, action, resource }
-}
-
-/// The uids a check's context mentions: entities the evaluation may dereference.
-pub(crate) fn context_uids(input: &CheckInput<'_>, out: &mut Vec<EntityUid>) {
-    if input.context_json.trim().is_empty() {
-        return;
-    }
-    if let Ok(context) = serde_json::from_str::<serde_json::Value>(input.context_json) {
-        collect_uids(&context, out);
-    }
 }
 
 /// Cedar's answer in the API's terms.
@@ -256,16 +295,28 @@ pub fn parse_uid(snapshot: &Snapshot, uid: Option<UidRef<'_>>, field: &str) -> R
     Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(uid.id)))
 }
 
-/// Parses the context with the schema when the schema declares the action, so schema-typed values
+/// The schema's context type for `action`, when the schema declares the action: schema-typed values
 /// (an `ipaddr` given as a plain string) convert as Cedar allows.
+fn context_schema<'s>(snapshot: &'s Snapshot, action: &'s EntityUid) -> Option<(&'s Schema, &'s EntityUid)> {
+    snapshot.schema.as_ref().filter(|_| snapshot.index.schema_actions.contains(action)).map(|s| (s, action))
+}
+
+/// Cedar's own parse of a context the plan did not take.
+fn cedar_context(
+    snapshot: &Snapshot,
+    value: Option<Cow<'_, serde_json::Value>>,
+    action: &EntityUid,
+) -> Result<Context, RequestError> {
+    let Some(value) = value else { return Ok(Context::empty()) };
+    Context::from_json_value(value.into_owned(), context_schema(snapshot, action))
+        .map_err(|e| RequestError::invalid("context_json", &e))
+}
+
+/// Cedar's parse of context text, for the words of its refusal.
 fn parse_context(snapshot: &Snapshot, json: &str, action: &EntityUid) -> Result<Context, RequestError> {
-    if json.trim().is_empty() {
-        return Ok(Context::empty());
-    }
-    let schema: Option<(&Schema, &EntityUid)> =
-        snapshot.schema.as_ref().filter(|_| snapshot.index.schema_actions.contains(action)).map(|s| (s, action));
     crate::json::refuse_duplicate_keys(json).map_err(|e| RequestError::invalid("context_json", e))?;
-    Context::from_json_str(json, schema).map_err(|e| RequestError::invalid("context_json", &e))
+    Context::from_json_str(json, context_schema(snapshot, action))
+        .map_err(|e| RequestError::invalid("context_json", &e))
 }
 
 fn rejected_field(err: &RequestValidationError) -> &'static str {
@@ -403,13 +454,11 @@ fn first_in_cycle(parents: &HashMap<EntityUid, Vec<EntityUid>>) -> Option<&Entit
 }
 
 /// The request's entities plus the file entities the evaluation can reach (see the module docs).
-fn file_slice(snapshot: &Snapshot, prepared: &Prepared, input: &CheckInput<'_>) -> Result<Entities, RequestError> {
+fn file_slice(snapshot: &Snapshot, prepared: &Prepared) -> Result<Entities, RequestError> {
     // Borrowed uids: the walk clones no uid, only the stored entities it includes.
-    let mut in_context = Vec::new();
-    context_uids(input, &mut in_context);
     let own: Vec<EntityUid> = prepared.own.iter().map(|(_, e)| e.uid()).collect();
     let mut pending: Vec<&EntityUid> = prepared.uids.iter().collect();
-    pending.extend(snapshot.index.policy_literals.iter().chain(&in_context).chain(&prepared.own_mentions));
+    pending.extend(snapshot.index.policy_literals.iter().chain(&prepared.context_uids).chain(&prepared.own_mentions));
     let mut seen: HashSet<&EntityUid> = own.iter().collect();
     let mut slice: Vec<ast::Entity> = with_ancestors(&snapshot.entities, &prepared.own);
     while let Some(uid) = pending.pop() {
@@ -606,7 +655,7 @@ mod tests {
             principal: Some(UidRef { ty: "User", id: "u" }),
             action: Some(UidRef { ty: "Action", id: "delete" }),
             resource: Some(UidRef { ty: "Doc", id: "d" }),
-            context_json: "",
+            context: ContextIn::EMPTY,
             entities_json: r#"[{"uid": {"type": "Action", "id": "delete"}, "attrs": {}, "parents": [{"type": "Action", "id": "read"}]}]"#,
         };
         let err = decide(&snapshot, &input, &Limits::default()).unwrap_err();
@@ -614,6 +663,62 @@ mod tests {
         // Without the entity, `delete` is not in `read`: denied.
         let plain = CheckInput { entities_json: "", ..input };
         assert!(!decide(&snapshot, &plain, &Limits::default()).unwrap().allow);
+    }
+
+    /// A context handed over as a value decides, and is refused, exactly as its text does.
+    #[test]
+    fn a_context_value_decides_as_its_text() {
+        let snapshot =
+            load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"), ValidationMode::Strict).unwrap();
+        let contexts = [
+            "{}",
+            r#"{"mfa": true}"#,
+            r#"{"mfa": true, "source_ip": "10.1.2.3"}"#,
+            r#"{"mfa": true, "source_ip": {"__extn": {"fn": "ip", "arg": "192.168.0.1"}}}"#,
+            r#"{"mfa": 1}"#,
+            r#"{"extra": true}"#,
+            "[1]",
+            r#""text""#,
+        ];
+        for (principal, action) in [("alice", "view"), ("bob", "edit"), ("carol", "delete")] {
+            for text in contexts {
+                let value: serde_json::Value = serde_json::from_str(text).unwrap();
+                let input = |context| CheckInput {
+                    principal: Some(UidRef { ty: "User", id: principal }),
+                    action: Some(UidRef { ty: "Action", id: action }),
+                    resource: Some(UidRef { ty: "Document", id: "design-doc" }),
+                    context,
+                    entities_json: "",
+                };
+                let as_text = decide(&snapshot, &input(ContextIn::Json(text)), &Limits::default());
+                let as_value = decide(&snapshot, &input(ContextIn::Value(&value)), &Limits::default());
+                assert_eq!(format!("{as_text:?}"), format!("{as_value:?}"), "{principal} {action} {text}");
+            }
+        }
+    }
+
+    /// The entities a context value names reach the slice a request with its own entities is decided on.
+    #[test]
+    fn entities_a_context_value_names_are_in_the_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("p.cedar"),
+            "permit (principal, action, resource) when { context.owner.level > 3 };",
+        )
+        .unwrap();
+        let stored = r#"[{"uid": {"type": "User", "id": "alice"}, "attrs": {"level": 5}, "parents": []}]"#;
+        std::fs::write(dir.path().join("entities.json"), stored).unwrap();
+        let snapshot = load_dir(dir.path(), ValidationMode::Off).unwrap();
+        let value = serde_json::json!({"owner": {"__entity": {"type": "User", "id": "alice"}}});
+        let input = CheckInput {
+            principal: Some(UidRef { ty: "User", id: "bob" }),
+            action: Some(UidRef { ty: "Action", id: "view" }),
+            resource: Some(UidRef { ty: "Doc", id: "new" }),
+            context: ContextIn::Value(&value),
+            entities_json: r#"[{"uid": {"type": "Doc", "id": "new"}, "attrs": {}, "parents": []}]"#,
+        };
+        let outcome = decide(&snapshot, &input, &Limits::default()).unwrap();
+        assert!(outcome.allow && outcome.errors.is_empty(), "{outcome:?}");
     }
 
     /// A residual (only Cedar's `unknown`, not in this build, makes one) or a bare non-boolean (a

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
 use super::CliError;
-use crate::authz::{self, CheckInput, Limits, UidRef};
+use crate::authz::{self, CheckInput, ContextIn, Limits, UidRef};
 use crate::config::{FailOn, ReplayArgs};
 use crate::grpc::pb;
 use crate::policy::Snapshot;
@@ -148,7 +148,7 @@ fn replay_line(snapshot: &Snapshot, entities: &Entities, line: &str, summary: &m
         principal: Some(refs[0]),
         action: Some(refs[1]),
         resource: Some(refs[2]),
-        context_json: context.as_str().unwrap_or_default(),
+        context: ContextIn::Json(context.as_str().unwrap_or_default()),
         entities_json: record["request_entities"].as_str().unwrap_or_default(),
     };
     // The server's own request-entity limit already applied when it decided.

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{CliError, emit};
-use crate::authz::{self, CheckInput, Limits, UidRef};
+use crate::authz::{self, CheckInput, ContextIn, Limits, UidRef};
 use crate::config::{TestArgs, TestFormat};
 use crate::policy::Snapshot;
 
@@ -194,12 +194,11 @@ fn check(
         }
     }
     let refs: Vec<UidRef<'_>> = parts.iter().map(|(ty, id)| UidRef { ty, id }).collect();
-    let context = if context.is_null() { String::new() } else { context.to_string() };
     let input = CheckInput {
         principal: Some(refs[0]),
         action: Some(refs[1]),
         resource: Some(refs[2]),
-        context_json: &context,
+        context: if context.is_null() { ContextIn::EMPTY } else { ContextIn::Value(context) },
         entities_json: "",
     };
     let outcome = match authz::prepare(snapshot, &input, &Limits::default()) {

@@ -351,7 +351,7 @@ async fn probe(
     match query.varying {
         Varying::Principal => Ok(Targets::Any),
         Varying::Resource => {
-            let slice = entities::slice_for(store, snapshot, &prepared, &input, query.min_revision).await?;
+            let slice = entities::slice_for(store, snapshot, &prepared, query.min_revision).await?;
             Ok(snapshot.resource_targets(&prepared.uids[0], &prepared.uids[1], ty, &slice))
         }
     }

@@ -87,8 +87,9 @@ impl Decisions {
         let started = Instant::now();
         let outcome = entities::decide(&self.entities, snapshot, input, &self.limits, min_revision).await?;
         let decision_id = uuid::Uuid::now_v7().to_string();
-        let replay = self.log_requests.then(|| telemetry::Replayable {
-            context: input.context_json,
+        let context = self.log_requests.then(|| input.context.text());
+        let replay = context.as_deref().map(|context| telemetry::Replayable {
+            context,
             entities: input.entities_json,
             min_revision,
             entity_revision: self.entities.seen_revision(),

@@ -58,7 +58,7 @@ pub(super) async fn plan(
     let probe = CheckInput { resource: Some(UidRef { ty: &ty_text, id: "" }), ..*input };
     let prepared = authz::prepare(snapshot, &probe, limits)
         .map_err(|e| e.renamed(|f| if f.starts_with("resource") { "resource_type".into() } else { f.to_string() }))?;
-    let slice = entities::slice_for(store, snapshot, &prepared, &probe, min_revision).await?;
+    let slice = entities::slice_for(store, snapshot, &prepared, min_revision).await?;
     let [principal, action, _] = prepared.uids.clone();
     // Partial evaluation takes an entity it does not have as unknown, where Check takes it as absent:
     // a plan about a principal nobody holds would leave conditions on it that the caller cannot

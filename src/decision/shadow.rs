@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::authz::{CheckInput, Limits, Outcome, UidRef};
+use crate::authz::{CheckInput, ContextIn, Limits, Outcome, UidRef};
 use crate::entities::{self, EntityStore};
 use crate::policy::PolicyStore;
 
@@ -100,7 +100,8 @@ impl Shadow {
     /// Offers a live decision for shadow evaluation; never waits.
     pub fn offer(&self, decision_id: &str, input: &CheckInput<'_>, min_revision: u64, live: &Outcome) {
         // A full queue or byte budget drops before anything is copied on the live path.
-        let bytes = input.context_json.len() + input.entities_json.len();
+        let context = input.context.text();
+        let bytes = context.len() + input.entities_json.len();
         if self.queue.capacity() == 0 || self.queued_bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES {
             return self.drop_one();
         }
@@ -108,7 +109,7 @@ impl Shadow {
         let job = Job {
             decision_id: decision_id.to_string(),
             uids: [owned(input.principal), owned(input.action), owned(input.resource)],
-            context_json: input.context_json.to_string(),
+            context_json: context.into_owned(),
             entities_json: input.entities_json.to_string(),
             min_revision,
             allow: live.allow,
@@ -176,7 +177,7 @@ async fn decide(worker: &Worker, job: Job) {
         principal: Some(UidRef { ty: &p.0, id: &p.1 }),
         action: Some(UidRef { ty: &a.0, id: &a.1 }),
         resource: Some(UidRef { ty: &r.0, id: &r.1 }),
-        context_json: &job.context_json,
+        context: ContextIn::Json(&job.context_json),
         entities_json: &job.entities_json,
     };
     let result = match entities::decide(&worker.store, &snapshot, &input, &worker.limits, job.min_revision).await {

@@ -35,15 +35,14 @@ pub async fn decide(
     let prepared = authz::prepare(snapshot, input, limits)?;
     // Request-scoped entities make every slice different: only plain requests are cached.
     let key = (prepared.own.is_empty() && store.has_seen(min_revision)).then(|| store.epoch()).flatten().map(|epoch| {
-        let mut context = Vec::new();
-        authz::context_uids(input, &mut context);
+        let context = prepared.context_uids.clone();
         SliceKey { generation: snapshot.generation, epoch, uids: prepared.uids.clone(), context }
     });
     if let Some(entities) = key.as_ref().and_then(|k| store.slices.get(k)) {
         return Ok(authz::decide_on(snapshot, prepared, &entities));
     }
     let entities =
-        Arc::new(consistent_slice(store, snapshot, &prepared, input, min_revision).await.map_err(went_back(asked))?);
+        Arc::new(consistent_slice(store, snapshot, &prepared, min_revision).await.map_err(went_back(asked))?);
     // Kept only if no invalidation arrived while it was built: it may hold what that replaced.
     if let Some(key) = key.filter(|k| store.epoch() == Some(k.epoch)) {
         store.slices.insert(key, entities.clone());
@@ -57,12 +56,11 @@ pub(crate) async fn slice_for(
     store: &EntityStore,
     snapshot: &Snapshot,
     prepared: &authz::Prepared,
-    input: &CheckInput<'_>,
     min_revision: u64,
 ) -> Result<Entities, DecideError> {
     let asked = min_revision;
     let min_revision = floor(store, min_revision).await?;
-    consistent_slice(store, snapshot, prepared, input, min_revision).await.map_err(went_back(asked))
+    consistent_slice(store, snapshot, prepared, min_revision).await.map_err(went_back(asked))
 }
 
 /// A store found behind a revision this decision read from it itself (not one the caller asked
@@ -108,7 +106,6 @@ async fn consistent_slice(
     store: &EntityStore,
     snapshot: &Snapshot,
     prepared: &authz::Prepared,
-    input: &CheckInput<'_>,
     min_revision: u64,
 ) -> Result<Entities, DecideError> {
     let mut at = min_revision;
@@ -117,7 +114,7 @@ async fn consistent_slice(
         let epoch = store.raw_epoch();
         // Reading above `seen` bypasses the cache: every level then comes from the store.
         let from_store = at > seen;
-        let (slice, revisions) = gather(store, snapshot, prepared, input, at, from_store).await?;
+        let (slice, revisions) = gather(store, snapshot, prepared, at, from_store).await?;
         let newest = revisions.iter().copied().max();
         let one_revision = revisions.windows(2).all(|w| w[0] == w[1]);
         let consistent = if from_store {
@@ -145,7 +142,6 @@ pub(crate) async fn gather(
     store: &EntityStore,
     snapshot: &Snapshot,
     prepared: &authz::Prepared,
-    input: &CheckInput<'_>,
     min_revision: u64,
     fresh: bool,
 ) -> Result<(Entities, Vec<u64>), DecideError> {
@@ -153,7 +149,7 @@ pub(crate) async fn gather(
     let own: HashMap<EntityUid, usize> = prepared.own.iter().map(|(i, e)| (e.uid(), *i)).collect();
     let mut roots: Vec<EntityUid> = prepared.uids.to_vec();
     roots.extend(snapshot.index.policy_literals.iter().cloned());
-    authz::context_uids(input, &mut roots);
+    roots.extend(prepared.context_uids.iter().cloned());
     roots.extend(prepared.own_mentions.iter().cloned());
     // A request may not redefine a provisioned entity: look its own uids up too.
     roots.extend(own.keys().cloned());

@@ -3,7 +3,7 @@
 use std::time::SystemTime;
 
 use super::pb;
-use crate::authz::{CheckInput, Outcome, UidRef};
+use crate::authz::{CheckInput, ContextIn, Outcome, UidRef};
 use crate::entities::{AuditRecord, EntityInput};
 use crate::policy::{ReloadStats, Snapshot};
 
@@ -21,7 +21,7 @@ pub fn partial_input<'a>(
         principal: principal.map(uid_ref),
         action: action.map(uid_ref),
         resource: resource.map(uid_ref),
-        context_json,
+        context: ContextIn::Json(context_json),
         entities_json,
     }
 }
@@ -34,7 +34,7 @@ pub fn check_input(req: &pb::CheckRequest) -> CheckInput<'_> {
         principal: uid(&req.principal),
         action: uid(&req.action),
         resource: uid(&req.resource),
-        context_json: &req.context_json,
+        context: ContextIn::Json(&req.context_json),
         entities_json: &req.entities_json,
     }
 }

@@ -19,7 +19,7 @@ use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use super::auth::CheckGate;
-use crate::authz::{CheckInput, UidRef};
+use crate::authz::{CheckInput, ContextIn, UidRef};
 use crate::decision::{Decided, Decisions, Origin};
 use crate::envoy::{Fallback, Mapping, Source, percent_decode};
 use crate::error::DecideError;
@@ -202,22 +202,30 @@ fn context(
     req: &CheckRequest,
     headers: &HashMap<String, String>,
     path: &str,
-) -> Result<String, String> {
-    let headers = (!mapping.context_headers.is_empty()).then(|| {
-        Pairs(mapping.context_headers.iter().filter_map(|h| Some((h.as_str(), headers.get(h)?.as_str()))).collect())
-    });
-    let query = if mapping.context_query.is_empty() { None } else { Some(picked_query(mapping, path)?) };
-    let source_ip = req
-        .get_client_address()
-        .filter(|_| mapping.source_ip)
-        .map(|ip| ExtensionCall { call: Call { function: "ip", arg: ip } });
-    let extensions = req.attributes.as_ref().map(|a| &a.context_extensions).filter(|_| mapping.extensions);
-    let context = Context { headers, query, source_ip, extensions };
-    serde_json::to_string(&context).map_err(|e| format!("the context: {e}"))
+) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    let strings = |pairs: Vec<(String, String)>| pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    let mut context = serde_json::Map::new();
+    if !mapping.context_headers.is_empty() {
+        let listed = mapping.context_headers.iter().filter_map(|h| Some((h.clone(), headers.get(h)?.clone())));
+        context.insert("headers".into(), Value::Object(strings(listed.collect())));
+    }
+    if !mapping.context_query.is_empty() {
+        context.insert("query".into(), Value::Object(strings(picked_query(mapping, path)?)));
+    }
+    if let Some(ip) = req.get_client_address().filter(|_| mapping.source_ip) {
+        // The extension escape: typed without a schema too.
+        context.insert("source_ip".into(), serde_json::json!({"__extn": {"fn": "ip", "arg": ip}}));
+    }
+    if let Some(attrs) = req.attributes.as_ref().filter(|_| mapping.extensions) {
+        let extensions = attrs.context_extensions.iter().map(|(k, v)| (k.clone(), v.clone()));
+        context.insert("extensions".into(), Value::Object(strings(extensions.collect())));
+    }
+    Ok(Value::Object(context))
 }
 
 /// The query parameters the mapping lists, decoded, in their order.
-fn picked_query(mapping: &Mapping, path: &str) -> Result<Pairs<String, String>, String> {
+fn picked_query(mapping: &Mapping, path: &str) -> Result<Vec<(String, String)>, String> {
     let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
     let query = query.split('#').next().unwrap_or_default();
     let mut picked: Vec<(String, String)> = Vec::new();
@@ -238,43 +246,7 @@ fn picked_query(mapping: &Mapping, path: &str) -> Result<Pairs<String, String>, 
         let value = decode(v)?;
         picked.push((key, value));
     }
-    Ok(Pairs(picked))
-}
-
-/// The context as written for Cedar, straight from borrowed parts (no intermediate JSON value).
-#[derive(serde::Serialize)]
-struct Context<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    headers: Option<Pairs<&'a str, &'a str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    query: Option<Pairs<String, String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source_ip: Option<ExtensionCall<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    extensions: Option<&'a HashMap<String, String>>,
-}
-
-/// A JSON object of these pairs, in their order.
-struct Pairs<K, V>(Vec<(K, V)>);
-
-impl<K: serde::Serialize, V: serde::Serialize> serde::Serialize for Pairs<K, V> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
-    }
-}
-
-/// `{"__extn": {"fn": "ip", "arg": "10.0.0.1"}}`: typed without a schema too.
-#[derive(serde::Serialize)]
-struct ExtensionCall<'a> {
-    #[serde(rename = "__extn")]
-    call: Call<'a>,
-}
-
-#[derive(serde::Serialize)]
-struct Call<'a> {
-    #[serde(rename = "fn")]
-    function: &'static str,
-    arg: &'a str,
+    Ok(picked)
 }
 
 fn header(name: &str, value: &str) -> HeaderValueOption {
@@ -413,7 +385,7 @@ impl ExtAuthzApi {
             Some(Identified { ty, id, claims: Some(claims) }) => principal_entity(mapping, ty, id, claims),
             _ => None,
         };
-        let context_json = match context(mapping, req, &headers, &http.path) {
+        let context = match context(mapping, req, &headers, &http.path) {
             Ok(context) => context,
             Err(why) => {
                 tracing::info!(route = route.route, request_id, "ext_authz: {why}");
@@ -425,7 +397,7 @@ impl ExtAuthzApi {
             principal: Some(UidRef { ty, id }),
             action: Some(UidRef { ty: route.action_type, id: route.action_id }),
             resource: Some(UidRef { ty: route.resource_type, id: &route.resource_id }),
-            context_json: &context_json,
+            context: ContextIn::Value(&context),
             entities_json: own_entities.as_deref().unwrap_or_default(),
         };
         let origin = Origin { api: "ext_authz", http: Some(HttpInfo { dry_run: route.dry_run, ..routed }) };

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use super::{HttpApi, HttpError, with_request_id};
-use crate::authz::{CheckInput, UidRef};
+use crate::authz::{CheckInput, ContextIn, UidRef};
 use crate::decision::{ListQuery, Origin, Varying};
 use crate::error::{DecideError, RequestError};
 use crate::policy::{AuthzenNames, Snapshot};
@@ -350,7 +350,8 @@ struct Item {
     action_type: String,
     action: String,
     resource: (String, String),
-    context: String,
+    /// The context object; Null when the request has none.
+    context: Value,
     /// The request-scoped entities made of `properties`, and which part each came from.
     entities: Vec<(&'static str, Value)>,
 }
@@ -375,8 +376,8 @@ impl Item {
         let subject_uid = (cedar(text(subject, "type", "subject")?), text(subject, "id", "subject")?);
         let resource_uid = (cedar(text(resource, "type", "resource")?), text(resource, "id", "resource")?);
         let context = match request.get("context") {
-            None | Some(Value::Null) => String::new(),
-            Some(Value::Object(c)) => Value::Object(c.clone()).to_string(),
+            None | Some(Value::Null) => Value::Null,
+            Some(c @ Value::Object(_)) => c.clone(),
             Some(_) => return Err(HttpError::bad_request(format!("`{at}context` must be an object"))),
         };
         let mut entities = Vec::new();
@@ -414,7 +415,7 @@ impl Item {
             principal: Some(UidRef { ty: &self.subject.0, id: &self.subject.1 }),
             action: Some(UidRef { ty: &self.action_type, id: &self.action }),
             resource: Some(UidRef { ty: &self.resource.0, id: &self.resource.1 }),
-            context_json: &self.context,
+            context: if self.context.is_null() { ContextIn::EMPTY } else { ContextIn::Value(&self.context) },
             entities_json,
         }
     }
