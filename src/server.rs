@@ -201,11 +201,10 @@ async fn start(
     let authorization =
         AuthorizationServiceServer::new(AuthorizationApi::new(decisions.clone(), config.max_batch, callers.clone()))
             .max_decoding_message_size(config.max_message_bytes);
-    let ext_authz = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(crate::grpc::ExtAuthzApi::new(
-        decisions.clone(),
-        callers,
-    ))
-    .max_decoding_message_size(config.max_message_bytes);
+    let ext_authz = crate::grpc::ExtAuthzServer::new(
+        crate::grpc::ExtAuthzApi::new(decisions.clone(), callers),
+        config.max_message_bytes,
+    );
     // Bound before SERVING too.
     let http = match config.http_listen.0 {
         Some(addr) => {

@@ -610,3 +610,39 @@ fn a_jwks_url_must_be_https_except_on_loopback() {
     };
     assert!(error.to_string().contains("must be https://"), "{error}");
 }
+
+/// A route's `context_extensions` and a header Envoy sent twice in a raw header map (joined with `,`)
+/// reach the policies as `context.extensions` and `context.headers`.
+#[tokio::test]
+async fn route_extensions_and_repeated_raw_headers_reach_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.cedar"),
+        r#"permit (principal == User::"alice", action, resource)
+           when { context.extensions.tenant == "acme" && context.headers["x-tenant"] == "a,b" };"#,
+    )
+    .unwrap();
+    let mapping = "[principal]\ntype = \"User\"\nfrom = [\"peer\"]\nanonymous = 'User::\"anonymous\"'\n\n[context]\nheaders = [\"x-tenant\"]\nextensions = true\n\n\
+                   [[route]]\nname = \"read\"\npath = \"/docs/{id}\"\naction = 'Action::\"view\"'\nresource = 'Document::\"{id}\"'\n";
+    std::fs::write(dir.path().join("ext_authz.toml"), mapping).unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut client = AuthorizationClient::new(server.channel().await);
+    let call = |tenants: &[&str], extension: &str| {
+        let mut req =
+            check_request(&Call { method: "GET", path: "/docs/plan", peer: Some("alice"), ..Default::default() });
+        let attributes = req.attributes.as_mut().unwrap();
+        attributes.context_extensions = [("tenant".to_string(), extension.to_string())].into();
+        let http = attributes.request.as_mut().unwrap().http.as_mut().unwrap();
+        let raw = tenants.iter().map(|t| envoy_types::pb::envoy::config::core::v3::HeaderValue {
+            key: "X-Tenant".into(),
+            raw_value: t.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        http.header_map = Some(envoy_types::pb::envoy::config::core::v3::HeaderMap { headers: raw.collect() });
+        req
+    };
+    assert_eq!(code(&client.check(call(&["a", "b"], "acme")).await.unwrap().into_inner()), 0);
+    assert_eq!(code(&client.check(call(&["a", "b"], "other")).await.unwrap().into_inner()), 7);
+    assert_eq!(code(&client.check(call(&["a"], "acme")).await.unwrap().into_inner()), 7);
+    assert_eq!(code(&client.check(call(&["b", "a"], "acme")).await.unwrap().into_inner()), 7);
+}

@@ -6,19 +6,17 @@
 //! mapping does not cover is denied unless the mapping says otherwise.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::ext_authz::v3::CheckRequestExt;
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
-    HttpResponse, HttpStatus, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption, HttpResponse, HttpStatus,
+    OkHttpResponse,
 };
-use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
 use super::auth::CheckGate;
+use super::envoy_wire::{self as wire, CheckRequest, Kind};
 use crate::authz::{CheckInput, ContextIn, UidRef};
 use crate::decision::{Decided, Decisions, Origin};
 use crate::envoy::{Fallback, Mapping, Source, percent_decode};
@@ -57,11 +55,7 @@ struct Identified {
 /// The principal, if the request identifies one (else the mapping's anonymous principal); an error
 /// for credentials that are presented but do not verify. With the `bearer` source configured, an
 /// `authorization` header is checked whatever the order of sources: a bad token is never ignored.
-fn principal(
-    mapping: &Mapping,
-    req: &CheckRequest,
-    headers: &HashMap<String, String>,
-) -> Result<Option<Identified>, String> {
+fn principal(mapping: &Mapping, req: &CheckRequest, headers: &Headers<'_>) -> Result<Option<Identified>, String> {
     let Some(attrs) = req.attributes.as_ref() else { return Ok(None) };
     let id_in = |claims: Claims| match claims.get(&mapping.claim) {
         Some(serde_json::Value::String(id)) if !id.is_empty() => {
@@ -71,7 +65,7 @@ fn principal(
     };
     let mut bearer = None;
     if let (true, Some(value)) = (mapping.sources.contains(&Source::Bearer), headers.get("authorization")) {
-        let (scheme, token) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+        let (scheme, token) = value.split_once(' ').unwrap_or((&value, ""));
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
             return Err("the authorization header is not a bearer token".into());
         }
@@ -104,11 +98,8 @@ fn principal(
     Ok(None)
 }
 
-fn jwt_authn_claims(
-    mapping: &Mapping,
-    attrs: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
-) -> Option<Claims> {
-    let payload = attrs.metadata_context.as_ref()?.filter_metadata.get(JWT_AUTHN)?.fields.get(&mapping.jwt_payload)?;
+fn jwt_authn_claims(mapping: &Mapping, attrs: &wire::AttributeContext) -> Option<Claims> {
+    let payload = attrs.metadata_context.as_ref()?.get(JWT_AUTHN)?.get(&mapping.jwt_payload)?;
     match json_of(payload) {
         serde_json::Value::Object(claims) => Some(claims),
         _ => None,
@@ -116,27 +107,28 @@ fn jwt_authn_claims(
 }
 
 /// The id claim alone, when the mapping needs no other claim: no copy of the whole payload.
-fn jwt_authn_id(
-    mapping: &Mapping,
-    attrs: &envoy_types::pb::envoy::service::auth::v3::AttributeContext,
-) -> Option<String> {
-    let payload = attrs.metadata_context.as_ref()?.filter_metadata.get(JWT_AUTHN)?.fields.get(&mapping.jwt_payload)?;
-    let Some(Kind::StructValue(claims)) = &payload.kind else { return None };
-    match claims.fields.get(&mapping.claim)?.kind.as_ref()? {
-        Kind::StringValue(id) if !id.is_empty() => Some(id.clone()),
+fn jwt_authn_id(mapping: &Mapping, attrs: &wire::AttributeContext) -> Option<String> {
+    let payload = attrs.metadata_context.as_ref()?.get(JWT_AUTHN)?.get(&mapping.jwt_payload)?;
+    let Some(Kind::Struct(claims)) = &payload.kind else { return None };
+    match claims.get(&mapping.claim)?.kind.as_ref()? {
+        Kind::String(id) if !id.is_empty() => Some(id.clone()),
         _ => None,
     }
 }
 
-/// A protobuf `Value` (Envoy metadata) as JSON.
-fn json_of(value: &envoy_types::pb::google::protobuf::Value) -> serde_json::Value {
+/// A protobuf `Value` (Envoy metadata) as JSON; a field repeated in a struct keeps its last value.
+fn json_of(value: &wire::Value) -> serde_json::Value {
     match &value.kind {
-        Some(Kind::StringValue(s)) => s.clone().into(),
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
-        Some(Kind::BoolValue(b)) => (*b).into(),
-        Some(Kind::StructValue(s)) => s.fields.iter().map(|(k, v)| (k.clone(), json_of(v))).collect(),
-        Some(Kind::ListValue(l)) => l.values.iter().map(json_of).collect(),
-        Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+        Some(Kind::String(s)) => s.clone().into(),
+        Some(Kind::Number(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
+        Some(Kind::Bool(b)) => (*b).into(),
+        Some(Kind::Struct(s)) => s
+            .fields
+            .iter()
+            .map(|f| (f.key.clone(), f.value.as_ref().map_or(serde_json::Value::Null, json_of)))
+            .collect(),
+        Some(Kind::List(l)) => l.values.iter().map(json_of).collect(),
+        Some(Kind::Null(_)) | None => serde_json::Value::Null,
     }
 }
 
@@ -172,26 +164,43 @@ fn principal_entity(mapping: &Mapping, ty: &str, id: &str, claims: &Claims) -> O
     Some(serde_json::json!([{"uid": {"type": ty, "id": id}, "attrs": attrs, "parents": parents}]).to_string())
 }
 
-/// The request's headers: Envoy sends either `headers` or, with `encode_raw_headers`, `header_map`
-/// (duplicates joined with `,`, as Envoy joins them in `headers`).
-fn request_headers(
-    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> Cow<'_, HashMap<String, String>> {
-    let Some(map) = http.header_map.as_ref().filter(|m| !m.headers.is_empty()) else {
-        return Cow::Borrowed(&http.headers);
-    };
-    let mut out: HashMap<String, String> = HashMap::new();
-    for h in &map.headers {
-        let value =
-            if h.raw_value.is_empty() { h.value.clone() } else { String::from_utf8_lossy(&h.raw_value).into_owned() };
-        out.entry(h.key.to_ascii_lowercase())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert_with(|| value.clone());
+/// The checked request's headers, looked up by lowercase name. Envoy sends either `headers` or, with
+/// `encode_raw_headers`, `header_map`, where a repeated name is joined with `,` as Envoy joins it in
+/// `headers`.
+enum Headers<'a> {
+    Joined(&'a [wire::Entry]),
+    Raw(&'a [wire::HeaderValue]),
+}
+
+impl<'a> Headers<'a> {
+    fn of(http: &'a wire::HttpRequest) -> Self {
+        match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
+            Some(map) => Headers::Raw(&map.headers),
+            None => Headers::Joined(&http.headers),
+        }
     }
-    Cow::Owned(out)
+
+    fn get(&self, name: &str) -> Option<Cow<'a, str>> {
+        match self {
+            Headers::Joined(entries) => wire::entry(entries, name).map(Cow::Borrowed),
+            Headers::Raw(headers) => {
+                let mut values = headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)).map(|h| {
+                    if h.raw_value.is_empty() {
+                        Cow::Borrowed(h.value.as_str())
+                    } else {
+                        String::from_utf8_lossy(&h.raw_value)
+                    }
+                });
+                let first = values.next()?;
+                Some(values.fold(first, |mut joined, value| {
+                    let text = joined.to_mut();
+                    text.push(',');
+                    text.push_str(&value);
+                    joined
+                }))
+            }
+        }
+    }
 }
 
 /// The Cedar context the mapping allows: only what it names, so a schema can declare it exactly. An
@@ -200,25 +209,26 @@ fn request_headers(
 fn context(
     mapping: &Mapping,
     req: &CheckRequest,
-    headers: &HashMap<String, String>,
+    headers: &Headers<'_>,
     path: &str,
 ) -> Result<serde_json::Value, String> {
     use serde_json::Value;
     let strings = |pairs: Vec<(String, String)>| pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     let mut context = serde_json::Map::new();
     if !mapping.context_headers.is_empty() {
-        let listed = mapping.context_headers.iter().filter_map(|h| Some((h.clone(), headers.get(h)?.clone())));
+        let listed = mapping.context_headers.iter().filter_map(|h| Some((h.clone(), headers.get(h)?.into_owned())));
         context.insert("headers".into(), Value::Object(strings(listed.collect())));
     }
     if !mapping.context_query.is_empty() {
         context.insert("query".into(), Value::Object(strings(picked_query(mapping, path)?)));
     }
-    if let Some(ip) = req.get_client_address().filter(|_| mapping.source_ip) {
+    if let Some(ip) = req.client_address().filter(|_| mapping.source_ip) {
         // The extension escape: typed without a schema too.
         context.insert("source_ip".into(), serde_json::json!({"__extn": {"fn": "ip", "arg": ip}}));
     }
     if let Some(attrs) = req.attributes.as_ref().filter(|_| mapping.extensions) {
-        let extensions = attrs.context_extensions.iter().map(|(k, v)| (k.clone(), v.clone()));
+        // In wire order: a key Envoy repeated keeps its last value, as in a map.
+        let extensions = attrs.context_extensions.iter().map(|e| (e.key.clone(), e.value.clone()));
         context.insert("extensions".into(), Value::Object(strings(extensions.collect())));
     }
     Ok(Value::Object(context))
@@ -316,19 +326,19 @@ struct Refusal<'a> {
 /// span in the trace of the request Envoy asks about.
 fn checked_request_span(
     metadata: &tonic::metadata::MetadataMap,
-    http: Option<&envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest>,
+    http: Option<&wire::HttpRequest>,
 ) -> Option<tracing::Span> {
     if !crate::telemetry::trace::enabled() || metadata.contains_key("traceparent") {
         return None;
     }
-    let headers = request_headers(http?);
+    let headers = Headers::of(http?);
     let traceparent = headers.get("traceparent")?;
-    Some(crate::telemetry::trace::child_of(traceparent, headers.get("tracestate").map(String::as_str)))
+    Some(crate::telemetry::trace::child_of(&traceparent, headers.get("tracestate").as_deref()))
 }
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthzApi {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+impl ExtAuthzApi {
+    /// Envoy's `Check` (served by `envoy_wire::AuthorizationServer`).
+    pub async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         self.callers.admit(&request)?;
         let checked =
             request.get_ref().attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
@@ -337,9 +347,7 @@ impl Authorization for ExtAuthzApi {
             None => self.decide(&request).await,
         }
     }
-}
 
-impl ExtAuthzApi {
     async fn decide(&self, request: &Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let req = request.get_ref();
         let snapshot = self.decisions.snapshot()?;
@@ -352,8 +360,8 @@ impl ExtAuthzApi {
             let http = HttpInfo { route: "", request_id: "", dry_run: false };
             return Ok(Response::new(fallback(&self.decisions, refusal, mapping, http)));
         };
-        let headers = request_headers(http);
-        let request_id = headers.get("x-request-id").cloned().unwrap_or_default();
+        let headers = Headers::of(http);
+        let request_id = headers.get("x-request-id").map(Cow::into_owned).unwrap_or_default();
         let unrouted = HttpInfo { route: "", request_id: &request_id, dry_run: false };
         let Some(route) = mapping.route(&http.method, &http.path) else {
             let reason = "no route matches this request";
