@@ -49,8 +49,8 @@ fn json(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
         action: r.action,
         resource: r.resource,
         decision: r.decision,
-        determining_policies: format!("{:?}", r.determining),
-        errors: format!("{:?}", r.errors),
+        determining_policies: debug_list(r.determining),
+        errors: debug_list(r.errors),
         policy_version: r.policy_version,
         latency_us: r.latency.as_micros() as u64,
         reason: r.reason,
@@ -134,7 +134,10 @@ fn text(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
     out.push_str(" INFO cedar_pdp::decision: decision");
     let mut str_field = |name: &str, value: Option<&str>| {
         if let Some(v) = value {
-            let _ = write!(out, " {name}={v:?}");
+            out.push(' ');
+            out.push_str(name);
+            out.push('=');
+            push_debug(&mut out, v);
         }
     };
     str_field("trace_id", trace_id);
@@ -144,8 +147,13 @@ fn text(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
     str_field("action", Some(r.action));
     str_field("resource", Some(r.resource));
     str_field("decision", Some(r.decision));
-    let _ = write!(out, " determining_policies={:?} errors={:?}", r.determining, r.errors);
-    let _ = write!(out, " policy_version={:?} latency_us={}", r.policy_version, r.latency.as_micros() as u64);
+    out.push_str(" determining_policies=");
+    push_debug_list(&mut out, r.determining);
+    out.push_str(" errors=");
+    push_debug_list(&mut out, r.errors);
+    out.push_str(" policy_version=");
+    push_debug(&mut out, r.policy_version);
+    let _ = write!(out, " latency_us={}", r.latency.as_micros() as u64);
     let mut plain = |name: &str, value: Option<String>| {
         if let Some(v) = value {
             let _ = write!(out, " {name}={v}");
@@ -163,6 +171,45 @@ fn text(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
     plain("min_revision", r.replay.map(|x| x.min_revision.to_string()));
     plain("entity_revision", r.replay.map(|x| x.entity_revision.to_string()));
     out.push('\n');
+    out
+}
+
+/// `value` as `{:?}` writes it. In printable ASCII that formatter escapes only `"` and `\`, so such a
+/// string is written here without it; anything else goes through it.
+fn push_debug(out: &mut String, value: &str) {
+    if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        let _ = write!(out, "{value:?}");
+        return;
+    }
+    out.push('"');
+    for piece in value.split_inclusive(['"', '\\']) {
+        match piece.char_indices().last() {
+            Some((at, c @ ('"' | '\\'))) => {
+                out.push_str(&piece[..at]);
+                out.push('\\');
+                out.push(c);
+            }
+            _ => out.push_str(piece),
+        }
+    }
+    out.push('"');
+}
+
+/// A list of strings as `{:?}` writes it: `["a", "b"]`.
+fn push_debug_list(out: &mut String, items: &[String]) {
+    out.push('[');
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        push_debug(out, item);
+    }
+    out.push(']');
+}
+
+fn debug_list(items: &[String]) -> String {
+    let mut out = String::new();
+    push_debug_list(&mut out, items);
     out
 }
 
@@ -236,5 +283,33 @@ mod tests {
             assert_eq!(json(r, trace_id, None), through_tracing(r, trace_id, true));
             assert_eq!(text(r, trace_id, None), through_tracing(r, trace_id, false));
         }
+    }
+
+    #[test]
+    fn plain_strings_are_written_as_the_escaping_formatter_writes_them() {
+        let samples = [
+            "",
+            "view",
+            "a b~!",
+            "q\"uote",
+            "back\\slash",
+            "User::\"a\\\"b\\\\c\"",
+            "\"\"\\",
+            "tab\t",
+            "nl\n",
+            "del\u{7f}",
+            "é",
+            "\u{301}x",
+            "\u{200b}",
+            "'",
+        ];
+        for sample in samples {
+            let mut out = String::new();
+            push_debug(&mut out, sample);
+            assert_eq!(out, format!("{sample:?}"));
+        }
+        let items: Vec<String> = samples.iter().map(|s| s.to_string()).collect();
+        assert_eq!(debug_list(&items), format!("{items:?}"));
+        assert_eq!(debug_list(&[]), "[]");
     }
 }
