@@ -99,10 +99,14 @@ impl Shadow {
 
     /// Offers a live decision for shadow evaluation; never waits.
     pub fn offer(&self, decision_id: &str, input: &CheckInput<'_>, min_revision: u64, live: &Outcome) {
-        // A full queue or byte budget drops before anything is copied on the live path.
+        // A full queue drops before anything is copied on the live path; a context handed over as a
+        // value (ext_authz, AuthZEN) is written out first, since the byte budget counts its text.
+        if self.queue.capacity() == 0 {
+            return self.drop_one();
+        }
         let context = input.context.text();
         let bytes = context.len() + input.entities_json.len();
-        if self.queue.capacity() == 0 || self.queued_bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES {
+        if self.queued_bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES {
             return self.drop_one();
         }
         let owned = |u: Option<UidRef<'_>>| u.map(|u| (u.ty.to_string(), u.id.to_string())).unwrap_or_default();

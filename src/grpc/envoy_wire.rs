@@ -172,6 +172,24 @@ impl Struct {
     }
 }
 
+impl Value {
+    /// As JSON (Envoy metadata, claims); a field repeated in a struct keeps its last value.
+    pub fn to_json(&self) -> serde_json::Value {
+        match &self.kind {
+            Some(Kind::String(s)) => s.clone().into(),
+            Some(Kind::Number(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
+            Some(Kind::Bool(b)) => (*b).into(),
+            Some(Kind::Struct(s)) => s
+                .fields
+                .iter()
+                .map(|f| (f.key.clone(), f.value.as_ref().map_or(serde_json::Value::Null, Value::to_json)))
+                .collect(),
+            Some(Kind::List(l)) => l.values.iter().map(Value::to_json).collect(),
+            Some(Kind::Null(_)) | None => serde_json::Value::Null,
+        }
+    }
+}
+
 impl Metadata {
     pub fn get(&self, key: &str) -> Option<&Struct> {
         self.filter_metadata.iter().rev().find(|f| f.key == key)?.value.as_ref()
@@ -345,22 +363,6 @@ mod tests {
         }
     }
 
-    fn json_ours(value: &Value) -> serde_json::Value {
-        match &value.kind {
-            Some(Kind::String(s)) => s.clone().into(),
-            Some(Kind::Number(n)) => (*n).into(),
-            Some(Kind::Bool(b)) => (*b).into(),
-            // Later fields overwrite earlier ones, as `Struct::get` reads them.
-            Some(Kind::Struct(s)) => s
-                .fields
-                .iter()
-                .map(|f| (f.key.clone(), f.value.as_ref().map_or(serde_json::Value::Null, json_ours)))
-                .collect(),
-            Some(Kind::List(l)) => l.values.iter().map(json_ours).collect(),
-            Some(Kind::Null(_)) | None => serde_json::Value::Null,
-        }
-    }
-
     /// What envoy-types decodes, this decodes too, with the same value for every key a map repeats:
     /// two messages back to back are one message, merged by protobuf's rules, so every map key in the
     /// second repeats one of the first.
@@ -406,8 +408,8 @@ mod tests {
         let ours_payload = ours.metadata_context.as_ref().unwrap().get("envoy.filters.http.jwt_authn").unwrap();
         let (theirs_claims, ours_claims) =
             (&theirs_payload.fields["jwt_payload"], ours_payload.get("jwt_payload").unwrap());
-        assert_eq!(json_ours(ours_claims), json_theirs(theirs_claims));
-        assert_eq!(json_ours(ours_claims)["sub"], "bob");
+        assert_eq!(ours_claims.to_json(), json_theirs(theirs_claims));
+        assert_eq!(ours_claims.to_json()["sub"], "bob");
         let source = theirs.source.as_ref().unwrap();
         assert_eq!(ours.source.as_ref().unwrap().principal, source.principal);
         let Some(core::address::Address::SocketAddress(address)) = &source.address.as_ref().unwrap().address else {

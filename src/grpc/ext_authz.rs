@@ -100,7 +100,7 @@ fn principal(mapping: &Mapping, req: &CheckRequest, headers: &Headers<'_>) -> Re
 
 fn jwt_authn_claims(mapping: &Mapping, attrs: &wire::AttributeContext) -> Option<Claims> {
     let payload = attrs.metadata_context.as_ref()?.get(JWT_AUTHN)?.get(&mapping.jwt_payload)?;
-    match json_of(payload) {
+    match payload.to_json() {
         serde_json::Value::Object(claims) => Some(claims),
         _ => None,
     }
@@ -113,22 +113,6 @@ fn jwt_authn_id(mapping: &Mapping, attrs: &wire::AttributeContext) -> Option<Str
     match claims.get(&mapping.claim)?.kind.as_ref()? {
         Kind::String(id) if !id.is_empty() => Some(id.clone()),
         _ => None,
-    }
-}
-
-/// A protobuf `Value` (Envoy metadata) as JSON; a field repeated in a struct keeps its last value.
-fn json_of(value: &wire::Value) -> serde_json::Value {
-    match &value.kind {
-        Some(Kind::String(s)) => s.clone().into(),
-        Some(Kind::Number(n)) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, Into::into),
-        Some(Kind::Bool(b)) => (*b).into(),
-        Some(Kind::Struct(s)) => s
-            .fields
-            .iter()
-            .map(|f| (f.key.clone(), f.value.as_ref().map_or(serde_json::Value::Null, json_of)))
-            .collect(),
-        Some(Kind::List(l)) => l.values.iter().map(json_of).collect(),
-        Some(Kind::Null(_)) | None => serde_json::Value::Null,
     }
 }
 
@@ -213,14 +197,16 @@ fn context(
     path: &str,
 ) -> Result<serde_json::Value, String> {
     use serde_json::Value;
-    let strings = |pairs: Vec<(String, String)>| pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    fn strings(pairs: impl IntoIterator<Item = (String, String)>) -> Value {
+        Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+    }
     let mut context = serde_json::Map::new();
     if !mapping.context_headers.is_empty() {
         let listed = mapping.context_headers.iter().filter_map(|h| Some((h.clone(), headers.get(h)?.into_owned())));
-        context.insert("headers".into(), Value::Object(strings(listed.collect())));
+        context.insert("headers".into(), strings(listed));
     }
     if !mapping.context_query.is_empty() {
-        context.insert("query".into(), Value::Object(strings(picked_query(mapping, path)?)));
+        context.insert("query".into(), strings(picked_query(mapping, path)?));
     }
     if let Some(ip) = req.client_address().filter(|_| mapping.source_ip) {
         // The extension escape: typed without a schema too.
@@ -229,7 +215,7 @@ fn context(
     if let Some(attrs) = req.attributes.as_ref().filter(|_| mapping.extensions) {
         // In wire order: a key Envoy repeated keeps its last value, as in a map.
         let extensions = attrs.context_extensions.iter().map(|e| (e.key.clone(), e.value.clone()));
-        context.insert("extensions".into(), Value::Object(strings(extensions.collect())));
+        context.insert("extensions".into(), strings(extensions));
     }
     Ok(Value::Object(context))
 }
