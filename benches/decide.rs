@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_pdp::authz::{CheckInput, ContextIn, Limits, UidRef, decide, prepare};
+use cedar_pdp::authz::{CheckInput, ContextFields, ContextIn, Field, Limits, UidRef, decide, prepare};
 use cedar_pdp::config::ValidationMode;
 use cedar_pdp::policy::{Snapshot, load_dir};
 use cedar_policy::{Authorizer, Context, EntityUid, Request};
@@ -117,6 +117,43 @@ fn bench(c: &mut Criterion) {
                 Context::from_json_str(black_box(with_context.context.text().as_ref()), Some((schema, &view))).unwrap();
             let [p, a, r] = uids.clone();
             black_box(Request::new(p, a, r, context, Some(schema)).unwrap())
+        })
+    });
+
+    // ext_authz's context (a header record and the client's address) on the mesh example, made per
+    // request as the mapping makes it: as fields converted by the plan, against as a JSON value.
+    let mesh =
+        load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mesh"), ValidationMode::Strict).unwrap();
+    fn mesh_input(context: ContextIn<'_>) -> CheckInput<'_> {
+        CheckInput {
+            principal: Some(UidRef { ty: "User", id: "alice" }),
+            action: Some(UidRef { ty: "Action", id: "view" }),
+            resource: Some(UidRef { ty: "Document", id: "plan" }),
+            context,
+            entities_json: "",
+        }
+    }
+    let fields = || {
+        let mut fields = ContextFields::default();
+        fields.push_strings("headers", [("x-tenant".to_string(), "acme".to_string())]);
+        fields.push("source_ip", Field::Ip("127.0.0.1".into()));
+        fields
+    };
+    group.bench_function("prepare_ext_authz_context_fields", |b| {
+        b.iter(|| {
+            let fields = fields();
+            black_box(prepare(&mesh, &mesh_input(ContextIn::Fields(black_box(&fields))), &limits).unwrap())
+        })
+    });
+    group.bench_function("prepare_ext_authz_context_json_value", |b| {
+        b.iter(|| {
+            // As the mapping built it before: a map of header strings and the extension call.
+            let mut value = serde_json::Map::new();
+            let headers = [("x-tenant".to_string(), serde_json::Value::String("acme".into()))];
+            value.insert("headers".into(), serde_json::Value::Object(headers.into_iter().collect()));
+            value.insert("source_ip".into(), serde_json::json!({"__extn": {"fn": "ip", "arg": "127.0.0.1"}}));
+            let value = serde_json::Value::Object(value);
+            black_box(prepare(&mesh, &mesh_input(ContextIn::Value(black_box(&value))), &limits).unwrap())
         })
     });
 

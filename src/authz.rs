@@ -32,6 +32,7 @@ use cedar_policy_core::extensions::Extensions;
 use crate::error::RequestError;
 use crate::policy::ForbidErrors;
 use crate::policy::{Condition, Snapshot, collect_uids};
+pub use crate::policy::{ContextFields, Field};
 
 /// An entity uid as a client sent it: type text (possibly namespaced) and id.
 #[derive(Debug, Clone, Copy)]
@@ -57,9 +58,12 @@ pub struct CheckInput<'a> {
 pub enum ContextIn<'a> {
     /// JSON text (gRPC, the CLI); empty means `{}`.
     Json(&'a str),
-    /// A JSON value the front door built or already parsed (ext_authz's mapping, AuthZEN's body): it
+    /// A JSON value the front door built or already parsed (AuthZEN's body, a test's context): it
     /// is not written out as text to be parsed again.
     Value(&'a serde_json::Value),
+    /// Fields the front door computed (ext_authz's mapping), converted by the action's plan without
+    /// JSON; decided exactly as their JSON (`ContextFields::to_json`) would be.
+    Fields(&'a ContextFields),
 }
 
 impl<'a> ContextIn<'a> {
@@ -70,6 +74,7 @@ impl<'a> ContextIn<'a> {
         match self {
             ContextIn::Json(text) => Cow::Borrowed(text),
             ContextIn::Value(value) => Cow::Owned(value.to_string()),
+            ContextIn::Fields(fields) => Cow::Owned(fields.to_json().to_string()),
         }
     }
 
@@ -89,6 +94,7 @@ impl<'a> ContextIn<'a> {
                     .unwrap_or_else(|| RequestError::invalid("context_json", e))),
             },
             ContextIn::Value(value) => Ok(Some(Cow::Borrowed(value))),
+            ContextIn::Fields(fields) => Ok(Some(Cow::Owned(fields.to_json()))),
         }
     }
 }
@@ -167,8 +173,31 @@ pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> 
     if schema.is_some() && !snapshot.index.schema_actions.contains(&action) {
         return Err(RequestError::schema("action", format!("`{action}` is not an action the schema declares")));
     }
-    let context = input.context.parsed(snapshot, &action)?;
-    let planned = schema.and_then(|_| snapshot.plans.request(&principal, &action, &resource, context.as_deref()));
+    let uids = [principal, action, resource];
+    let (request, context_uids) = match input.context {
+        // Strings and addresses name no entity.
+        ContextIn::Fields(fields) if schema.is_some() => {
+            match snapshot.plans.request_fields(&uids[0], &uids[1], &uids[2], fields) {
+                Some(request) => (request, Vec::new()),
+                None => request_of(snapshot, &input.context, &uids)?,
+            }
+        }
+        _ => request_of(snapshot, &input.context, &uids)?,
+    };
+    let (own, own_mentions) = request_entities(snapshot, input, limits)?;
+    Ok(Prepared { request, uids, own, own_mentions, context_uids })
+}
+
+/// The Cedar request for `context` as JSON (by the action's plan, else Cedar's path), and the uids
+/// the context names.
+fn request_of(
+    snapshot: &Snapshot,
+    context: &ContextIn<'_>,
+    [principal, action, resource]: &[EntityUid; 3],
+) -> Result<(Request, Vec<EntityUid>), RequestError> {
+    let schema = snapshot.request_schema();
+    let context = context.parsed(snapshot, action)?;
+    let planned = schema.and_then(|_| snapshot.plans.request(principal, action, resource, context.as_deref()));
     let mut context_uids = Vec::new();
     if let Some(value) = &context {
         collect_uids(value, &mut context_uids);
@@ -176,13 +205,12 @@ pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> 
     let request = match planned {
         Some(request) => request,
         None => {
-            let context = cedar_context(snapshot, context, &action)?;
+            let context = cedar_context(snapshot, context, action)?;
             Request::new(principal.clone(), action.clone(), resource.clone(), context, schema)
                 .map_err(|e| RequestError::schema(rejected_field(&e), &e))?
         }
     };
-    let (own, own_mentions) = request_entities(snapshot, input, limits)?;
-    Ok(Prepared { request, uids: [principal, action, resource], own, own_mentions, context_uids })
+    Ok((request, context_uids))
 }
 
 /// Decides a prepared check on `entities`, which must hold everything the evaluation can reach.
@@ -693,6 +721,49 @@ mod tests {
                 let as_text = decide(&snapshot, &input(ContextIn::Json(text)), &Limits::default());
                 let as_value = decide(&snapshot, &input(ContextIn::Value(&value)), &Limits::default());
                 assert_eq!(format!("{as_text:?}"), format!("{as_value:?}"), "{principal} {action} {text}");
+            }
+        }
+    }
+
+    /// A context of fields (ext_authz's) decides, and is refused, exactly as its JSON does: through
+    /// the plan when the schema takes it, through Cedar's path when not, and without a schema.
+    #[test]
+    fn a_context_of_fields_decides_as_its_json() {
+        let mesh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mesh");
+        let strings =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let contexts = [
+            (vec![("x-tenant", "acme")], Some("127.0.0.1"), vec![]),
+            (vec![("x-tenant", "blocked")], Some("10.0.0.1"), vec![]),
+            (vec![], None, vec![]),
+            (vec![("x-other", "undeclared")], Some("127.0.0.1"), vec![]),
+            (vec![], Some("not an address"), vec![]),
+            (vec![], None, vec![("route", "extensions are undeclared")]),
+        ];
+        for mode in [ValidationMode::Strict, ValidationMode::Off] {
+            let snapshot = load_dir(&mesh, mode).unwrap();
+            for (headers, ip, extensions) in &contexts {
+                let mut fields = ContextFields::default();
+                fields.push_strings("headers", strings(headers));
+                if let Some(ip) = ip {
+                    fields.push("source_ip", Field::Ip(ip.to_string()));
+                }
+                if !extensions.is_empty() {
+                    fields.push_strings("extensions", strings(extensions));
+                }
+                let json = fields.to_json();
+                for (principal, action, resource) in [("alice", "view", "plan"), ("bob", "edit", "handbook")] {
+                    let input = |context| CheckInput {
+                        principal: Some(UidRef { ty: "User", id: principal }),
+                        action: Some(UidRef { ty: "Action", id: action }),
+                        resource: Some(UidRef { ty: "Document", id: resource }),
+                        context,
+                        entities_json: "",
+                    };
+                    let direct = decide(&snapshot, &input(ContextIn::Fields(&fields)), &Limits::default());
+                    let as_json = decide(&snapshot, &input(ContextIn::Value(&json)), &Limits::default());
+                    assert_eq!(format!("{direct:?}"), format!("{as_json:?}"), "{mode:?} {principal} {action} {json}");
+                }
             }
         }
     }

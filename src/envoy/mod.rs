@@ -234,9 +234,12 @@ pub struct JwtVerifier {
     signature_checks: std::sync::atomic::AtomicU64,
 }
 
+/// A token's verified claims, shared with the verified-token cache rather than copied per request.
+pub type Claims = Arc<serde_json::Map<String, serde_json::Value>>;
+
 /// A verified token's claims, the key set that verified them, and the times they hold between.
 struct Verified {
-    claims: serde_json::Map<String, serde_json::Value>,
+    claims: Claims,
     keys: Arc<Vec<jwks::Key>>,
     exp: u64,
     nbf: Option<u64>,
@@ -307,12 +310,12 @@ impl JwtVerifier {
 
     /// The token's claims if its signature, `exp`, `nbf`, `iss` and `aud` check out. A token
     /// verified before under the same key set is checked against the clock only.
-    pub fn verify(&self, token: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    pub fn verify(&self, token: &str) -> Result<Claims, String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         self.verify_at(token, now)
     }
 
-    fn verify_at(&self, token: &str, now: u64) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    fn verify_at(&self, token: &str, now: u64) -> Result<Claims, String> {
         use sha2::Digest;
         let keys = self.keys.current();
         let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
@@ -327,7 +330,7 @@ impl JwtVerifier {
             return Ok(hit.claims.clone());
         }
         self.signature_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let claims = self.check_signature(token, &keys)?;
+        let claims = Arc::new(self.check_signature(token, &keys)?);
         let seconds = |name: &str| claims.get(name).and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
         if let Some(exp) = seconds("exp") {
             let verified = Verified { claims: claims.clone(), keys, exp, nbf: seconds("nbf") };

@@ -17,9 +17,9 @@ use tonic::{Request, Response, Status};
 
 use super::auth::CheckGate;
 use super::envoy_wire::{self as wire, CheckRequest, Kind};
-use crate::authz::{CheckInput, ContextIn, UidRef};
+use crate::authz::{CheckInput, ContextFields, ContextIn, Field, UidRef};
 use crate::decision::{Decided, Decisions, Origin};
-use crate::envoy::{Fallback, Mapping, Source, percent_decode};
+use crate::envoy::{Claims, Fallback, Mapping, Source, percent_decode};
 use crate::error::DecideError;
 use crate::telemetry::HttpInfo;
 
@@ -42,8 +42,6 @@ impl ExtAuthzApi {
         ExtAuthzApi { decisions, callers }
     }
 }
-
-type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// An identified principal: its type, id and the verified claims it came with (none for a peer).
 struct Identified {
@@ -101,7 +99,7 @@ fn principal(mapping: &Mapping, req: &CheckRequest, headers: &Headers<'_>) -> Re
 fn jwt_authn_claims(mapping: &Mapping, attrs: &wire::AttributeContext) -> Option<Claims> {
     let payload = attrs.metadata_context.as_ref()?.get(JWT_AUTHN)?.get(&mapping.jwt_payload)?;
     match payload.to_json() {
-        serde_json::Value::Object(claims) => Some(claims),
+        serde_json::Value::Object(claims) => Some(Arc::new(claims)),
         _ => None,
     }
 }
@@ -190,34 +188,25 @@ impl<'a> Headers<'a> {
 /// The Cedar context the mapping allows: only what it names, so a schema can declare it exactly. An
 /// error for a listed query parameter that repeats or does not decode: an upstream might read
 /// another value than the policies saw.
-fn context(
-    mapping: &Mapping,
-    req: &CheckRequest,
-    headers: &Headers<'_>,
-    path: &str,
-) -> Result<serde_json::Value, String> {
-    use serde_json::Value;
-    fn strings(pairs: impl IntoIterator<Item = (String, String)>) -> Value {
-        Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
-    }
-    let mut context = serde_json::Map::new();
+fn context(mapping: &Mapping, req: &CheckRequest, headers: &Headers<'_>, path: &str) -> Result<ContextFields, String> {
+    let mut context = ContextFields::default();
     if !mapping.context_headers.is_empty() {
         let listed = mapping.context_headers.iter().filter_map(|h| Some((h.clone(), headers.get(h)?.into_owned())));
-        context.insert("headers".into(), strings(listed));
+        context.push_strings("headers", listed);
     }
     if !mapping.context_query.is_empty() {
-        context.insert("query".into(), strings(picked_query(mapping, path)?));
+        context.push_strings("query", picked_query(mapping, path)?);
     }
     if let Some(ip) = req.client_address().filter(|_| mapping.source_ip) {
-        // The extension escape: typed without a schema too.
-        context.insert("source_ip".into(), serde_json::json!({"__extn": {"fn": "ip", "arg": ip}}));
+        // Written as the extension call: typed without a schema too.
+        context.push("source_ip", Field::Ip(ip.to_string()));
     }
     if let Some(attrs) = req.attributes.as_ref().filter(|_| mapping.extensions) {
         // In wire order: a key Envoy repeated keeps its last value, as in a map.
         let extensions = attrs.context_extensions.iter().map(|e| (e.key.clone(), e.value.clone()));
-        context.insert("extensions".into(), strings(extensions));
+        context.push_strings("extensions", extensions);
     }
-    Ok(Value::Object(context))
+    Ok(context)
 }
 
 /// The query parameters the mapping lists, decoded, in their order.
@@ -391,7 +380,7 @@ impl ExtAuthzApi {
             principal: Some(UidRef { ty, id }),
             action: Some(UidRef { ty: route.action_type, id: route.action_id }),
             resource: Some(UidRef { ty: route.resource_type, id: &route.resource_id }),
-            context: ContextIn::Value(&context),
+            context: ContextIn::Fields(&context),
             entities_json: own_entities.as_deref().unwrap_or_default(),
         };
         let origin = Origin { api: "ext_authz", http: Some(HttpInfo { dry_run: route.dry_run, ..routed }) };

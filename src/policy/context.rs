@@ -82,19 +82,33 @@ impl RequestPlans {
         resource: &EntityUid,
         context: Option<&Value>,
     ) -> Option<Request> {
-        let plan = self.actions.get(action)?;
-        if !plan.principals.contains(principal.type_name()) || !plan.resources.contains(resource.type_name()) {
-            return None;
-        }
+        let plan = self.applying(principal, action, resource)?;
         let attrs = match context {
             None => plan.context.convert(&Map::new())?,
             Some(Value::Object(map)) => plan.context.convert(map)?,
             Some(_) => return None,
         };
-        let ast::ValueKind::Record(attrs) = attrs.value else { return None };
-        let context = Context::from(ast::Context::Value(attrs));
-        // Checked above against the schema; a second validation would repeat it.
-        Request::new(principal.clone(), action.clone(), resource.clone(), context, None).ok()
+        finish(principal, action, resource, attrs)
+    }
+
+    /// The request for a context of fields (see `ContextFields`), if the plan accepts it as it would
+    /// accept the fields' JSON; None sends it to Cedar's path.
+    pub(crate) fn request_fields(
+        &self,
+        principal: &EntityUid,
+        action: &EntityUid,
+        resource: &EntityUid,
+        fields: &ContextFields,
+    ) -> Option<Request> {
+        let plan = self.applying(principal, action, resource)?;
+        finish(principal, action, resource, plan.context.convert_fields(fields)?)
+    }
+
+    /// The plan for `action`, if it takes this principal's and resource's types.
+    fn applying(&self, principal: &EntityUid, action: &EntityUid, resource: &EntityUid) -> Option<&ActionPlan> {
+        let plan = self.actions.get(action)?;
+        (plan.principals.contains(principal.type_name()) && plan.resources.contains(resource.type_name()))
+            .then_some(plan)
     }
 
     /// A request-scoped entity written `{"uid": …, "attrs": {…}, "parents": […]}` (and `"tags"`), with
@@ -134,6 +148,59 @@ impl RequestPlans {
         let attrs = attrs.into_iter().map(|(k, v)| (k, PartialValue::Value(v)));
         let entity = ast::Entity::new_with_attr_partial_value(uid, attrs, HashSet::new(), parents, tags);
         Some((Entity::from(entity), mentions))
+    }
+}
+
+/// The request with a context record the plan converted: checked against the schema already, so
+/// not validated a second time.
+fn finish(principal: &EntityUid, action: &EntityUid, resource: &EntityUid, attrs: ast::Value) -> Option<Request> {
+    let ast::ValueKind::Record(attrs) = attrs.value else { return None };
+    let context = Context::from(ast::Context::Value(attrs));
+    Request::new(principal.clone(), action.clone(), resource.clone(), context, None).ok()
+}
+
+/// A context made of fields a front door computed (ext_authz's mapping: records of header, query and
+/// route values, the client's address). The plan converts them to Cedar's values directly; they are
+/// written as JSON only for Cedar's own path and for what keeps the request's text.
+#[derive(Debug, Default)]
+pub struct ContextFields(Vec<(&'static str, Field)>);
+
+#[derive(Debug)]
+pub enum Field {
+    /// A record of strings, keys unique, in order.
+    Strings(Vec<(String, String)>),
+    /// An IP address, as `ip`'s argument.
+    Ip(String),
+}
+
+impl ContextFields {
+    /// Adds a field; a name already present is replaced, as a JSON object would have it.
+    pub fn push(&mut self, name: &'static str, field: Field) {
+        self.0.retain(|(present, _)| *present != name);
+        self.0.push((name, field));
+    }
+
+    /// A record of strings, where a repeated key keeps its last value (as in a JSON object).
+    pub fn push_strings(&mut self, name: &'static str, pairs: impl IntoIterator<Item = (String, String)>) {
+        let mut unique: Vec<(String, String)> = Vec::new();
+        for (key, value) in pairs {
+            match unique.iter_mut().find(|(seen, _)| *seen == key) {
+                Some(slot) => slot.1 = value,
+                None => unique.push((key, value)),
+            }
+        }
+        self.push(name, Field::Strings(unique));
+    }
+
+    /// The fields as JSON: records as objects, an address as the `ip` extension call.
+    pub fn to_json(&self) -> Value {
+        let field = |f: &Field| match f {
+            Field::Strings(pairs) => {
+                Value::Object(pairs.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect())
+            }
+            Field::Ip(ip) => serde_json::json!({"__extn": {"fn": "ip", "arg": ip}}),
+        };
+        Value::Object(self.0.iter().map(|(name, f)| (name.to_string(), field(f))).collect())
     }
 }
 
@@ -257,11 +324,52 @@ impl Record {
     /// The record, every attribute converted, every required one present and none undeclared; else
     /// None.
     fn convert(&self, map: &Map<String, Value>) -> Option<ast::Value> {
-        let present = self.0.iter().filter(|(name, (_, required))| *required || map.contains_key(name.as_str()));
-        if present.count() != map.len() {
+        let attrs = map.iter().map(|(name, value)| Some((name.as_str(), self.0.get(name)?.0.convert(value)?)));
+        self.convert_named(map.len(), |name| map.contains_key(name), attrs)
+    }
+
+    /// `convert` for a context of fields: what it does with the fields' JSON, without the JSON.
+    fn convert_fields(&self, fields: &ContextFields) -> Option<ast::Value> {
+        let named = |name: &str| fields.0.iter().any(|(present, _)| *present == name);
+        self.convert_named(
+            fields.0.len(),
+            named,
+            fields.0.iter().map(|(name, field)| {
+                let converted = match (&self.0.get(*name)?.0, field) {
+                    (Shape::Record(record), Field::Strings(pairs)) => record.convert_strings(pairs)?,
+                    (Shape::Extension(constructor, "ip"), Field::Ip(ip)) => construct(constructor, ip)?,
+                    _ => return None,
+                };
+                Some((*name, converted))
+            }),
+        )
+    }
+
+    /// `convert` for a record of strings (keys unique).
+    fn convert_strings(&self, pairs: &[(String, String)]) -> Option<ast::Value> {
+        let named = |name: &str| pairs.iter().any(|(key, _)| key == name);
+        self.convert_named(
+            pairs.len(),
+            named,
+            pairs.iter().map(|(key, value)| match self.0.get(key)?.0 {
+                Shape::String => Some((key.as_str(), ast::Value::from(value.as_str()))),
+                _ => None,
+            }),
+        )
+    }
+
+    /// The record of `attrs` (converted, `count` of them, unique), when every required attribute is
+    /// `present` and none is undeclared.
+    fn convert_named<'a>(
+        &self,
+        count: usize,
+        present: impl Fn(&str) -> bool,
+        attrs: impl Iterator<Item = Option<(&'a str, ast::Value)>>,
+    ) -> Option<ast::Value> {
+        let expected = self.0.iter().filter(|(name, (_, required))| *required || present(name)).count();
+        if expected != count {
             return None;
         }
-        let attrs = map.iter().map(|(name, value)| Some((name.as_str(), self.0.get(name)?.0.convert(value)?)));
         Some(ast::Value::record(attrs.collect::<Option<Vec<_>>>()?, None))
     }
 }
@@ -329,11 +437,17 @@ mod tests {
         };
         action paint appliesTo { principal: User, resource: Doc, context: { color: Color } };
         action empty appliesTo { principal: [User, Color], resource: Doc };
+        action fetch appliesTo {
+            principal: User, resource: Doc,
+            context: { headers: { "x-b": String, "x-tenant"?: String }, query?: { q?: String }, source_ip?: ipaddr,
+                       levels?: { n?: Long }, addr?: String },
+        };
     "#;
 
     fn setup() -> (Schema, RequestPlans) {
         let (schema, _) = Schema::from_cedarschema_str(SCHEMA).unwrap();
-        let actions = ["view", "paint", "empty"].map(|a| EntityUid::from_str(&format!("Action::\"{a}\"")).unwrap());
+        let actions =
+            ["view", "paint", "empty", "fetch"].map(|a| EntityUid::from_str(&format!("Action::\"{a}\"")).unwrap());
         let plans = RequestPlans::build(&schema, &actions.into_iter().collect());
         (schema, plans)
     }
@@ -440,6 +554,61 @@ mod tests {
             assert_eq!(planned.context(), cedar(&schema, &p, &a, &r, json).unwrap().context());
         }
         assert!(plan_of(&plans, &p, &a, &r, r#"{"x": 1}"#).is_none());
+    }
+
+    /// A context of fields converts exactly as its JSON does, and is refused where its JSON is.
+    #[test]
+    fn fields_convert_as_their_json() {
+        let (_, plans) = setup();
+        let (p, a, r) = (uid(r#"User::"alice""#), uid(r#"Action::"fetch""#), uid(r#"Doc::"d""#));
+        let strings =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        let fields = |headers: &[(&str, &str)], rest: &[(&'static str, Field)]| {
+            let mut fields = ContextFields::default();
+            fields.push_strings("headers", strings(headers));
+            for (name, field) in rest {
+                match field {
+                    Field::Strings(pairs) => fields.push_strings(name, pairs.clone()),
+                    Field::Ip(ip) => fields.push(name, Field::Ip(ip.clone())),
+                }
+            }
+            fields
+        };
+        let ip = |text: &str| Field::Ip(text.into());
+        let accepted = [
+            fields(&[("x-b", "1")], &[]),
+            fields(&[("x-b", "1"), ("x-tenant", "acme")], &[("source_ip", ip("10.0.0.1"))]),
+            fields(
+                &[("x-b", "1")],
+                &[("source_ip", ip("10.0.0.0/8")), ("query", Field::Strings(strings(&[("q", "x")])))],
+            ),
+            fields(&[("x-b", "1")], &[("query", Field::Strings(vec![])), ("levels", Field::Strings(vec![]))]),
+            // A repeated key keeps its last value, as in a JSON object.
+            fields(&[("x-b", "1"), ("x-b", "2")], &[]),
+        ];
+        for fields in &accepted {
+            let direct = plans.request_fields(&p, &a, &r, fields).unwrap_or_else(|| panic!("refused {fields:?}"));
+            let json = plans.request(&p, &a, &r, Some(&fields.to_json())).unwrap();
+            assert_eq!(direct.context(), json.context(), "{fields:?}");
+        }
+        let last = plans.request_fields(&p, &a, &r, &accepted[4]).unwrap();
+        assert_eq!(accepted[4].to_json()["headers"]["x-b"], "2");
+        assert!(format!("{:?}", last.context()).contains("\"2\""), "{:?}", last.context());
+        let refused = [
+            fields(&[], &[]),
+            fields(&[("x-b", "1"), ("x-c", "undeclared")], &[]),
+            fields(&[("x-b", "1")], &[("source_ip", ip("not an address"))]),
+            fields(&[("x-b", "1")], &[("levels", Field::Strings(strings(&[("n", "3")])))]),
+            fields(&[("x-b", "1")], &[("extensions", Field::Strings(vec![]))]),
+            fields(&[("x-b", "1")], &[("addr", ip("10.0.0.1"))]),
+            fields(&[("x-b", "1")], &[("source_ip", Field::Strings(vec![]))]),
+        ];
+        for fields in &refused {
+            assert!(plans.request_fields(&p, &a, &r, fields).is_none(), "accepted {fields:?}");
+            assert!(plans.request(&p, &a, &r, Some(&fields.to_json())).is_none(), "{fields:?}");
+        }
+        let view = uid(r#"Action::"view""#);
+        assert!(plans.request_fields(&p, &view, &r, &accepted[0]).is_none());
     }
 
     /// Cedar's own parse of a request-scoped entity, against the schema.

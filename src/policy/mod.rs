@@ -22,6 +22,7 @@ use arc_swap::ArcSwapOption;
 
 pub use crate::error::Diagnostic;
 pub use authzen::AuthzenNames;
+pub use context::{ContextFields, Field};
 pub use scim::ScimMapping;
 
 /// Entity types under this namespace hold the SCIM endpoint's own state: no policy file, mapping or
