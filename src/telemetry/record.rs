@@ -181,17 +181,18 @@ fn push_debug(out: &mut String, value: &str) {
         let _ = write!(out, "{value:?}");
         return;
     }
+    // Byte by byte: every byte is ASCII here, so any index is a char boundary (a char-by-char split
+    // was a third of a text record).
     out.push('"');
-    for piece in value.split_inclusive(['"', '\\']) {
-        match piece.char_indices().last() {
-            Some((at, c @ ('"' | '\\'))) => {
-                out.push_str(&piece[..at]);
-                out.push('\\');
-                out.push(c);
-            }
-            _ => out.push_str(piece),
+    let mut run = 0;
+    for (at, byte) in value.bytes().enumerate() {
+        if byte == b'"' || byte == b'\\' {
+            out.push_str(&value[run..at]);
+            out.push('\\');
+            run = at;
         }
     }
+    out.push_str(&value[run..]);
     out.push('"');
 }
 
@@ -295,6 +296,8 @@ mod tests {
             "back\\slash",
             "User::\"a\\\"b\\\\c\"",
             "\"\"\\",
+            "ends\"",
+            "\\",
             "tab\t",
             "nl\n",
             "del\u{7f}",
