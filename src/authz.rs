@@ -175,10 +175,9 @@ pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> 
     }
     let uids = [principal, action, resource];
     let (request, context_uids) = match input.context {
-        // Strings and addresses name no entity.
         ContextIn::Fields(fields) if schema.is_some() => {
             match snapshot.plans.request_fields(&uids[0], &uids[1], &uids[2], fields) {
-                Some(request) => (request, Vec::new()),
+                Some(request) => (request, fields_uids(fields)),
                 None => request_of(snapshot, &input.context, &uids)?,
             }
         }
@@ -186,6 +185,16 @@ pub fn prepare(snapshot: &Snapshot, input: &CheckInput<'_>, limits: &Limits) -> 
     };
     let (own, own_mentions) = request_entities(snapshot, input, limits)?;
     Ok(Prepared { request, uids, own, own_mentions, context_uids })
+}
+
+/// The uids the fields' JSON names, read as from any context (a record of strings with `type` and
+/// `id`): written out only when it may name one.
+fn fields_uids(fields: &ContextFields) -> Vec<EntityUid> {
+    let mut uids = Vec::new();
+    if fields.may_name_entities() {
+        collect_uids(&fields.to_json(), &mut uids);
+    }
+    uids
 }
 
 /// The Cedar request for `context` as JSON (by the action's plan, else Cedar's path), and the uids
@@ -572,6 +581,7 @@ fn verdict(response: Response) -> Verdict {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::str::FromStr;
 
     use cedar_policy::{Authorizer, Context};
 
@@ -766,6 +776,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The uids a context of fields names are those its JSON names, through the plan or not.
+    #[test]
+    fn a_context_of_fields_names_what_its_json_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.cedar"), "permit (principal, action, resource);").unwrap();
+        let schema = r#"entity User; entity Doc;
+            action view appliesTo { principal: User, resource: Doc, context: { query: { "type"?: String, id?: String } } };
+            action edit appliesTo { principal: User, resource: Doc, context: { query: { "type"?: Long, id?: String } } };"#;
+        std::fs::write(dir.path().join("s.cedarschema"), schema).unwrap();
+        let snapshot = load_dir(dir.path(), ValidationMode::Strict).unwrap();
+        let mut fields = ContextFields::default();
+        fields.push_strings("query", [("type".to_string(), "User".to_string()), ("id".into(), "bob".into())]);
+        let json = fields.to_json();
+        let named = |action, context| {
+            let input = CheckInput {
+                principal: Some(UidRef { ty: "User", id: "alice" }),
+                action: Some(UidRef { ty: "Action", id: action }),
+                resource: Some(UidRef { ty: "Doc", id: "d" }),
+                context,
+                entities_json: "",
+            };
+            prepare(&snapshot, &input, &Limits::default()).map(|p| p.context_uids).map_err(|e| e.to_string())
+        };
+        let bob = vec![EntityUid::from_str(r#"User::"bob""#).unwrap()];
+        // Taken by the plan.
+        assert_eq!(named("view", ContextIn::Value(&json)), Ok(bob.clone()));
+        assert_eq!(named("view", ContextIn::Fields(&fields)), Ok(bob));
+        // Refused by the plan and by Cedar: the same refusal.
+        assert_eq!(named("edit", ContextIn::Fields(&fields)), named("edit", ContextIn::Value(&json)));
+        assert!(named("edit", ContextIn::Fields(&fields)).is_err());
     }
 
     /// The entities a context value names reach the slice a request with its own entities is decided on.

@@ -174,22 +174,30 @@ pub enum Field {
 }
 
 impl ContextFields {
-    /// Adds a field; a name already present is replaced, as a JSON object would have it.
+    /// Adds a field; a name already present gets the new value in its place, and a repeated key of a
+    /// record keeps its last value: as a JSON object (with Cedar's order-keeping maps) would have it.
     pub fn push(&mut self, name: &'static str, field: Field) {
-        self.0.retain(|(present, _)| *present != name);
-        self.0.push((name, field));
+        let field = match field {
+            Field::Strings(pairs) => Field::Strings(last_wins(pairs)),
+            other => other,
+        };
+        match self.0.iter_mut().find(|(present, _)| *present == name) {
+            Some(slot) => slot.1 = field,
+            None => self.0.push((name, field)),
+        }
     }
 
-    /// A record of strings, where a repeated key keeps its last value (as in a JSON object).
+    /// A record of strings (see `push`).
     pub fn push_strings(&mut self, name: &'static str, pairs: impl IntoIterator<Item = (String, String)>) {
-        let mut unique: Vec<(String, String)> = Vec::new();
-        for (key, value) in pairs {
-            match unique.iter_mut().find(|(seen, _)| *seen == key) {
-                Some(slot) => slot.1 = value,
-                None => unique.push((key, value)),
-            }
-        }
-        self.push(name, Field::Strings(unique));
+        self.push(name, Field::Strings(pairs.into_iter().collect()));
+    }
+
+    /// Whether the fields' JSON could be read as naming an entity (`collect_uids` reads any object
+    /// with `type` and `id`): only with a `type` key somewhere.
+    pub fn may_name_entities(&self) -> bool {
+        self.0.iter().any(|(name, field)| {
+            *name == "type" || matches!(field, Field::Strings(pairs) if pairs.iter().any(|(key, _)| key == "type"))
+        })
     }
 
     /// The fields as JSON: records as objects, an address as the `ip` extension call.
@@ -202,6 +210,18 @@ impl ContextFields {
         };
         Value::Object(self.0.iter().map(|(name, f)| (name.to_string(), field(f))).collect())
     }
+}
+
+/// Pairs with unique keys, each in its first place with its last value.
+fn last_wins(pairs: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut unique: Vec<(String, String)> = Vec::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        match unique.iter_mut().find(|(seen, _)| *seen == key) {
+            Some(slot) => slot.1 = value,
+            None => unique.push((key, value)),
+        }
+    }
+    unique
 }
 
 /// The entity uids in `value`, at any depth.
@@ -609,6 +629,30 @@ mod tests {
         }
         let view = uid(r#"Action::"view""#);
         assert!(plans.request_fields(&p, &view, &r, &accepted[0]).is_none());
+        // A record pushed whole with a repeated key is one attribute too: a required one stays missing.
+        let mut repeated = ContextFields::default();
+        repeated.push("headers", Field::Strings(strings(&[("x-tenant", "a"), ("x-tenant", "b")])));
+        assert!(plans.request_fields(&p, &a, &r, &repeated).is_none());
+        assert!(plans.request(&p, &a, &r, Some(&repeated.to_json())).is_none());
+    }
+
+    /// The text kept for replay and the shadow: what ext_authz wrote before it handed over fields.
+    #[test]
+    fn fields_are_written_as_the_mapping_wrote_its_json() {
+        let mut fields = ContextFields::default();
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        fields.push_strings("headers", [pair("x-tenant", "a"), pair("x-b", "1"), pair("x-tenant", "c")]);
+        fields.push_strings("query", [pair("q", "1")]);
+        fields.push("source_ip", Field::Ip("10.0.0.1".into()));
+        fields.push_strings("extensions", [pair("k", "v")]);
+        fields.push_strings("query", [pair("q", "2")]);
+        assert_eq!(
+            fields.to_json().to_string(),
+            r#"{"headers":{"x-tenant":"c","x-b":"1"},"query":{"q":"2"},"source_ip":{"__extn":{"fn":"ip","arg":"10.0.0.1"}},"extensions":{"k":"v"}}"#
+        );
+        assert!(!fields.may_name_entities());
+        fields.push_strings("query", [pair("type", "User"), pair("id", "alice")]);
+        assert!(fields.may_name_entities());
     }
 
     /// Cedar's own parse of a request-scoped entity, against the schema.
