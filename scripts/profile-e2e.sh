@@ -2,7 +2,7 @@
 # Where the server's time goes under load: a DWARF call-graph profile of one target of
 # scripts/bench-e2e.sh, broken down per request by scripts/profile_breakdown.py (docs/benchmarks.md).
 #
-# Usage: scripts/profile-e2e.sh TARGET        TARGET: check | check-log | ext-authz | ext-authz-jwt
+# Usage: scripts/profile-e2e.sh TARGET        TARGET: check | check-log | check-default | ext-authz | ext-authz-jwt
 #        BIN=/path/to/cedar-pdp scripts/profile-e2e.sh check   (another build, e.g. before a change)
 # The server runs on core 1, h2load (-c16 -m100) on core 0; perf records the server for 8 s of a 14 s
 # run. Output: bench-out/profile-TARGET.{data,txt}.
@@ -20,6 +20,7 @@ args=(serve --http-listen off --listen 127.0.0.1:$PORT --data-dir "$OUT/profile-
 case "$TARGET" in
   check) kind=check; rpc=/cedar_pdp.v1.AuthorizationService/Check; args+=(--decision-log false) ;;
   check-log) kind=check; rpc=/cedar_pdp.v1.AuthorizationService/Check; args=(--log-format json "${args[@]}") ;;
+  check-default) kind=check; rpc=/cedar_pdp.v1.AuthorizationService/Check ;;
   ext-authz|ext-authz-jwt) kind=${TARGET//-/_}; rpc=/envoy.service.auth.v3.Authorization/Check
     args+=(--decision-log false --policies tests/fixtures/mesh) ;;
   *) echo "unknown target $TARGET" >&2; exit 2 ;;

@@ -80,6 +80,36 @@ fn decisions_are_logged_with_their_id() {
     assert!(record["policy_version"].is_string());
 }
 
+/// The default format, text lines, written without `tracing` (`telemetry/record.rs`) from a line
+/// buffer each thread reuses: each decision is one whole line, once.
+#[test]
+fn text_decision_records_are_one_line_each() {
+    let server = Process::start(&example_policies(), &["--log-format", "text"]);
+    let ids: Vec<String> = ["handbook", "design-doc", "handbook"]
+        .iter()
+        .map(|doc| {
+            let out = server.check(r#"User::"bob""#, r#"Action::"view""#, &format!("Document::{doc:?}"));
+            out.lines().find_map(|l| l.strip_prefix("decision id: ")).unwrap().to_string()
+        })
+        .collect();
+    let mut records = Vec::new();
+    while records.len() < ids.len() {
+        let line = server.lines.recv_timeout(Duration::from_secs(10)).expect("a decision record");
+        if line.contains(" INFO cedar_pdp::decision: ") {
+            records.push(line);
+        }
+    }
+    for (record, id) in records.iter().zip(&ids) {
+        assert_eq!(record.matches("cedar_pdp::decision").count(), 1, "{record}");
+        assert!(
+            record.contains(&format!(" decision_id={id:?} api=\"check\" principal=\"User::\\\"bob\\\"\"")),
+            "{record}"
+        );
+    }
+    assert!(records[0].contains(r#"resource="Document::\"handbook\"""#), "{}", records[0]);
+    assert!(records[1].contains(r#"resource="Document::\"design-doc\"""#), "{}", records[1]);
+}
+
 #[test]
 fn sighup_reloads_when_watching_is_off() {
     let dir = copy_dir(&example_policies());

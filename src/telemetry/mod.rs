@@ -118,12 +118,13 @@ pub fn record_decision(
         return;
     }
     let errors: Vec<String> = outcome.errors.iter().map(|e| format!("{}: {}", e.policy_id, e.message)).collect();
+    let (uids, [principal, action, resource]) = uid_texts([&outcome.principal, &outcome.action, &outcome.resource]);
     let record = Record {
         decision_id,
         front_door,
-        principal: &uid_text(&outcome.principal),
-        action: &uid_text(&outcome.action),
-        resource: &uid_text(&outcome.resource),
+        principal: &uids[principal],
+        action: &uids[action],
+        resource: &uids[resource],
         decision,
         determining: &outcome.determining,
         errors: &errors,
@@ -140,14 +141,20 @@ pub fn record_decision(
 /// `Type::"id"` as Cedar writes it; an id with nothing to escape is written without Cedar's escaping
 /// formatter, which was a quarter of a record's cost.
 pub(crate) fn uid_text(uid: &cedar_policy::EntityUid) -> String {
+    let mut out = String::new();
+    push_uid(&mut out, uid);
+    out
+}
+
+fn push_uid(out: &mut String, uid: &cedar_policy::EntityUid) {
     let id = uid.id().unescaped();
     let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.@:/+=,;!$%&()*<>?[]^`{|}~ #".contains(&b);
     if !id.bytes().all(plain) {
-        return uid.to_string();
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{uid}"));
+        return;
     }
     // Pieces pushed, not formatted: a third of a text record went to the formatter here.
     let ty = uid.type_name();
-    let mut out = String::with_capacity(id.len() + 32);
     for part in ty.namespace_components() {
         out.push_str(part);
         out.push_str("::");
@@ -156,7 +163,18 @@ pub(crate) fn uid_text(uid: &cedar_policy::EntityUid) -> String {
     out.push_str("::\"");
     out.push_str(id);
     out.push('"');
-    out
+}
+
+/// The three uids of a decision written into one string (one allocation, not three).
+fn uid_texts(uids: [&cedar_policy::EntityUid; 3]) -> (String, [std::ops::Range<usize>; 3]) {
+    let mut out = String::with_capacity(96);
+    let mut ranges: [std::ops::Range<usize>; 3] = Default::default();
+    for (uid, range) in uids.into_iter().zip(&mut ranges) {
+        let start = out.len();
+        push_uid(&mut out, uid);
+        *range = start..out.len();
+    }
+    (out, ranges)
 }
 
 /// Counts and logs an answer made without the policies, in the decision log's one format (no
@@ -356,6 +374,11 @@ mod tests {
                     cedar_policy::EntityId::new(id),
                 );
                 assert_eq!(super::uid_text(&uid), uid.to_string(), "{ty} {id:?}");
+                // Three in one string, each where its range says.
+                let other = cedar_policy::EntityUid::from_str(r#"Action::"view""#).unwrap();
+                let (text, ranges) = super::uid_texts([&uid, &other, &uid]);
+                let got: Vec<&str> = ranges.iter().map(|r| &text[r.clone()]).collect();
+                assert_eq!(got, [uid.to_string(), other.to_string(), uid.to_string()], "{ty} {id:?}");
             }
         }
     }

@@ -30,11 +30,31 @@ pub(super) fn write_direct(r: &Record<'_>, trace_id: Option<&str>) -> bool {
     if !tracing::enabled!(target: "cedar_pdp::decision", tracing::Level::INFO) {
         return true;
     }
-    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string();
-    let line = if direct.json { json(r, trace_id, Some(&now)) } else { text(r, trace_id, Some(&now)) };
-    let _ = tracing_subscriber::fmt::MakeWriter::make_writer(&direct.writer).write_all(line.as_bytes());
+    let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+    let mut sink = tracing_subscriber::fmt::MakeWriter::make_writer(&direct.writer);
+    if direct.json {
+        let _ = sink.write_all(json(r, trace_id, Some(&now.to_string())).as_bytes());
+        return true;
+    }
+    // The default format, every decision: one line buffer per thread, reused (its allocation and
+    // the timestamp's were a sixth of a record).
+    LINE.with_borrow_mut(|line| {
+        line.clear();
+        let _ = write!(line, "{now} ");
+        push_text(line, r, trace_id);
+        let _ = sink.write_all(line.as_bytes());
+        if line.capacity() > LINE_MAX {
+            *line = String::new();
+        }
+    });
     true
 }
+
+thread_local! {
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+/// The largest line buffer a thread keeps: a record with a large replayed request is let go.
+const LINE_MAX: usize = 64 * 1024;
 
 /// tracing-subscriber's JSON line (`flatten_event`, no spans).
 fn json(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> String {
@@ -125,19 +145,24 @@ struct ReplayJson<'a> {
     entity_revision: u64,
 }
 
-/// tracing-subscriber's plain text line: strings quoted as `Debug` writes them, absent fields left out.
-fn text(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> String {
-    let mut out = String::with_capacity(512);
-    if let Some(ts) = timestamp {
-        let _ = write!(out, "{ts} ");
-    }
+/// The text line without its timestamp.
+#[cfg(test)]
+fn text(r: &Record<'_>, trace_id: Option<&str>) -> String {
+    let mut out = String::new();
+    push_text(&mut out, r, trace_id);
+    out
+}
+
+/// tracing-subscriber's plain text line after its timestamp: strings quoted as `Debug` writes them,
+/// absent fields left out.
+fn push_text(out: &mut String, r: &Record<'_>, trace_id: Option<&str>) {
     out.push_str(" INFO cedar_pdp::decision: decision");
     let mut str_field = |name: &str, value: Option<&str>| {
         if let Some(v) = value {
             out.push(' ');
             out.push_str(name);
             out.push('=');
-            push_debug(&mut out, v);
+            push_debug(out, v);
         }
     };
     str_field("trace_id", trace_id);
@@ -148,11 +173,11 @@ fn text(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
     str_field("resource", Some(r.resource));
     str_field("decision", Some(r.decision));
     out.push_str(" determining_policies=");
-    push_debug_list(&mut out, r.determining);
+    push_debug_list(out, r.determining);
     out.push_str(" errors=");
-    push_debug_list(&mut out, r.errors);
+    push_debug_list(out, r.errors);
     out.push_str(" policy_version=");
-    push_debug(&mut out, r.policy_version);
+    push_debug(out, r.policy_version);
     let _ = write!(out, " latency_us={}", r.latency.as_micros() as u64);
     let mut plain = |name: &str, value: Option<String>| {
         if let Some(v) = value {
@@ -171,13 +196,23 @@ fn text(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> Stri
     plain("min_revision", r.replay.map(|x| x.min_revision.to_string()));
     plain("entity_revision", r.replay.map(|x| x.entity_revision.to_string()));
     out.push('\n');
-    out
 }
 
 /// `value` as `{:?}` writes it. In printable ASCII that formatter escapes only `"` and `\`, so such a
 /// string is written here without it; anything else goes through it.
 fn push_debug(out: &mut String, value: &str) {
-    if !value.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+    // One pass over every byte, without stopping early, so that it runs on whole words at a time.
+    let (printable, plain) = value.bytes().fold((true, true), |(printable, plain), b| {
+        let p = (b' '..=b'~').contains(&b);
+        (printable & p, plain & p & (b != b'"') & (b != b'\\'))
+    });
+    if plain {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
+    if !printable {
         let _ = write!(out, "{value:?}");
         return;
     }
@@ -282,7 +317,7 @@ mod tests {
         };
         for (r, trace_id) in [(&plain, None), (&full, Some("4bf92f3577b34da6a3ce929d0e0e4736"))] {
             assert_eq!(json(r, trace_id, None), through_tracing(r, trace_id, true));
-            assert_eq!(text(r, trace_id, None), through_tracing(r, trace_id, false));
+            assert_eq!(text(r, trace_id), through_tracing(r, trace_id, false));
         }
     }
 

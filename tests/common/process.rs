@@ -24,6 +24,16 @@ pub struct Process {
     pub data_dir: std::path::PathBuf,
 }
 
+/// The address in the server's `serving` line, JSON or text.
+fn serving_at(line: &str) -> Option<String> {
+    let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+    if event["message"] == "serving" {
+        return event["listen"].as_str().map(str::to_string);
+    }
+    let (_, rest) = line.split_once(" INFO cedar_pdp::server: serving listen=")?;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
 impl Process {
     /// Starts a server; its embedded store goes to a fresh directory unless `extra` has `--data-dir`.
     pub fn start(policies: &Path, extra: &[&str]) -> Process {
@@ -51,7 +61,7 @@ impl Process {
         Self::try_spawn(command, scratch, data_dir)
     }
 
-    /// Runs `command` (a `cedar-pdp serve` with its JSON log on stderr) until it says it serves.
+    /// Runs `command` (a `cedar-pdp serve` logging to stderr, JSON or text) until it says it serves.
     pub fn try_spawn(
         mut command: Command,
         scratch: tempfile::TempDir,
@@ -74,9 +84,8 @@ impl Process {
                 let _ = child.wait();
                 return Err(log);
             };
-            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if event["message"] == "serving" {
-                break event["listen"].as_str().unwrap().to_string();
+            if let Some(addr) = serving_at(&line) {
+                break addr;
             }
             log.push_str(&line);
             log.push('\n');
