@@ -141,7 +141,7 @@ pub fn record_decision(
 /// `Type::"id"` as Cedar writes it; an id with nothing to escape is written without Cedar's escaping
 /// formatter, which was a quarter of a record's cost.
 pub(crate) fn uid_text(uid: &cedar_policy::EntityUid) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(uid.id().unescaped().len() + 32);
     push_uid(&mut out, uid);
     out
 }

@@ -36,16 +36,8 @@ pub(super) fn write_direct(r: &Record<'_>, trace_id: Option<&str>) -> bool {
         let _ = sink.write_all(json(r, trace_id, Some(&now.to_string())).as_bytes());
         return true;
     }
-    // The default format, every decision: one line buffer per thread, reused (its allocation and
-    // the timestamp's were a sixth of a record).
-    LINE.with_borrow_mut(|line| {
-        line.clear();
-        let _ = write!(line, "{now} ");
-        push_text(line, r, trace_id);
-        let _ = sink.write_all(line.as_bytes());
-        if line.capacity() > LINE_MAX {
-            *line = String::new();
-        }
+    text_line(r, trace_id, now, |line| {
+        let _ = sink.write_all(line);
     });
     true
 }
@@ -55,6 +47,32 @@ thread_local! {
 }
 /// The largest line buffer a thread keeps: a record with a large replayed request is let go.
 const LINE_MAX: usize = 64 * 1024;
+
+/// The text line for `r`, stamped `now`, handed to `write`. The default format, every decision: it is
+/// built in a line buffer each thread reuses (a fresh line and timestamp per record were a sixth of
+/// one). A thread whose buffer is gone (exiting) or in use builds a line of its own.
+fn text_line(r: &Record<'_>, trace_id: Option<&str>, now: impl std::fmt::Display, write: impl FnOnce(&[u8])) {
+    let build = |line: &mut String| {
+        line.clear();
+        let _ = write!(line, "{now} ");
+        push_text(line, r, trace_id);
+    };
+    let mut write = Some(write);
+    let _ = LINE.try_with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else { return };
+        let Some(write) = write.take() else { return };
+        build(&mut line);
+        write(line.as_bytes());
+        if line.capacity() > LINE_MAX {
+            *line = String::new();
+        }
+    });
+    if let Some(write) = write {
+        let mut line = String::new();
+        build(&mut line);
+        write(line.as_bytes());
+    }
+}
 
 /// tracing-subscriber's JSON line (`flatten_event`, no spans).
 fn json(r: &Record<'_>, trace_id: Option<&str>, timestamp: Option<&str>) -> String {
@@ -319,6 +337,41 @@ mod tests {
             assert_eq!(json(r, trace_id, None), through_tracing(r, trace_id, true));
             assert_eq!(text(r, trace_id), through_tracing(r, trace_id, false));
         }
+    }
+
+    /// Lines built one after the other on one thread (one reused buffer) hold their own record only.
+    #[test]
+    fn each_text_line_holds_one_record() {
+        let record = |decision_id| Record {
+            decision_id,
+            front_door: "check",
+            principal: r#"User::"bob""#,
+            action: r#"Action::"view""#,
+            resource: r#"Document::"d""#,
+            decision: "allow",
+            determining: &[],
+            errors: &[],
+            policy_version: "v1",
+            latency: Duration::from_micros(17),
+            reason: None,
+            listing: None,
+            http: None,
+            replay: None,
+        };
+        for id in ["first", "second", "third"] {
+            let r = record(id);
+            let mut written = Vec::new();
+            text_line(&r, None, "TIME", |line| written.extend_from_slice(line));
+            assert_eq!(String::from_utf8(written).unwrap(), format!("TIME {}", text(&r, None)));
+        }
+        // A line built while this thread's buffer is in use gets a buffer of its own.
+        let (outer, inner) = (record("outer"), record("inner"));
+        let mut got = Vec::new();
+        text_line(&outer, None, "T", |line| {
+            text_line(&inner, None, "T", |l| got.push(String::from_utf8(l.to_vec()).unwrap()));
+            got.push(String::from_utf8(line.to_vec()).unwrap());
+        });
+        assert_eq!(got, [format!("T {}", text(&inner, None)), format!("T {}", text(&outer, None))]);
     }
 
     #[test]
