@@ -302,28 +302,33 @@ mod tests {
         String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
 
-    #[test]
-    fn direct_records_are_what_tracing_writes() {
-        let determining = ["p\"1".to_string(), "p2".to_string()];
-        let errors = ["p3: attribute `x` not found".to_string()];
-        let parts = ["User::*".to_string(), r#"Action::"view""#.to_string(), String::new()];
-        let listing = Listing { parts: &parts, listed: 3, scanned: 9, complete: false };
-        let plain = Record {
-            decision_id: "0190-ab",
+    /// A Check's record, its uids with characters to escape.
+    fn record(decision_id: &str) -> Record<'_> {
+        Record {
+            decision_id,
             front_door: "check",
             principal: r#"User::"bob \"b\"""#,
             action: r#"Action::"view""#,
             resource: "Document::\"d\\n\u{e9}\"",
             decision: "allow",
-            determining: &determining,
-            errors: &errors,
+            determining: &[],
+            errors: &[],
             policy_version: "v1",
             latency: Duration::from_micros(17),
             reason: None,
             listing: None,
             http: None,
             replay: None,
-        };
+        }
+    }
+
+    #[test]
+    fn direct_records_are_what_tracing_writes() {
+        let determining = ["p\"1".to_string(), "p2".to_string()];
+        let errors = ["p3: attribute `x` not found".to_string()];
+        let parts = ["User::*".to_string(), r#"Action::"view""#.to_string(), String::new()];
+        let listing = Listing { parts: &parts, listed: 3, scanned: 9, complete: false };
+        let plain = Record { determining: &determining, errors: &errors, ..record("0190-ab") };
         let http = HttpInfo { route: "read-doc", request_id: "req-1", dry_run: true };
         let replay = Replayable { context: r#"{"mfa": true}"#, entities: "", min_revision: 4, entity_revision: 7 };
         let full = Record {
@@ -342,22 +347,6 @@ mod tests {
     /// Lines built one after the other on one thread (one reused buffer) hold their own record only.
     #[test]
     fn each_text_line_holds_one_record() {
-        let record = |decision_id| Record {
-            decision_id,
-            front_door: "check",
-            principal: r#"User::"bob""#,
-            action: r#"Action::"view""#,
-            resource: r#"Document::"d""#,
-            decision: "allow",
-            determining: &[],
-            errors: &[],
-            policy_version: "v1",
-            latency: Duration::from_micros(17),
-            reason: None,
-            listing: None,
-            http: None,
-            replay: None,
-        };
         for id in ["first", "second", "third"] {
             let r = record(id);
             let mut written = Vec::new();
